@@ -1,0 +1,39 @@
+# Everything a fresh machine needs is installed here: `make test` and `make demo` are the two entry points.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint unit integration e2e bench clean down
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11 (or run: make PYTHON=python3)"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/archdeploy up examples/architecture.yaml
+	$(BIN)/python examples/show_result.py
+
+down: $(STAMP)
+	$(BIN)/archdeploy down examples/architecture.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check shared functions tests benchmarks examples
+	$(BIN)/ruff format --check shared functions tests benchmarks examples
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) .archdeploy .pytest_cache

@@ -1,0 +1,194 @@
+"""The architecture file's model: every field of the Go project's `services.yaml`.
+
+Models are frozen: planning derives enriched copies with `model_copy(update=...)` and
+never mutates what the caller loaded. Unknown keys are ignored by the models and
+reported (with a did-you-mean) by `shared.validation`, which is also where files are
+read and checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Lookup(_Model):
+    key: str
+    method: Literal["env", "yaml", "db"] = "env"
+
+
+class TopicMapping(_Model):
+    name: str
+    lookup: Lookup | None = None
+
+
+class ServiceMapping(_Model):
+    """A service named by a resource (a topic's producer, a subscription's consumer)."""
+
+    name: str
+    lookup: Lookup | None = None
+
+
+class HealthCheck(_Model):
+    port: int | None = Field(default=None, ge=1, le=65535)
+    path: str = "/"
+
+
+class SecretEnvVar(_Model):
+    name: str
+    value_from: str = Field(description="Secret Manager secret id (or its full resource name)")
+
+
+class DeploymentSpec(_Model):
+    source_path: str = ""
+    buildable_module_path: str = ""
+    config_templates: dict[str, str] = Field(default_factory=dict)
+    image: str = ""
+    image_repo: str = ""
+    service_url: str = ""
+    region: str = ""
+    platform: str = ""
+    cpu: str = ""
+    memory: str = ""
+    min_instances: int | None = Field(default=None, ge=0)
+    max_instances: int | None = Field(default=None, ge=1)
+    environment_vars: dict[str, str] = Field(default_factory=dict)
+    secret_environment_vars: list[SecretEnvVar] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _scaling_bounds_ordered(self) -> DeploymentSpec:
+        lo, hi = self.min_instances, self.max_instances
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"min_instances ({lo}) is greater than max_instances ({hi})")
+        return self
+
+
+class ServiceSpec(_Model):
+    name: str = ""
+    description: str = ""
+    service_account: str = ""
+    deployment: DeploymentSpec | None = None
+    dependencies: list[str] = Field(default_factory=list)
+    health_check: HealthCheck | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServiceManagerSpec(ServiceSpec):
+    command_topic: TopicMapping | None = None
+    completion_topic: TopicMapping | None = None
+
+
+class _Resource(BaseModel):
+    # Resources are provisioned by other tools; archdeploy only carries them, so their
+    # less common fields pass through unchecked.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+
+class TopicResource(_Resource):
+    producer_service: ServiceMapping | None = None
+
+
+class SubscriptionResource(_Resource):
+    topic: str = ""
+    consumer_service: ServiceMapping | None = None
+    ack_deadline: str = ""
+    message_retention_duration: str = ""
+
+
+class Resources(_Model):
+    topics: list[TopicResource] = Field(default_factory=list)
+    subscriptions: list[SubscriptionResource] = Field(default_factory=list)
+    bigquery_datasets: list[_Resource] = Field(default_factory=list)
+    bigquery_tables: list[_Resource] = Field(default_factory=list)
+    gcs_buckets: list[_Resource] = Field(default_factory=list)
+    firestore_databases: list[_Resource] = Field(default_factory=list)
+    firestore_collections: list[_Resource] = Field(default_factory=list)
+    cloud_scheduler_jobs: list[_Resource] = Field(default_factory=list)
+
+
+class Lifecycle(_Model):
+    strategy: Literal["permanent", "ephemeral"] = "permanent"
+    keep_resources_on_test: bool = False
+
+
+class Dataflow(_Model):
+    name: str = ""
+    description: str = ""
+    services: dict[str, ServiceSpec] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    lifecycle: Lifecycle | None = None
+
+    @model_validator(mode="after")
+    def _service_names_default_to_keys(self) -> Dataflow:
+        named = {
+            key: spec if spec.name else spec.model_copy(update={"name": key})
+            for key, spec in self.services.items()
+        }
+        object.__setattr__(self, "services", named)
+        return self
+
+
+class EnvironmentOverride(_Model):
+    name: str | None = None
+    project_id: str | None = None
+    region: str | None = None
+    location: str | None = None
+    labels: dict[str, str] | None = None
+    teardown_protection: bool | None = None
+
+
+class Architecture(_Model):
+    name: str = ""
+    project_id: str
+    region: str = ""
+    location: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    teardown_protection: bool = False
+    service_manager_spec: ServiceManagerSpec | None = None
+    dataflows: dict[str, Dataflow] = Field(default_factory=dict)
+    deployment_environments: dict[str, EnvironmentOverride] = Field(default_factory=dict)
+    # Written by older versions; accepted so such files keep loading, otherwise unused.
+    topics: list[Any] = Field(default_factory=list)
+    subscriptions: list[Any] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _dataflow_names_default_to_keys(self) -> Architecture:
+        named = {
+            key: flow if flow.name else flow.model_copy(update={"name": key})
+            for key, flow in self.dataflows.items()
+        }
+        object.__setattr__(self, "dataflows", named)
+        return self
+
+    @property
+    def director(self) -> ServiceManagerSpec | None:
+        return self.service_manager_spec
+
+    def services(self) -> Iterator[tuple[str | None, ServiceSpec]]:
+        """Every service with the dataflow it belongs to (None for the director)."""
+        if self.service_manager_spec is not None:
+            yield None, self.service_manager_spec
+        for flow_name, flow in self.dataflows.items():
+            for spec in flow.services.values():
+                yield flow_name, spec
+
+    def find_service(self, name: str) -> tuple[str | None, ServiceSpec] | None:
+        for flow_name, spec in self.services():
+            if spec.name == name:
+                return flow_name, spec
+        return None
+
+    def for_environment(self, environment: str | None) -> Architecture:
+        """This architecture with the root fields of `deployment_environments[environment]`."""
+        if not environment:
+            return self
+        override = self.deployment_environments[environment]
+        changes = {k: v for k, v in override.model_dump().items() if v is not None}
+        return self.model_copy(update=changes)
