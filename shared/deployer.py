@@ -34,7 +34,9 @@ class ContainerDeployer(Protocol):
     service and what the backend answered.
     """
 
-    def build(self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None) -> str:
+    def build(
+        self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
+    ) -> str:
         """Build the service's image from `spec.source_path` and return its URI.
 
         The URI is pinned by digest where the builder reports one. Building the same

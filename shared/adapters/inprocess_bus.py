@@ -1,0 +1,132 @@
+"""The embedded message bus: topics delivered to subscribers on bounded thread pools.
+
+It behaves like Pub/Sub where the core can tell: messages travel as JSON bytes with
+string attributes, a handler that raises is redelivered (up to `max_deliveries`), and
+each topic has its own pool so slow builds never queue the aggregator behind them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from pydantic import BaseModel
+
+from shared.logs import log_context
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[bytes, Mapping[str, str]], None]
+
+DEFAULT_PARALLELISM = 32
+
+
+class DeliveryFailed(Exception):
+    """A handler kept failing; `drain()` raises this with the last error as its cause."""
+
+
+class InProcessBus:
+    """`MessageBus` on thread pools: one pool per topic, `parallelism` threads each."""
+
+    def __init__(
+        self,
+        *,
+        parallelism: int = DEFAULT_PARALLELISM,
+        topic_parallelism: Mapping[str, int] | None = None,
+        max_deliveries: int = 5,
+        retry_delay: float = 0.05,
+    ) -> None:
+        self._parallelism = parallelism
+        self._topic_parallelism = dict(topic_parallelism or {})
+        self._max_deliveries = max_deliveries
+        self._retry_delay = retry_delay
+        self._subscribers: dict[str, list[Subscriber]] = {}
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._errors: list[BaseException] = []
+        self._closed = False
+        self.published: list[tuple[str, bytes, dict[str, str]]] = []
+        self.record = False  # keep every published message in `published` (tests, benchmarks)
+
+    def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+        self._subscribers.setdefault(topic, []).append(subscriber)
+
+    def publish(
+        self, topic: str, message: BaseModel, *, attributes: Mapping[str, str] | None = None
+    ) -> None:
+        self.publish_raw(topic, message.model_dump_json().encode(), attributes or {})
+
+    def publish_many(
+        self, topic: str, messages: Sequence[tuple[BaseModel, Mapping[str, str]]]
+    ) -> None:
+        for message, attributes in messages:
+            self.publish(topic, message, attributes=attributes)
+
+    def publish_raw(self, topic: str, data: bytes, attributes: Mapping[str, str]) -> None:
+        """Deliver bytes as they are: what a poison-message test needs."""
+        attrs = dict(attributes)
+        if self.record:
+            self.published.append((topic, data, attrs))
+        for subscriber in self._subscribers.get(topic, []):
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("the in-process bus is closed")
+                self._in_flight += 1
+            future = self._pool(topic).submit(self._deliver, subscriber, data, attrs)
+            future.add_done_callback(self._settled)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until no message is in flight; re-raise the first handler that gave up."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{self._in_flight} messages still in flight")
+                self._idle.wait(remaining)
+            errors, self._errors = self._errors, []
+        if errors:
+            raise DeliveryFailed(f"{len(errors)} message(s) could not be handled") from errors[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _pool(self, topic: str) -> ThreadPoolExecutor:
+        with self._lock:
+            pool = self._pools.get(topic)
+            if pool is None:
+                size = self._topic_parallelism.get(topic, self._parallelism)
+                pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"bus-{topic}")
+                self._pools[topic] = pool
+            return pool
+
+    def _deliver(self, subscriber: Subscriber, data: bytes, attributes: dict[str, str]) -> None:
+        for delivery in range(1, self._max_deliveries + 1):
+            try:
+                with log_context(
+                    run_id=attributes.get("run_id"), task_id=attributes.get("task_id")
+                ):
+                    subscriber(data, attributes)
+                return
+            except Exception as exc:  # the bus boundary: redeliver like Pub/Sub would
+                if delivery == self._max_deliveries:
+                    log.error("message dead-lettered after %d deliveries", delivery, exc_info=True)
+                    with self._lock:
+                        self._errors.append(exc)
+                    return
+                log.warning("handler failed (delivery %d): %s; redelivering", delivery, exc)
+                time.sleep(self._retry_delay * delivery)
+
+    def _settled(self, _future: Future[None]) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.notify_all()

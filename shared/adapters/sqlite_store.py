@@ -1,0 +1,210 @@
+"""The embedded run store: one SQLite file under `.archdeploy/`.
+
+WAL mode lets another process (`archdeploy status` in a second terminal) read while a
+run writes. Within a process one connection is shared under a lock (SQLite serialises
+writers anyway, and this avoids busy retries between threads); across processes every
+compare-and-set runs in a `BEGIN IMMEDIATE` transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from shared import store_rules as rules
+from shared.errors import BackendError
+from shared.messages import (
+    Phase,
+    RunRecord,
+    RunResult,
+    TaskCompletion,
+    TaskRecord,
+    TaskStatus,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    architecture TEXT NOT NULL,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    status TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_run ON tasks (run_id, phase, status);
+"""
+
+
+class SqliteRunStore:
+    """`RunStore` on SQLite; safe for threads of one process and for concurrent readers."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # A crash loses at most the last transactions, never consistency: fine for runs.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise BackendError(f"opening the run store {self.path}: {exc}") from exc
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise BackendError(f"run store {self.path}: {exc}", retryable=True) from exc
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- runs ---------------------------------------------------------------------------
+
+    def create_run(
+        self, run: RunRecord, tasks: Sequence[TaskRecord], architecture: str
+    ) -> tuple[RunRecord, bool]:
+        with self._write() as db:
+            row = db.execute("SELECT doc FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
+            if row is not None:
+                return RunRecord.model_validate_json(row[0]), False
+            db.execute(
+                "INSERT INTO runs (run_id, created_at, doc, architecture) VALUES (?, ?, ?, ?)",
+                (run.run_id, run.created_at.isoformat(), run.model_dump_json(), architecture),
+            )
+            db.executemany(
+                "INSERT INTO tasks (task_id, run_id, phase, status, doc) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (t.task_id, t.run_id, t.phase.value, t.status.value, t.model_dump_json())
+                    for t in tasks
+                ],
+            )
+        return run, True
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self._read("SELECT doc FROM runs WHERE run_id = ?", (run_id,))
+        return RunRecord.model_validate_json(rows[0][0]) if rows else None
+
+    def list_runs(self, limit: int = 20) -> list[RunRecord]:
+        rows = self._read("SELECT doc FROM runs ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [RunRecord.model_validate_json(r[0]) for r in rows]
+
+    def get_architecture(self, run_id: str) -> str | None:
+        rows = self._read("SELECT architecture FROM runs WHERE run_id = ?", (run_id,))
+        return rows[0][0] if rows else None
+
+    def update_run(
+        self, run_id: str, *, expect: Mapping[str, Any], changes: Mapping[str, Any]
+    ) -> RunRecord | None:
+        with self._write() as db:
+            row = db.execute("SELECT doc FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            updated = rules.run_updated(RunRecord.model_validate_json(row[0]), expect, changes)
+            if updated is None:
+                return None
+            db.execute(
+                "UPDATE runs SET doc = ? WHERE run_id = ?", (updated.model_dump_json(), run_id)
+            )
+            return updated
+
+    def finish_run(self, run_id: str, result: RunResult) -> bool:
+        with self._write() as db:
+            row = db.execute("SELECT doc FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                return False
+            done = rules.run_finished(RunRecord.model_validate_json(row[0]), result)
+            if done is None:
+                return False
+            db.execute(
+                "UPDATE runs SET doc = ?, result = ? WHERE run_id = ?",
+                (done.model_dump_json(), result.model_dump_json(), run_id),
+            )
+            return True
+
+    def get_result(self, run_id: str) -> RunResult | None:
+        rows = self._read("SELECT result FROM runs WHERE run_id = ?", (run_id,))
+        return RunResult.model_validate_json(rows[0][0]) if rows and rows[0][0] else None
+
+    # --- tasks --------------------------------------------------------------------------
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        rows = self._read("SELECT doc FROM tasks WHERE task_id = ?", (task_id,))
+        return TaskRecord.model_validate_json(rows[0][0]) if rows else None
+
+    def get_tasks(self, run_id: str, phase: Phase | None = None) -> list[TaskRecord]:
+        if phase is None:
+            rows = self._read("SELECT doc FROM tasks WHERE run_id = ? ORDER BY rowid", (run_id,))
+        else:
+            rows = self._read(
+                "SELECT doc FROM tasks WHERE run_id = ? AND phase = ? ORDER BY rowid",
+                (run_id, phase.value),
+            )
+        return [TaskRecord.model_validate_json(r[0]) for r in rows]
+
+    def count_tasks(self, run_id: str, phase: Phase) -> dict[TaskStatus, int]:
+        rows = self._read(
+            "SELECT status, COUNT(*) FROM tasks WHERE run_id = ? AND phase = ? GROUP BY status",
+            (run_id, phase.value),
+        )
+        return {TaskStatus(status): n for status, n in rows}
+
+    def release_task(
+        self, task_id: str, *, spec_updates: Mapping[str, Any] | None = None, now: datetime
+    ) -> TaskRecord | None:
+        return self._update_task(task_id, lambda t: rules.released(t, spec_updates, now))
+
+    def claim_task(
+        self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
+    ) -> TaskRecord | None:
+        return self._update_task(task_id, lambda t: rules.claimed(t, worker, lease_seconds, now))
+
+    def record_build_id(self, task_id: str, build_id: str) -> None:
+        self._update_task(task_id, lambda t: rules.with_build_id(t, build_id))
+
+    def complete_task(self, completion: TaskCompletion) -> TaskRecord | None:
+        return self._update_task(completion.task_id, lambda t: rules.completed(t, completion))
+
+    def _update_task(
+        self, task_id: str, change: Callable[[TaskRecord], TaskRecord | None]
+    ) -> TaskRecord | None:
+        with self._write() as db:
+            row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            updated = change(TaskRecord.model_validate_json(row[0]))
+            if updated is None:
+                return None
+            db.execute(
+                "UPDATE tasks SET status = ?, doc = ? WHERE task_id = ?",
+                (updated.status.value, updated.model_dump_json(), task_id),
+            )
+            return updated

@@ -1,0 +1,316 @@
+"""The `archdeploy` command. Human progress goes to stderr; `--json` output to stdout.
+
+Exit codes: 0 the run succeeded, 1 it failed, 2 usage or validation error. An
+`ArchdeployError` is one clear message, never a traceback (`--debug` shows one).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from shared.errors import (
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    EXIT_USAGE,
+    ArchdeployError,
+    RunNotFound,
+    UsageError,
+)
+from shared.messages import DeployRequest, RunResult, RunStatus
+
+F = TypeVar("F", bound=Callable[..., Any])
+err = Console(stderr=True, highlight=False)
+
+
+class _Group(click.Group):
+    """Turns every ArchdeployError into one message and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ArchdeployError as exc:
+            if ctx.meta.get("debug"):
+                raise
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where embedded runs keep state (default: .archdeploy).",
+)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, state_dir: Path | None) -> None:
+    """Deploy a whole microservice architecture, declared in one YAML file, in parallel."""
+    from shared import logs
+
+    ctx.meta["debug"] = debug
+    ctx.meta["state_dir"] = state_dir
+    logs.configure(json_lines=False, level="DEBUG" if debug else "WARNING")
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Any:
+    from shared.settings import load_settings
+
+    if ctx.meta.get("state_dir") is not None:
+        overrides["state_dir"] = ctx.meta["state_dir"]
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _load(file: str, strict: bool, environment: str | None, check_paths: bool) -> Any:
+    from shared.validation import load_architecture
+
+    loaded = load_architecture(
+        file, strict=strict, check_paths_exist=check_paths, environment=environment
+    )
+    for warning in loaded.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    return loaded
+
+
+def _file_options(func: F) -> F:
+    func = click.option("--strict", is_flag=True, help="Unknown keys are errors.")(func)
+    func = click.option(
+        "--environment", "-e", default=None, help="Apply this deployment_environments entry."
+    )(func)
+    return click.argument("file", type=click.Path(dir_okay=False))(func)
+
+
+@cli.command()
+@_file_options
+def validate(file: str, strict: bool, environment: str | None) -> None:
+    """Check an architecture file (fields, names, dependencies, paths)."""
+    loaded = _load(file, strict, environment, check_paths=True)
+    arch = loaded.architecture
+    services = sum(1 for _ in arch.services())
+    click.echo(
+        f"{file}: ok ({services} services in {len(arch.dataflows)} dataflows, "
+        f"{len(loaded.warnings)} warnings)"
+    )
+
+
+@cli.command()
+def schema() -> None:
+    """Print the architecture file's JSON Schema (for editor completion)."""
+    from shared.validation import architecture_json_schema
+
+    click.echo(json.dumps(architecture_json_schema(), indent=2))
+
+
+@cli.command()
+@_file_options
+@click.option(
+    "--dataflow", "-d", "dataflows", multiple=True, help="Only this dataflow (repeatable)."
+)
+@click.option("--director-url", default=None, help="Use this director instead of deploying it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(
+    file: str,
+    strict: bool,
+    environment: str | None,
+    dataflows: tuple[str, ...],
+    director_url: str | None,
+    as_json: bool,
+) -> None:
+    """Show what `up` would do: tasks by phase and the env each deploy gets."""
+    from shared.plan import plan_run
+
+    loaded = _load(file, strict, environment, check_paths=False)
+    result = plan_run(
+        loaded.architecture,
+        run_id="(plan)",
+        dataflows=dataflows,
+        director_url=director_url,
+        source_root=str(loaded.base_dir or ""),
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                [t.model_dump(mode="json", exclude_none=True) for t in result.tasks], indent=2
+            )
+        )
+        return
+    for phase in ("build", "director", "deploy"):
+        tasks = [t for t in result.tasks if t.phase.value == phase]
+        if not tasks:
+            continue
+        click.echo(f"{phase}:")
+        for t in tasks:
+            after = f" after {', '.join(t.depends_on)}" if t.depends_on else ""
+            click.echo(f"  {t.service}{after}")
+            if phase != "build" and t.spec is not None:
+                for key, value in sorted(t.spec.environment_vars.items()):
+                    shown = value or "(the director's URL, once deployed)"
+                    click.echo(f"      {key}={shown}")
+
+
+@cli.command()
+@_file_options
+@click.option(
+    "--dataflow", "-d", "dataflows", multiple=True, help="Only this dataflow (repeatable)."
+)
+@click.option("--director-url", default=None, help="Use this director instead of deploying it.")
+@click.option(
+    "--parallelism",
+    "-j",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help="Tasks run at once (default 32).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the RunResult as JSON on stdout.")
+@click.pass_context
+def up(
+    ctx: click.Context,
+    file: str,
+    strict: bool,
+    environment: str | None,
+    dataflows: tuple[str, ...],
+    director_url: str | None,
+    parallelism: int | None,
+    as_json: bool,
+) -> None:
+    """Build every service in parallel, then deploy them, and show the result."""
+    from shared.bootstrap import embedded
+    from shared.progress import follow
+
+    loaded = _load(file, strict, environment, check_paths=True)
+    settings = _settings(ctx, parallelism=parallelism)
+    system = embedded(settings)
+    request = DeployRequest(
+        architecture_uri=str(Path(file).resolve()),
+        dataflows=list(dataflows),
+        director_url=director_url,
+        environment=environment,
+        requested_by="cli",
+        source_root=str(loaded.base_dir) if loaded.base_dir else None,
+    )
+    try:
+        run = system.submit(request)
+        err.print(
+            f"run {run.run_id}: {len(list(loaded.architecture.services()))} services, "
+            f"state in {settings.state_dir}"
+        )
+        waiter = threading.Thread(target=_drain, args=(system,), daemon=True)
+        waiter.start()
+        result = follow(
+            system.store, run.run_id, stream=sys.stderr, done=lambda: not waiter.is_alive()
+        )
+        waiter.join()
+    finally:
+        system.close()
+    _report(result, as_json)
+
+
+def _drain(system: Any) -> None:
+    try:
+        system.bus.drain()
+    except Exception as exc:  # shown to the user; the run's record says the rest
+        err.print(f"[bold red]error:[/] a handler gave up: {exc.__cause__ or exc}")
+
+
+def _report(result: RunResult, as_json: bool) -> None:
+    from shared.progress import print_errors, result_table
+
+    out = Console(highlight=False)
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+    else:
+        out.print(result_table(result))
+    print_errors(result, err)
+    code = EXIT_OK if result.status is RunStatus.SUCCEEDED else EXIT_RUN_FAILED
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the RunResult as JSON.")
+@click.pass_context
+def status(ctx: click.Context, run_id: str | None, as_json: bool) -> None:
+    """Show a run (the latest by default)."""
+    from shared.bootstrap import make_store
+    from shared.handlers import run_view as current
+
+    store = make_store(_settings(ctx))
+    if run_id is None:
+        runs = store.list_runs(1)
+        if not runs:
+            raise RunNotFound("(latest)")
+        run_id = runs[0].run_id
+    result = current(store, run_id)
+    if result is None:
+        raise RunNotFound(run_id)
+    _report(result, as_json)
+
+
+@cli.command()
+@click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20)
+@click.pass_context
+def runs(ctx: click.Context, limit: int) -> None:
+    """List recent runs."""
+    from shared.bootstrap import make_store
+
+    for run in make_store(_settings(ctx)).list_runs(limit):
+        when = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"{run.run_id}  {when}  {run.status.value:<10} {run.phase.value:<9} "
+            f"{run.architecture_file}"
+        )
+
+
+@cli.command()
+@_file_options
+@click.option(
+    "--dataflow", "-d", "dataflows", multiple=True, help="Only this dataflow (repeatable)."
+)
+@click.option("--force", is_flag=True, help="Tear down even with teardown_protection set.")
+@click.pass_context
+def down(
+    ctx: click.Context,
+    file: str,
+    strict: bool,
+    environment: str | None,
+    dataflows: tuple[str, ...],
+    force: bool,
+) -> None:
+    """Stop and delete the deployed services of the architecture (or some dataflows)."""
+    from shared.bootstrap import make_deployer
+    from shared.plan import select_dataflows
+
+    arch = _load(file, strict, environment, check_paths=False).architecture
+    if arch.teardown_protection and not force:
+        raise UsageError(
+            f"{file}: teardown_protection is set for this environment; "
+            "remove it from the file or pass --force"
+        )
+    selected = select_dataflows(arch, dataflows)
+    names = [s.name for f in selected for s in arch.dataflows[f].services.values() if s.deployment]
+    if not dataflows and arch.service_manager_spec is not None:
+        names.append(arch.service_manager_spec.name)
+    deployer = make_deployer(_settings(ctx))
+    for name in names:
+        deployer.teardown(name)
+        err.print(f"  {name:<24} stopped")
+    click.echo(f"{len(names)} services torn down")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="archdeploy", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        raise SystemExit(code) from None

@@ -1,0 +1,109 @@
+"""Structured logs Cloud Logging understands, with the run and task ids on every line.
+
+Entry points (and the in-process bus, for each message) set the ids with `log_context`;
+the formatter reads them from context variables, so no id is threaded through calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+LABEL_KEYS = ("run_id", "task_id", "service", "phase")
+# An immutable default: every `log_context` sets a fresh dict, never mutates one.
+_context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "archdeploy_log_context", default=MappingProxyType({})
+)
+
+
+@contextlib.contextmanager
+def log_context(**labels: str | None) -> Iterator[None]:
+    """Add labels (run_id, task_id, service, phase, trace) for the enclosed code."""
+    merged = {**_context.get(), **{k: str(v) for k, v in labels.items() if v}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def current_context() -> dict[str, str]:
+    return dict(_context.get())
+
+
+def trace_from_header(header: str | None, project_id: str) -> str | None:
+    """`projects/P/traces/T` from an `X-Cloud-Trace-Context: T/SPAN;o=1` header."""
+    if not header or not project_id:
+        return None
+    trace = header.split("/", 1)[0].strip()
+    return f"projects/{project_id}/traces/{trace}" if trace else None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: `severity`, `message`, labels, trace, and the error."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        context = _context.get()
+        entry: dict[str, Any] = {
+            "severity": _SEVERITY.get(record.levelno, record.levelname),
+            "message": record.getMessage(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "logger": record.name,
+            "logging.googleapis.com/labels": {k: context[k] for k in LABEL_KEYS if k in context},
+        }
+        if "trace" in context:
+            entry["logging.googleapis.com/trace"] = context["trace"]
+        if "span_id" in context:
+            entry["logging.googleapis.com/spanId"] = context["span_id"]
+        if record.exc_info:
+            entry["message"] += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(entry, default=str)
+
+
+class HumanFormatter(logging.Formatter):
+    """For a terminal: level, the service it concerns, and the message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        context = _context.get()
+        where = context.get("service", "")
+        prefix = f"{record.levelname.lower()}: " + (f"[{where}] " if where else "")
+        text = prefix + record.getMessage()
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        return text
+
+
+_SEVERITY = {
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARNING",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "CRITICAL",
+}
+
+
+def configure(*, json_lines: bool | None = None, level: str | int | None = None) -> None:
+    """Route archdeploy's logs: JSON on stdout for functions, human text on stderr for the CLI.
+
+    Only the `shared` logger tree is configured, so embedding applications keep theirs.
+    """
+    if json_lines is None:
+        json_lines = os.environ.get("ARCHDEPLOY_LOG_FORMAT", "json") == "json"
+    level = level or os.environ.get("ARCHDEPLOY_LOG_LEVEL", "INFO")
+    handler = logging.StreamHandler(sys.stdout if json_lines else sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else HumanFormatter())
+    root = logging.getLogger("shared")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False

@@ -1,0 +1,192 @@
+"""From an architecture and a request to the run's tasks, by phase. Pure: no I/O.
+
+Phases, as the Go seed ran them: build every service that has a deployment spec
+(selected dataflows plus the director), deploy the director unless its URL is given,
+then deploy the selected dataflows' services, each after its `dependencies`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from shared.architecture import Architecture, DeploymentSpec, ServiceSpec
+from shared.errors import UsageError
+from shared.messages import Phase, TaskRecord, TaskStatus, task_id_for
+
+# Injected into every deployed service's environment; a user value for these is replaced.
+INJECTED_ENV = ("SERVICE_DIRECTOR_URL", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME")
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    dataflows: list[str]
+    director_url: str | None
+    tasks: list[TaskRecord]
+
+    def phase(self, phase: Phase) -> list[TaskRecord]:
+        return [t for t in self.tasks if t.phase is phase]
+
+    @property
+    def deploys_director(self) -> bool:
+        return bool(self.phase(Phase.DIRECTOR))
+
+
+def enrich_environment(
+    spec: DeploymentSpec,
+    *,
+    project_id: str,
+    director_url: str | None,
+    service: str,
+    dataflow: str | None,
+) -> DeploymentSpec:
+    """A copy of `spec` whose environment carries the run's settings; `spec` is untouched."""
+    env = dict(spec.environment_vars)
+    env.update(
+        SERVICE_DIRECTOR_URL=director_url or "",
+        PROJECT_ID=project_id,
+        SERVICE_NAME=service,
+        DATAFLOW_NAME=dataflow or "",
+    )
+    return spec.model_copy(update={"environment_vars": env})
+
+
+def resolve_sources(spec: DeploymentSpec, source_root: str) -> DeploymentSpec:
+    """A copy of `spec` whose source paths are absolute (local root) or full URIs."""
+    if not source_root:
+        return spec
+    templates = {_join(source_root, src): name for src, name in spec.config_templates.items()}
+    return spec.model_copy(
+        update={"source_path": _join(source_root, spec.source_path), "config_templates": templates}
+    )
+
+
+def _join(root: str, relative: str) -> str:
+    if "://" in root:
+        return posixpath.join(root, relative) if relative else root
+    return str((Path(root) / relative).resolve())
+
+
+def select_dataflows(arch: Architecture, wanted: Sequence[str]) -> list[str]:
+    """The dataflow names to deploy: all by default; an unknown name is a usage error."""
+    if not wanted:
+        return list(arch.dataflows)
+    unknown = [name for name in wanted if name not in arch.dataflows]
+    if unknown:
+        known = ", ".join(arch.dataflows) or "(none)"
+        hints = [
+            f"`{u}` (did you mean `{m[0]}`?)"
+            if (m := difflib.get_close_matches(u, arch.dataflows, 1))
+            else f"`{u}`"
+            for u in unknown
+        ]
+        raise UsageError(f"unknown dataflow {', '.join(hints)}: the architecture has {known}")
+    return list(dict.fromkeys(wanted))
+
+
+def plan_run(
+    arch: Architecture,
+    *,
+    run_id: str,
+    dataflows: Sequence[str] = (),
+    director_url: str | None = None,
+    source_root: str = "",
+    now: datetime | None = None,
+    build_only: bool = False,
+    images: Mapping[str, str] | None = None,
+    service_accounts: Mapping[str, str] | None = None,
+) -> Plan:
+    """The run's tasks. Build tasks start `pending`; the others `waiting` for their phase.
+
+    Deploy specs carry the enriched environment; `SERVICE_DIRECTOR_URL` is filled in
+    when the director's own deploy has reported its URL (see `shared.handlers`).
+    `images` are taken as built (their build tasks start succeeded); `build_only` plans
+    no deploys; `service_accounts` override the file's accounts.
+    """
+    selected = select_dataflows(arch, dataflows)
+    members = [
+        (flow, spec)
+        for flow in selected
+        for spec in arch.dataflows[flow].services.values()
+        if spec.deployment is not None
+    ]
+    tasks: list[TaskRecord] = []
+    director = arch.service_manager_spec
+    has_director = director is not None and director.deployment is not None and not director_url
+    if has_director and director is not None:
+        tasks.append(_task(run_id, Phase.BUILD, None, director, arch, source_root, None, now))
+        if not build_only:
+            tasks.append(
+                _task(run_id, Phase.DIRECTOR, None, director, arch, source_root, None, now)
+            )
+    tasks.extend(_task(run_id, Phase.BUILD, f, s, arch, source_root, None, now) for f, s in members)
+    deployed = {spec.name for _, spec in members}
+    if not build_only:
+        for flow, spec in members:
+            deps = [d for d in spec.dependencies if d in deployed]
+            tasks.append(_task(run_id, Phase.DEPLOY, flow, spec, arch, source_root, deps, now))
+    tasks = [_prebuilt(t, images or {}, now) for t in tasks]
+    accounts = service_accounts or {}
+    tasks = [
+        t.model_copy(update={"service_account": accounts[t.service]})
+        if t.service in accounts
+        else t
+        for t in tasks
+    ]
+    return Plan(run_id=run_id, dataflows=selected, director_url=director_url, tasks=tasks)
+
+
+def _prebuilt(task: TaskRecord, images: Mapping[str, str], now: datetime | None) -> TaskRecord:
+    if task.phase is not Phase.BUILD or task.service not in images:
+        return task
+    return task.model_copy(
+        update={
+            "status": TaskStatus.SUCCEEDED,
+            "image": images[task.service],
+            "started_at": now,
+            "finished_at": now,
+        }
+    )
+
+
+def _task(
+    run_id: str,
+    phase: Phase,
+    dataflow: str | None,
+    service: ServiceSpec,
+    arch: Architecture,
+    source_root: str,
+    depends_on: list[str] | None,
+    now: datetime | None,
+) -> TaskRecord:
+    assert service.deployment is not None
+    spec = resolve_sources(service.deployment, source_root)
+    if not spec.region and arch.region:
+        spec = spec.model_copy(update={"region": arch.region})
+    if phase is not Phase.BUILD:
+        spec = enrich_environment(
+            spec,
+            project_id=arch.project_id,
+            director_url=None,
+            service=service.name,
+            dataflow=dataflow,
+        )
+    building = phase is Phase.BUILD
+    return TaskRecord(
+        task_id=task_id_for(run_id, phase, service.name),
+        run_id=run_id,
+        phase=phase,
+        service=service.name,
+        dataflow=dataflow,
+        status=TaskStatus.PENDING if building else TaskStatus.WAITING,
+        released_at=now if building else None,
+        depends_on=depends_on or [],
+        service_account=service.service_account,
+        spec=spec,
+        health_check=service.health_check,
+    )

@@ -1,0 +1,128 @@
+"""The ports the core talks to. Adapters live in `shared.adapters`; fakes in `tests.fakes`.
+
+Every write the store offers is a compare-and-set: Pub/Sub delivers at least once and
+may reorder, so handlers rely on the store, not on delivery, to do each thing once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from shared.messages import (
+    Phase,
+    RunRecord,
+    RunResult,
+    TaskCompletion,
+    TaskRecord,
+    TaskStatus,
+)
+
+Handler = Callable[[bytes, Mapping[str, str]], None]
+
+
+class MessageBus(Protocol):
+    def publish(
+        self, topic: str, message: BaseModel, *, attributes: Mapping[str, str] | None = None
+    ) -> None:
+        """Publish one JSON-serialised message; returns once the bus has accepted it.
+
+        Raises `BackendError` (retryable when transient) if the bus refused it.
+        """
+        ...
+
+    def publish_many(
+        self, topic: str, messages: Sequence[tuple[BaseModel, Mapping[str, str]]]
+    ) -> None:
+        """Publish several messages (batched where the bus can); all accepted, or raises."""
+        ...
+
+
+class RunStore(Protocol):
+    def create_run(
+        self, run: RunRecord, tasks: Sequence[TaskRecord], architecture: str
+    ) -> tuple[RunRecord, bool]:
+        """Store a new run with its planned tasks and the architecture's text, atomically.
+
+        Idempotent by `run.run_id`: if it exists, returns `(existing, False)` and writes
+        nothing; otherwise `(run, True)`.
+        """
+        ...
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    def list_runs(self, limit: int = 20) -> list[RunRecord]:
+        """The most recent runs first."""
+        ...
+
+    def get_architecture(self, run_id: str) -> str | None: ...
+
+    def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    def get_tasks(self, run_id: str, phase: Phase | None = None) -> list[TaskRecord]: ...
+
+    def release_task(
+        self, task_id: str, *, spec_updates: Mapping[str, Any] | None = None, now: datetime
+    ) -> TaskRecord | None:
+        """`waiting` -> `pending`, merging `spec_updates` into the task's spec.
+
+        Returns the released record, or None if the task was not waiting (another caller
+        released it already): exactly one caller wins, and only it publishes the task.
+        """
+        ...
+
+    def claim_task(
+        self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
+    ) -> TaskRecord | None:
+        """`pending` (or `running` with an expired lease) -> `running`, attempt + 1.
+
+        Returns the claimed record, or None when the task is terminal, waiting, or held
+        by a live lease: a duplicate task message then starts nothing.
+        """
+        ...
+
+    def record_build_id(self, task_id: str, build_id: str) -> None:
+        """Remember the backend's id of a submitted build, so a redelivery can find it."""
+        ...
+
+    def complete_task(self, completion: TaskCompletion) -> TaskRecord | None:
+        """Apply a completion to a task that is not yet terminal.
+
+        Returns the updated record, or None if the task was terminal already (a duplicate
+        completion), or unknown: the second delivery changes nothing.
+        """
+        ...
+
+    def update_run(
+        self, run_id: str, *, expect: Mapping[str, Any], changes: Mapping[str, Any]
+    ) -> RunRecord | None:
+        """Compare-and-set on the run's fields: applies `changes` only if every field in
+        `expect` still has that value. Returns the new record, or None if it did not apply.
+        """
+        ...
+
+    def finish_run(self, run_id: str, result: RunResult) -> bool:
+        """Move a running run to `result.status` and store `result`, exactly once.
+
+        Returns True for the one caller that finished it; False if it was finished already.
+        """
+        ...
+
+    def get_result(self, run_id: str) -> RunResult | None: ...
+
+    def count_tasks(self, run_id: str, phase: Phase) -> Mapping[TaskStatus, int]:
+        """How many of the run's tasks of `phase` are in each status."""
+        ...
+
+
+class SourceProvider(Protocol):
+    def resolve(self, source_root: str, relative_path: str) -> str:
+        """Where a service's source (relative to the architecture file) can be read by the
+        container deployer: a local absolute path, or a `gs://` archive.
+
+        Raises `ArchitectureError`-free `BackendError` if it cannot be fetched.
+        """
+        ...

@@ -1,0 +1,133 @@
+"""Following a run as a person: a live table on a terminal, plain lines otherwise.
+
+It reads only the run store, so it follows an embedded run and a run on Google Cloud
+the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import IO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from shared.handlers import run_view as current
+from shared.messages import RunResult, RunStatus
+from shared.ports import RunStore
+
+_STYLE = {
+    "deployed": "green",
+    "built": "cyan",
+    "failed": "bold red",
+    "skipped": "yellow",
+    "not deployed": "yellow",
+    "timed_out": "red",
+    "cancelled": "yellow",
+    "building": "blue",
+    "deploying": "blue",
+    "queued": "dim",
+    "planned": "dim",
+}
+
+
+def short_image(image: str | None) -> str:
+    if not image:
+        return ""
+    name, _, digest = image.partition("@")
+    return f"{name.rsplit('/', 1)[-1]}@{digest[:19]}" if digest else name
+
+
+def result_table(result: RunResult) -> Table:
+    title = f"run {result.run_id}: {result.status.value} ({result.phase.value})"
+    if result.duration_seconds is not None:
+        title += f" in {result.duration_seconds:.1f}s"
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in ("service", "dataflow", "status", "build", "deploy", "image", "url"):
+        table.add_column(column, no_wrap=column in ("service", "status", "url"))
+    for svc in result.services.values():
+        table.add_row(
+            svc.service,
+            svc.dataflow or "(director)",
+            f"[{_STYLE.get(svc.status, '')}]{svc.status}[/]",
+            f"{svc.build_seconds:.1f}s" if svc.build_seconds is not None else "",
+            f"{svc.deploy_seconds:.1f}s" if svc.deploy_seconds is not None else "",
+            short_image(svc.image),
+            svc.url or "",
+        )
+    return table
+
+
+def print_errors(result: RunResult, console: Console) -> None:
+    if result.error:
+        console.print(f"[bold red]error:[/] {result.error}", highlight=False)
+    for err in result.errors:
+        console.print(
+            f"[bold red]{err.service}[/] ({err.phase.value}): {err.error}", highlight=False
+        )
+
+
+def follow(
+    store: RunStore,
+    run_id: str,
+    *,
+    stream: IO[str],
+    done: Callable[[], bool] | None = None,
+    interval: float = 0.1,
+    timeout: float | None = None,
+) -> RunResult:
+    """Show the run until it has a final result (or `done()` says the work is over)."""
+    console = Console(file=stream, highlight=False)
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def finished() -> RunResult | None:
+        view = current(store, run_id)
+        over = view is not None and view.status is not RunStatus.RUNNING
+        out = done is not None and done()
+        expired = deadline is not None and time.monotonic() > deadline
+        return view if (over or out or expired) and view is not None else None
+
+    if console.is_terminal:
+        return _follow_live(store, run_id, console, finished, interval)
+    return _follow_lines(store, run_id, console, finished, interval)
+
+
+def _follow_live(
+    store: RunStore,
+    run_id: str,
+    console: Console,
+    finished: Callable[[], RunResult | None],
+    interval: float,
+) -> RunResult:
+    with Live(console=console, refresh_per_second=10, transient=False) as live:
+        while True:
+            end = finished()
+            view = end or current(store, run_id)
+            if view is not None:
+                live.update(result_table(view))
+            if end is not None:
+                return end
+            time.sleep(interval)
+
+
+def _follow_lines(
+    store: RunStore,
+    run_id: str,
+    console: Console,
+    finished: Callable[[], RunResult | None],
+    interval: float,
+) -> RunResult:
+    seen: dict[str, str] = {}
+    while True:
+        end = finished()
+        view = end or current(store, run_id)
+        for svc in view.services.values() if view else ():
+            if seen.get(svc.service) != svc.status:
+                seen[svc.service] = svc.status
+                detail = svc.error or svc.url or short_image(svc.image)
+                console.print(f"  {svc.service:<24} {svc.status:<12} {detail}", highlight=False)
+        if end is not None:
+            return end
+        time.sleep(interval)

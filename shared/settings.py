@@ -1,0 +1,95 @@
+"""One settings model, read from `ARCHDEPLOY_*` environment variables.
+
+The README's configuration table lists every variable; a missing or contradictory
+setting fails at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import UsageError
+
+ENV_PREFIX = "ARCHDEPLOY_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    backend: Literal["local", "gcp"] = Field(
+        default="local", description="default backend of every port"
+    )
+    bus: Literal["inprocess", "pubsub"] | None = Field(default=None, description="message bus")
+    store: Literal["sqlite", "firestore"] | None = Field(default=None, description="run store")
+    deployer: Literal["local", "gcp"] | None = Field(default=None, description="container deployer")
+    state_dir: Path = Field(default=Path(".archdeploy"), description="embedded state directory")
+    parallelism: int = Field(default=32, ge=1, le=4096, description="in-process worker threads")
+    project: str = Field(default="", description="Google Cloud project of archdeploy itself")
+    region: str = Field(default="europe-west1", description="region for builds and services")
+    topic_requests: str = "archdeploy-requests"
+    topic_tasks: str = "archdeploy-tasks"
+    topic_completions: str = "archdeploy-completions"
+    topic_results: str = "archdeploy-results"
+    firestore_database: str = "(default)"
+    firestore_collection: str = "archdeploy_runs"
+    source_bucket: str = Field(default="", description="bucket for uploaded build sources")
+    image_repo: str = Field(default="archdeploy", description="default Artifact Registry repo")
+    build_timeout_seconds: float = Field(default=1200, gt=0)
+    deploy_timeout_seconds: float = Field(default=600, gt=0)
+    health_timeout_seconds: float = Field(default=60, gt=0)
+    http_token: SecretStr | None = Field(default=None, description="bearer token for HTTP calls")
+
+    @property
+    def bus_kind(self) -> str:
+        return self.bus or ("pubsub" if self.backend == "gcp" else "inprocess")
+
+    @property
+    def store_kind(self) -> str:
+        return self.store or ("firestore" if self.backend == "gcp" else "sqlite")
+
+    @property
+    def deployer_kind(self) -> str:
+        return self.deployer or self.backend
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return {
+            "requests": self.topic_requests,
+            "tasks": self.topic_tasks,
+            "completions": self.topic_completions,
+            "results": self.topic_results,
+        }
+
+    @model_validator(mode="after")
+    def _cloud_settings_present(self) -> Settings:
+        uses_cloud = "pubsub" in (self.bus_kind,) or self.store_kind == "firestore"
+        if (uses_cloud or self.deployer_kind == "gcp") and not self.project:
+            raise ValueError(
+                f"{ENV_PREFIX}PROJECT is required when a port uses Google Cloud "
+                f"(bus={self.bus_kind}, store={self.store_kind}, deployer={self.deployer_kind})"
+            )
+        if self.deployer_kind == "gcp" and not self.source_bucket:
+            raise ValueError(f"{ENV_PREFIX}SOURCE_BUCKET is required with the gcp deployer")
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and `overrides`); raises `UsageError` naming the variable."""
+    if "project" not in overrides and not os.environ.get(f"{ENV_PREFIX}PROJECT"):
+        google_project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+        if google_project:
+            overrides["project"] = google_project
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise UsageError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,161 @@
+"""The run's state machine, as pure functions over stored records.
+
+The aggregator (in `shared.handlers`) reads records, asks these functions what is due,
+and applies the answer through the store's compare-and-set writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from shared.messages import (
+    Phase,
+    RunRecord,
+    RunResult,
+    RunStatus,
+    ServiceError,
+    ServiceResult,
+    TaskRecord,
+    TaskStatus,
+)
+
+
+def all_terminal(counts: Mapping[TaskStatus, int]) -> bool:
+    return all(status.terminal for status, n in counts.items() if n)
+
+
+def all_succeeded(counts: Mapping[TaskStatus, int]) -> bool:
+    return all(status is TaskStatus.SUCCEEDED for status, n in counts.items() if n)
+
+
+@dataclass(frozen=True)
+class DeployStep:
+    """What is due in the deploy phase after the latest completion."""
+
+    release: list[TaskRecord]
+    skip: list[tuple[TaskRecord, str]]
+    finished: bool
+
+
+def next_deploys(tasks: Sequence[TaskRecord]) -> DeployStep:
+    """Waiting deploys whose dependencies all succeeded are released; those downstream of
+    a failure are skipped, naming it (transitively: a skip skips its own dependents); the
+    phase is finished when nothing is left open."""
+    status = {t.service: t.status for t in tasks}
+    reasons: dict[str, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for task in tasks:
+            if status[task.service] is not TaskStatus.WAITING:
+                continue
+            failed = [
+                d
+                for d in task.depends_on
+                if d in status and status[d].terminal and status[d] is not TaskStatus.SUCCEEDED
+            ]
+            if failed:
+                status[task.service] = TaskStatus.SKIPPED
+                reasons[task.service] = (
+                    f"not deployed: dependency {', '.join(failed)} did not deploy"
+                )
+                changed = True
+    release = [
+        t
+        for t in tasks
+        if status[t.service] is TaskStatus.WAITING
+        and all(status.get(d, TaskStatus.SUCCEEDED) is TaskStatus.SUCCEEDED for d in t.depends_on)
+    ]
+    skip = [(t, reasons[t.service]) for t in tasks if t.service in reasons]
+    finished = not release and all(s.terminal for s in status.values())
+    return DeployStep(release=release, skip=skip, finished=finished)
+
+
+def outcome(tasks: Iterable[TaskRecord]) -> RunStatus:
+    statuses = [t.status for t in tasks]
+    if any(s is TaskStatus.CANCELLED for s in statuses):
+        return RunStatus.CANCELLED
+    if all(s is TaskStatus.SUCCEEDED for s in statuses):
+        return RunStatus.SUCCEEDED
+    return RunStatus.FAILED
+
+
+def assemble_result(
+    run: RunRecord, tasks: Sequence[TaskRecord], status: RunStatus | None = None
+) -> RunResult:
+    """The run's result view: one entry per service, every image, URL and error."""
+    services: dict[str, ServiceResult] = {}
+    errors: list[ServiceError] = []
+    for task in sorted(tasks, key=_phase_order):
+        entry = services.setdefault(
+            task.service, ServiceResult(service=task.service, dataflow=task.dataflow, status="")
+        )
+        _merge(entry, task)
+        if task.error and task.status is not TaskStatus.SUCCEEDED:
+            errors.append(ServiceError(service=task.service, phase=task.phase, error=task.error))
+    for entry in services.values():
+        entry.status = _service_status(entry, run)
+    finished = run.finished_at
+    return RunResult(
+        run_id=run.run_id,
+        status=status or run.status,
+        phase=run.phase,
+        project_id=run.project_id,
+        director_url=run.director_url,
+        dataflows=run.dataflows,
+        error=run.error,
+        created_at=run.created_at,
+        finished_at=finished,
+        duration_seconds=round((finished - run.created_at).total_seconds(), 3)
+        if finished
+        else None,
+        services=services,
+        images={name: s.image for name, s in services.items() if s.image},
+        urls={name: s.url for name, s in services.items() if s.url},
+        errors=errors,
+    )
+
+
+def _phase_order(task: TaskRecord) -> tuple[int, str]:
+    return ([Phase.BUILD, Phase.DIRECTOR, Phase.DEPLOY].index(task.phase), task.service)
+
+
+def _merge(entry: ServiceResult, task: TaskRecord) -> None:
+    if task.phase is Phase.BUILD:
+        entry.build_status = task.status
+        entry.build_seconds = task.duration_seconds
+        entry.image = task.image
+    else:
+        entry.deploy_status = task.status
+        entry.deploy_seconds = task.duration_seconds
+        entry.url = task.url
+        if task.dataflow is not None:
+            entry.dataflow = task.dataflow
+    if task.error and task.status is not TaskStatus.SUCCEEDED:
+        entry.error = task.error
+
+
+_BUILD_LABELS = {
+    TaskStatus.PENDING: "queued",
+    TaskStatus.RUNNING: "building",
+    TaskStatus.SUCCEEDED: "built",
+}
+_DEPLOY_LABELS = {
+    TaskStatus.WAITING: "built",
+    TaskStatus.PENDING: "queued",
+    TaskStatus.RUNNING: "deploying",
+    TaskStatus.SUCCEEDED: "deployed",
+}
+
+
+def _service_status(entry: ServiceResult, run: RunRecord) -> str:
+    """One word a person can read: where this service got to."""
+    build, deploy = entry.build_status, entry.deploy_status
+    if build is not None and build is not TaskStatus.SUCCEEDED:
+        return _BUILD_LABELS.get(build, build.value)
+    if deploy is None:
+        return "built" if build is TaskStatus.SUCCEEDED else "planned"
+    if deploy is TaskStatus.WAITING and run.status.terminal:
+        return "not deployed"
+    return _DEPLOY_LABELS.get(deploy, deploy.value)

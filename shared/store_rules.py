@@ -1,0 +1,87 @@
+"""The store's compare-and-set rules, as pure functions every `RunStore` applies.
+
+Each takes the current record and returns the next one, or None when the write must
+not happen (the compare failed). Stores differ only in how they read and write
+atomically (SQLite transaction, Firestore transaction, a lock in the fake).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.messages import RunRecord, RunResult, TaskCompletion, TaskRecord, TaskStatus
+
+
+def released(
+    task: TaskRecord, spec_updates: Mapping[str, Any] | None, now: datetime
+) -> TaskRecord | None:
+    if task.status is not TaskStatus.WAITING:
+        return None
+    spec = task.spec.model_copy(update=dict(spec_updates or {})) if task.spec else None
+    return task.model_copy(update={"status": TaskStatus.PENDING, "spec": spec, "released_at": now})
+
+
+def claimed(
+    task: TaskRecord, worker: str, lease_seconds: float, now: datetime
+) -> TaskRecord | None:
+    lease_live = task.lease_expires_at is not None and task.lease_expires_at > now
+    if task.status is TaskStatus.RUNNING and lease_live:
+        return None
+    if task.status not in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        return None
+    return task.model_copy(
+        update={
+            "status": TaskStatus.RUNNING,
+            "attempt": task.attempt + 1,
+            "claimed_by": worker,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "started_at": now,
+        }
+    )
+
+
+def completed(task: TaskRecord, completion: TaskCompletion) -> TaskRecord | None:
+    if task.status.terminal:
+        return None
+    return task.model_copy(
+        update={
+            "status": completion.status,
+            "image": completion.image or task.image,
+            "url": completion.url or task.url,
+            "error": completion.error,
+            "build_id": completion.build_id or task.build_id,
+            "started_at": completion.started_at or task.started_at,
+            "finished_at": completion.finished_at,
+            "lease_expires_at": None,
+        }
+    )
+
+
+def with_build_id(task: TaskRecord, build_id: str) -> TaskRecord:
+    return task.model_copy(update={"build_id": build_id})
+
+
+def run_updated(
+    run: RunRecord, expect: Mapping[str, Any], changes: Mapping[str, Any]
+) -> RunRecord | None:
+    current = json.loads(run.model_dump_json())
+    wanted = json.loads(RunRecord.model_validate({**run.model_dump(), **expect}).model_dump_json())
+    if any(current.get(k) != wanted.get(k) for k in expect):
+        return None
+    return RunRecord.model_validate({**run.model_dump(), **changes})
+
+
+def run_finished(run: RunRecord, result: RunResult) -> RunRecord | None:
+    if run.status.terminal:
+        return None
+    return run.model_copy(
+        update={
+            "status": result.status,
+            "phase": result.phase,
+            "finished_at": result.finished_at,
+            "updated_at": result.finished_at or run.updated_at,
+        }
+    )

@@ -1,0 +1,257 @@
+"""In-memory fakes of every port, with per-instance state and scripted failures."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared import store_rules as rules
+from shared.architecture import DeploymentSpec
+from shared.deployer import Target
+from shared.errors import BackendError
+from shared.messages import (
+    Phase,
+    RunRecord,
+    RunResult,
+    TaskCompletion,
+    TaskRecord,
+    TaskStatus,
+)
+
+
+class FakeRunStore:
+    """`RunStore` in dictionaries under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.runs: dict[str, RunRecord] = {}
+        self.tasks: dict[str, TaskRecord] = {}
+        self.architectures: dict[str, str] = {}
+        self.results: dict[str, RunResult] = {}
+        self.finish_calls = 0
+
+    def create_run(
+        self, run: RunRecord, tasks: Sequence[TaskRecord], architecture: str
+    ) -> tuple[RunRecord, bool]:
+        with self._lock:
+            if run.run_id in self.runs:
+                return self.runs[run.run_id], False
+            self.runs[run.run_id] = run
+            self.architectures[run.run_id] = architecture
+            self.tasks.update({t.task_id: t for t in tasks})
+            return run, True
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        return self.runs.get(run_id)
+
+    def list_runs(self, limit: int = 20) -> list[RunRecord]:
+        return sorted(self.runs.values(), key=lambda r: r.created_at, reverse=True)[:limit]
+
+    def get_architecture(self, run_id: str) -> str | None:
+        return self.architectures.get(run_id)
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        return self.tasks.get(task_id)
+
+    def get_tasks(self, run_id: str, phase: Phase | None = None) -> list[TaskRecord]:
+        with self._lock:
+            return [
+                t
+                for t in self.tasks.values()
+                if t.run_id == run_id and (phase is None or t.phase is phase)
+            ]
+
+    def count_tasks(self, run_id: str, phase: Phase) -> dict[TaskStatus, int]:
+        counts: dict[TaskStatus, int] = {}
+        for task in self.get_tasks(run_id, phase):
+            counts[task.status] = counts.get(task.status, 0) + 1
+        return counts
+
+    def release_task(
+        self, task_id: str, *, spec_updates: Mapping[str, Any] | None = None, now: datetime
+    ) -> TaskRecord | None:
+        return self._update(task_id, lambda t: rules.released(t, spec_updates, now))
+
+    def claim_task(
+        self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
+    ) -> TaskRecord | None:
+        return self._update(task_id, lambda t: rules.claimed(t, worker, lease_seconds, now))
+
+    def record_build_id(self, task_id: str, build_id: str) -> None:
+        self._update(task_id, lambda t: rules.with_build_id(t, build_id))
+
+    def complete_task(self, completion: TaskCompletion) -> TaskRecord | None:
+        return self._update(completion.task_id, lambda t: rules.completed(t, completion))
+
+    def update_run(
+        self, run_id: str, *, expect: Mapping[str, Any], changes: Mapping[str, Any]
+    ) -> RunRecord | None:
+        with self._lock:
+            run = self.runs.get(run_id)
+            updated = rules.run_updated(run, expect, changes) if run else None
+            if updated is not None:
+                self.runs[run_id] = updated
+            return updated
+
+    def finish_run(self, run_id: str, result: RunResult) -> bool:
+        with self._lock:
+            self.finish_calls += 1
+            run = self.runs.get(run_id)
+            done = rules.run_finished(run, result) if run else None
+            if done is None:
+                return False
+            self.runs[run_id] = done
+            self.results[run_id] = result
+            return True
+
+    def get_result(self, run_id: str) -> RunResult | None:
+        return self.results.get(run_id)
+
+    def _update(
+        self, task_id: str, change: Callable[[TaskRecord], TaskRecord | None]
+    ) -> TaskRecord | None:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            updated = change(task) if task else None
+            if updated is not None:
+                self.tasks[task_id] = updated
+            return updated
+
+
+Subscriber = Callable[[bytes, Mapping[str, str]], None]
+
+
+class FakeBus:
+    """`MessageBus` that queues and delivers only when told, one message at a time, in
+    order, optionally duplicated or shuffled: at-least-once delivery made deterministic."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, dict[str, str]]] = []
+        self.queue: deque[tuple[str, bytes, dict[str, str]]] = deque()
+        self.subscribers: dict[str, list[Subscriber]] = {}
+        self.fail_publish: set[str] = set()
+
+    def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+        self.subscribers.setdefault(topic, []).append(subscriber)
+
+    def publish(
+        self, topic: str, message: BaseModel, *, attributes: Mapping[str, str] | None = None
+    ) -> None:
+        if topic in self.fail_publish:
+            raise BackendError(f"publishing to {topic}: unavailable", retryable=True)
+        item = (topic, message.model_dump_json().encode(), dict(attributes or {}))
+        self.published.append(item)
+        self.queue.append(item)
+
+    def publish_many(
+        self, topic: str, messages: Sequence[tuple[BaseModel, Mapping[str, str]]]
+    ) -> None:
+        for message, attributes in messages:
+            self.publish(topic, message, attributes=attributes)
+
+    def topic(self, name: str) -> list[bytes]:
+        return [data for topic, data, _ in self.published if topic == name]
+
+    def deliver_all(
+        self, *, duplicate: bool = False, shuffle: random.Random | None = None, limit: int = 10_000
+    ) -> int:
+        """Deliver until the queue is empty; returns how many deliveries were made."""
+        delivered = 0
+        while self.queue and delivered < limit:
+            if shuffle is not None:
+                self.queue.rotate(-shuffle.randrange(len(self.queue)))
+            topic, data, attributes = self.queue.popleft()
+            for _ in range(2 if duplicate else 1):
+                for subscriber in self.subscribers.get(topic, []):
+                    subscriber(data, attributes)
+                    delivered += 1
+        return delivered
+
+
+class FakeDeployer:
+    """`ContainerDeployer` that records calls and takes scripted delays and failures."""
+
+    def __init__(
+        self,
+        *,
+        build_seconds: float = 0.0,
+        deploy_seconds: float = 0.0,
+        fail_build: Mapping[str, str] | None = None,
+        fail_deploy: Mapping[str, str] | None = None,
+    ) -> None:
+        self.build_seconds = build_seconds
+        self.deploy_seconds = deploy_seconds
+        self.fail_build = dict(fail_build or {})
+        self.fail_deploy = dict(fail_deploy or {})
+        self._lock = threading.Lock()
+        self.built: list[tuple[str, DeploymentSpec]] = []
+        self.deployed: list[tuple[str, str, DeploymentSpec]] = []
+        self.torn_down: list[str] = []
+        self.events: list[tuple[str, str, float]] = []  # (action, service, monotonic time)
+
+    def build(
+        self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
+    ) -> str:
+        self._event("build-start", service_name)
+        time.sleep(self.build_seconds)
+        if service_name in self.fail_build:
+            self._event("build-failed", service_name)
+            raise BackendError(f"building {service_name}: {self.fail_build[service_name]}")
+        with self._lock:
+            self.built.append((service_name, spec))
+        self._event("build-end", service_name)
+        digest = hashlib.sha256(f"{service_name}:{spec.source_path}".encode()).hexdigest()
+        return f"fake.registry/{service_name}@sha256:{digest}"
+
+    def deploy_service(
+        self,
+        service_name: str,
+        service_account_email: str,
+        spec: DeploymentSpec,
+        *,
+        target: Target | None = None,
+    ) -> str:
+        self._event("deploy-start", service_name)
+        time.sleep(self.deploy_seconds)
+        if service_name in self.fail_deploy:
+            self._event("deploy-failed", service_name)
+            raise BackendError(f"deploying {service_name}: {self.fail_deploy[service_name]}")
+        with self._lock:
+            self.deployed.append((service_name, service_account_email, spec))
+        self._event("deploy-end", service_name)
+        return f"https://{service_name}.fake.run"
+
+    def build_and_deploy(
+        self,
+        service_name: str,
+        service_account_email: str,
+        spec: DeploymentSpec,
+        *,
+        target: Target | None = None,
+    ) -> str:
+        image = self.build(service_name, spec, target=target)
+        return self.deploy_service(
+            service_name,
+            service_account_email,
+            spec.model_copy(update={"image": image}),
+            target=target,
+        )
+
+    def teardown(self, service_name: str, *, target: Target | None = None) -> None:
+        with self._lock:
+            self.torn_down.append(service_name)
+
+    def deployed_names(self) -> list[str]:
+        return [name for name, _, _ in self.deployed]
+
+    def _event(self, action: str, service: str) -> None:
+        with self._lock:
+            self.events.append((action, service, time.monotonic()))
