@@ -1,0 +1,3 @@
+"""Integration fixtures: the Pub/Sub and Firestore emulators."""
+
+from tests.integration.emulators import *  # noqa: F403

@@ -1,0 +1,363 @@
+"""The RunStore contract, run against every implementation: the fake, SQLite, Firestore."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from shared.architecture import DeploymentSpec
+from shared.messages import (
+    Phase,
+    RunRecord,
+    RunResult,
+    RunStatus,
+    TaskCompletion,
+    TaskRecord,
+    TaskStatus,
+    task_id_for,
+)
+from shared.ports import RunStore
+
+T = TypeVar("T")
+NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+ARCHITECTURE = "name: shop\nproject_id: demo\ndataflows: {}\n"
+
+
+@pytest.fixture(params=["fake", "sqlite", "firestore"], ids=["fake", "sqlite", "firestore"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunStore]:
+    if request.param == "fake":
+        from tests.fakes import FakeRunStore
+
+        yield FakeRunStore()
+    elif request.param == "sqlite":
+        from shared.adapters.sqlite_store import SqliteRunStore
+
+        sqlite = SqliteRunStore(tmp_path / "runs.db")
+        yield sqlite
+        sqlite.close()
+    else:
+        from shared.adapters.firestore_store import FirestoreRunStore
+
+        client = request.getfixturevalue("firestore_client")
+        collection = f"runs-{uuid.uuid4().hex[:12]}"
+        yield FirestoreRunStore(project_id=client.project, collection=collection, client=client)
+
+
+def _run(run_id: str | None = None, created_at: datetime = NOW) -> RunRecord:
+    return RunRecord(
+        run_id=run_id or uuid.uuid4().hex[:16],
+        idempotency_key=f"key-{uuid.uuid4().hex[:8]}",
+        project_id="demo",
+        dataflows=["orders"],
+        created_at=created_at,
+        updated_at=created_at,
+    )
+
+
+def _tasks(
+    run_id: str, phase: Phase, services: Sequence[str], status: TaskStatus = TaskStatus.WAITING
+) -> list[TaskRecord]:
+    spec = DeploymentSpec(source_path="svc", cpu="1", environment_vars={"LOG_LEVEL": "info"})
+    return [
+        TaskRecord(
+            task_id=task_id_for(run_id, phase, service),
+            run_id=run_id,
+            phase=phase,
+            service=service,
+            dataflow="orders",
+            status=status,
+            spec=spec,
+        )
+        for service in services
+    ]
+
+
+def _created(store: RunStore, tasks: Callable[[str], list[TaskRecord]]) -> str:
+    run = _run()
+    store.create_run(run, tasks(run.run_id), ARCHITECTURE)
+    return run.run_id
+
+
+def _completion(task: TaskRecord, status: TaskStatus = TaskStatus.SUCCEEDED) -> TaskCompletion:
+    return TaskCompletion(
+        run_id=task.run_id,
+        task_id=task.task_id,
+        phase=task.phase,
+        service=task.service,
+        status=status,
+        image=f"registry.example/{task.service}@sha256:{'cd' * 32}",
+        url=f"https://{task.service}.example.run.app",
+        error="boom" if status is TaskStatus.FAILED else None,
+        build_id="build-42",
+        started_at=NOW,
+        finished_at=NOW + timedelta(seconds=12.5),
+    )
+
+
+def _in_threads(count: int, work: Callable[[int], T]) -> list[T]:
+    """Run `work(i)` for each i in `count` threads released together."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except BaseException as exc:  # surfaced below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _nonzero(counts: Any) -> dict[TaskStatus, int]:
+    return {TaskStatus(status): n for status, n in dict(counts).items() if n}
+
+
+def test_create_run_is_idempotent_and_round_trips_exactly(store: RunStore) -> None:
+    run = _run()
+    tasks = _tasks(run.run_id, Phase.BUILD, ["api", "web"])
+
+    assert store.create_run(run, tasks, ARCHITECTURE) == (run, True)
+    again = run.model_copy(update={"requested_by": "someone else"})
+    more = _tasks(run.run_id, Phase.BUILD, ["api", "web", "extra"])
+    existing, created = store.create_run(again, more, "other: text")
+
+    assert (existing, created) == (run, False)
+    assert store.get_run(run.run_id) == run
+    assert store.get_architecture(run.run_id) == ARCHITECTURE
+    assert sorted(store.get_tasks(run.run_id), key=lambda t: t.task_id) == tasks
+    assert store.get_task(tasks[0].task_id) == tasks[0]
+
+
+def test_unknown_ids_read_as_nothing(store: RunStore) -> None:
+    assert store.get_run("nope") is None
+    assert store.get_task("nope:build:api") is None
+    assert store.get_tasks("nope") == []
+    assert store.get_architecture("nope") is None
+    assert store.get_result("nope") is None
+
+
+def test_get_tasks_filters_by_phase(store: RunStore) -> None:
+    run_id = _created(
+        store,
+        lambda r: _tasks(r, Phase.BUILD, ["a", "b", "c"]) + _tasks(r, Phase.DEPLOY, ["a", "b"]),
+    )
+
+    builds = {t.task_id for t in store.get_tasks(run_id, Phase.BUILD)}
+    deploys = {t.task_id for t in store.get_tasks(run_id, Phase.DEPLOY)}
+
+    assert builds == {task_id_for(run_id, Phase.BUILD, s) for s in "abc"}
+    assert deploys == {task_id_for(run_id, Phase.DEPLOY, s) for s in "ab"}
+    assert store.get_tasks(run_id, Phase.DIRECTOR) == []
+    assert len(store.get_tasks(run_id)) == 5
+
+
+def test_release_task_lets_only_the_first_caller_win_and_merges_spec_updates(
+    store: RunStore,
+) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.DEPLOY, ["api"]))
+    task_id = task_id_for(run_id, Phase.DEPLOY, "api")
+    env = {"LOG_LEVEL": "info", "SERVICE_DIRECTOR_URL": "https://director.example"}
+    updates = {"image": "registry.example/api@sha256:" + "ef" * 32, "environment_vars": env}
+
+    winners = _in_threads(8, lambda _: store.release_task(task_id, spec_updates=updates, now=NOW))
+
+    [released] = [r for r in winners if r is not None]
+    assert released.status is TaskStatus.PENDING
+    assert released.released_at == NOW
+    assert released.spec is not None
+    assert released.spec.image == updates["image"]
+    assert released.spec.environment_vars == env
+    assert (released.spec.cpu, released.spec.source_path) == ("1", "svc")
+    assert store.get_task(task_id) == released
+    assert store.release_task(task_id, spec_updates={"image": "x"}, now=NOW) is None
+
+
+def test_claim_task_moves_pending_to_running_under_a_lease(store: RunStore) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"], TaskStatus.PENDING))
+    task_id = task_id_for(run_id, Phase.BUILD, "api")
+
+    claimed = store.claim_task(task_id, worker="w1", lease_seconds=60, now=NOW)
+
+    assert claimed is not None
+    assert (claimed.status, claimed.attempt, claimed.claimed_by) == (TaskStatus.RUNNING, 1, "w1")
+    assert claimed.lease_expires_at == NOW + timedelta(seconds=60)
+    assert store.get_task(task_id) == claimed
+
+
+def test_a_live_lease_refuses_a_second_claim_and_an_expired_one_is_reclaimed(
+    store: RunStore,
+) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"], TaskStatus.PENDING))
+    task_id = task_id_for(run_id, Phase.BUILD, "api")
+    store.claim_task(task_id, worker="w1", lease_seconds=60, now=NOW)
+
+    during = store.claim_task(
+        task_id, worker="w2", lease_seconds=60, now=NOW + timedelta(seconds=30)
+    )
+    after = store.claim_task(
+        task_id, worker="w3", lease_seconds=60, now=NOW + timedelta(seconds=61)
+    )
+
+    assert during is None
+    assert after is not None
+    assert (after.status, after.attempt, after.claimed_by) == (TaskStatus.RUNNING, 2, "w3")
+
+
+@pytest.mark.parametrize(
+    "status", [TaskStatus.WAITING, TaskStatus.SUCCEEDED, TaskStatus.FAILED], ids=str
+)
+def test_waiting_or_terminal_tasks_cannot_be_claimed(store: RunStore, status: TaskStatus) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"], status))
+    task_id = task_id_for(run_id, Phase.BUILD, "api")
+
+    assert store.claim_task(task_id, worker="w1", lease_seconds=60, now=NOW) is None
+    assert store.claim_task("nope:build:api", worker="w1", lease_seconds=60, now=NOW) is None
+
+
+def test_complete_task_applies_once_and_stores_what_the_worker_reported(store: RunStore) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"], TaskStatus.PENDING))
+    task_id = task_id_for(run_id, Phase.BUILD, "api")
+    claimed = store.claim_task(task_id, worker="w1", lease_seconds=60, now=NOW)
+    assert claimed is not None
+    completion = _completion(claimed, TaskStatus.FAILED)
+
+    done = store.complete_task(completion)
+    duplicate = store.complete_task(completion.model_copy(update={"status": TaskStatus.SUCCEEDED}))
+
+    assert done is not None
+    assert done.status is TaskStatus.FAILED
+    assert (done.image, done.url, done.error) == (completion.image, completion.url, "boom")
+    assert (done.build_id, done.started_at) == ("build-42", NOW)
+    assert done.finished_at == completion.finished_at
+    assert done.duration_seconds == 12.5
+    assert duplicate is None
+    assert store.get_task(task_id) == done
+
+
+def test_a_completion_for_an_unknown_task_changes_nothing(store: RunStore) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"]))
+    ghost = _tasks(run_id, Phase.BUILD, ["ghost"])[0]
+
+    assert store.complete_task(_completion(ghost)) is None
+    assert store.get_task(ghost.task_id) is None
+
+
+def test_a_completion_arriving_before_the_claim_still_applies(store: RunStore) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"], TaskStatus.PENDING))
+    task = store.get_task(task_id_for(run_id, Phase.BUILD, "api"))
+    assert task is not None
+
+    done = store.complete_task(_completion(task))
+
+    assert done is not None and done.status is TaskStatus.SUCCEEDED
+    assert store.claim_task(task.task_id, worker="late", lease_seconds=60, now=NOW) is None
+
+
+def test_record_build_id_is_remembered(store: RunStore) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"], TaskStatus.RUNNING))
+    task_id = task_id_for(run_id, Phase.BUILD, "api")
+
+    store.record_build_id(task_id, "operations/build-7")
+
+    task = store.get_task(task_id)
+    assert task is not None and task.build_id == "operations/build-7"
+
+
+def test_count_tasks_counts_the_phase_by_status(store: RunStore) -> None:
+    def planned(run_id: str) -> list[TaskRecord]:
+        return (
+            _tasks(run_id, Phase.BUILD, ["a", "b", "c", "d"], TaskStatus.PENDING)
+            + _tasks(run_id, Phase.BUILD, ["e"], TaskStatus.WAITING)
+            + _tasks(run_id, Phase.DEPLOY, ["a", "b"], TaskStatus.WAITING)
+        )
+
+    run_id = _created(store, planned)
+    tasks = {t.service: t for t in store.get_tasks(run_id, Phase.BUILD)}
+    store.complete_task(_completion(tasks["a"]))
+    store.complete_task(_completion(tasks["b"], TaskStatus.FAILED))
+    store.claim_task(tasks["c"].task_id, worker="w", lease_seconds=60, now=NOW)
+
+    expected = {
+        TaskStatus.SUCCEEDED: 1,
+        TaskStatus.FAILED: 1,
+        TaskStatus.RUNNING: 1,
+        TaskStatus.PENDING: 1,
+        TaskStatus.WAITING: 1,
+    }
+    assert _nonzero(store.count_tasks(run_id, Phase.BUILD)) == expected
+    assert _nonzero(store.count_tasks(run_id, Phase.DEPLOY)) == {TaskStatus.WAITING: 2}
+    assert _nonzero(store.count_tasks(run_id, Phase.DIRECTOR)) == {}
+
+
+def test_update_run_applies_only_when_expect_matches(store: RunStore) -> None:
+    run_id = _created(store, lambda r: [])
+
+    moved = store.update_run(run_id, expect={"phase": Phase.BUILD}, changes={"phase": "deploy"})
+    stale = store.update_run(run_id, expect={"phase": Phase.BUILD}, changes={"halted": "x"})
+
+    assert moved is not None and moved.phase is Phase.DEPLOY
+    assert stale is None
+    assert store.get_run(run_id) == moved
+    assert store.update_run("nope", expect={}, changes={"halted": "x"}) is None
+
+
+def test_finish_run_succeeds_exactly_once_under_concurrency(store: RunStore) -> None:
+    run_id = _created(store, lambda r: [])
+    result = RunResult(
+        run_id=run_id,
+        status=RunStatus.SUCCEEDED,
+        phase=Phase.DEPLOY,
+        created_at=NOW,
+        finished_at=NOW + timedelta(minutes=3),
+        images={"api": "registry.example/api@sha256:" + "ab" * 32},
+        urls={"api": "https://api.example.run.app"},
+    )
+
+    outcomes = _in_threads(8, lambda _: store.finish_run(run_id, result))
+
+    assert outcomes.count(True) == 1
+    assert outcomes.count(False) == 7
+    assert store.get_result(run_id) == result
+    run = store.get_run(run_id)
+    assert run is not None
+    assert (run.status, run.finished_at) == (RunStatus.SUCCEEDED, result.finished_at)
+    failed = result.model_copy(update={"status": RunStatus.FAILED})
+    assert store.finish_run(run_id, failed) is False
+    assert store.get_result(run_id) == result
+
+
+def test_list_runs_returns_the_newest_first(store: RunStore) -> None:
+    runs = [_run(created_at=NOW + timedelta(minutes=m)) for m in (2, 0, 3, 1)]
+    for run in runs:
+        store.create_run(run, [], ARCHITECTURE)
+
+    newest_first = sorted(runs, key=lambda r: r.created_at, reverse=True)
+
+    assert [r.run_id for r in store.list_runs()] == [r.run_id for r in newest_first]
+    assert [r.run_id for r in store.list_runs(limit=2)] == [r.run_id for r in newest_first[:2]]
+
+
+def test_fifty_concurrent_completions_of_one_run_all_apply(store: RunStore) -> None:
+    services = [f"svc-{i:02d}" for i in range(50)]
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, services, TaskStatus.PENDING))
+    tasks = store.get_tasks(run_id, Phase.BUILD)
+
+    applied = _in_threads(50, lambda i: store.complete_task(_completion(tasks[i])))
+
+    assert all(record is not None for record in applied)
+    assert _nonzero(store.count_tasks(run_id, Phase.BUILD)) == {TaskStatus.SUCCEEDED: 50}
