@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/archdeploy up examples/architecture.yaml
-	$(BIN)/python examples/show_result.py
+	$(BIN)/archdeploy up examples/architecture.yaml --json > .archdeploy-demo-result.json; \
+	  code=$$?; if [ $$code -ne 0 ]; then cat .archdeploy-demo-result.json; exit $$code; fi
+	$(BIN)/python examples/check.py .archdeploy-demo-result.json
+	@echo "The example is running. Stop it with: make down"
 
 down: $(STAMP)
 	$(BIN)/archdeploy down examples/architecture.yaml

@@ -1,0 +1,135 @@
+"""What every example application service shares: director registration and health.
+
+Copied into each service's build as `registration.py` by the architecture's
+`config_templates`, so each service image stays self-contained. Stdlib only.
+
+A service registers with the director at $SERVICE_DIRECTOR_URL in a background thread,
+every 0.5 s for up to 20 s, under the name $SERVICE_NAME (else $K_SERVICE) and the URL
+$SERVICE_URL (else http://127.0.0.1:$PORT). GET /healthz answers 200 once registered,
+503 before: a deployer waiting for health waits for registration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger("registration")
+
+REGISTER_EVERY = 0.5  # seconds
+REGISTER_FOR = 20.0  # seconds
+
+Route = Callable[["ServiceHandler"], tuple[int, dict[str, Any]]]
+
+
+class Registration:
+    """Registers one service with the director; `error` says why it is not registered yet."""
+
+    def __init__(self, name: str, url: str, director: str) -> None:
+        self.name, self.url, self.director = name, url, director.rstrip("/")
+        self.done = threading.Event()
+        self.error = "not registered yet"
+
+    def run(self) -> None:
+        if not self.director:
+            self.error = "SERVICE_DIRECTOR_URL is not set"
+            return
+        deadline = time.monotonic() + REGISTER_FOR
+        while time.monotonic() < deadline:
+            try:
+                self._post()
+            except (OSError, ValueError) as exc:
+                self.error = f"registering with {self.director}: {exc}"
+                time.sleep(REGISTER_EVERY)
+            else:
+                self.done.set()
+                log.info("registered %s at %s with %s", self.name, self.url, self.director)
+                return
+        log.error("gave up registering after %.0fs: %s", REGISTER_FOR, self.error)
+
+    def _post(self) -> None:
+        body = json.dumps({"name": self.name, "url": self.url}).encode()
+        request = urllib.request.Request(
+            f"{self.director}/register", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise
+
+
+class ServiceHandler(BaseHTTPRequestHandler):
+    """Serves /healthz plus a service's own GET and POST routes (path -> route)."""
+
+    registration: Registration
+    get_routes: dict[str, Route] = {}
+    post_routes: dict[str, Route] = {}
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._reply(*self._health())
+        else:
+            self._route(self.get_routes)
+
+    def do_POST(self) -> None:
+        self._route(self.post_routes)
+
+    def read_json(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length) or b"null")
+
+    def _route(self, routes: dict[str, Route]) -> None:
+        route = routes.get(self.path)
+        if route is None:
+            self._reply(404, {"error": f"no {self.command} route {self.path}"})
+            return
+        try:
+            self._reply(*route(self))
+        except ValueError as exc:
+            self._reply(400, {"error": str(exc)})
+
+    def _health(self) -> tuple[int, dict[str, Any]]:
+        registration = self.registration
+        if not registration.done.is_set():
+            return 503, {"registered": False, "error": registration.error}
+        return 200, {
+            "registered": True,
+            "service": registration.name,
+            "dataflow": os.environ.get("DATAFLOW_NAME", ""),
+            "project": os.environ.get("PROJECT_ID", ""),
+        }
+
+    def _reply(self, status: int, document: dict[str, Any]) -> None:
+        data = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+
+def serve(handler: type[ServiceHandler], port: int | None = None) -> None:
+    """Register in the background and serve `handler` on `port` (default $PORT) forever."""
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(message)s")
+    port = port or int(os.environ.get("PORT", "8080"))
+    name = os.environ.get("SERVICE_NAME") or os.environ.get("K_SERVICE") or "unnamed"
+    url = os.environ.get("SERVICE_URL") or f"http://127.0.0.1:{port}"
+    handler.registration = Registration(name, url, os.environ.get("SERVICE_DIRECTOR_URL", ""))
+    # All interfaces, as Cloud Run requires; the local deployer only probes 127.0.0.1.
+    server = ThreadingHTTPServer(("", port), handler)
+    threading.Thread(target=handler.registration.run, name="register", daemon=True).start()
+    log.info("%s listening on port %d", name, port)
+    server.serve_forever()
