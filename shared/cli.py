@@ -314,3 +314,7 @@ def main() -> None:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
         raise SystemExit(code) from None
+
+
+if __name__ == "__main__":
+    main()

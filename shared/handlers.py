@@ -36,7 +36,7 @@ from shared.messages import (
     utcnow,
 )
 from shared.plan import plan_run
-from shared.ports import MessageBus, RunStore
+from shared.ports import MessageBus, RunStore, SourceProvider
 from shared.state import all_succeeded, all_terminal, assemble_result, next_deploys, outcome
 from shared.validation import LoadedArchitecture, load_architecture, parse_architecture
 
@@ -60,6 +60,7 @@ class Runtime:
     leases: Mapping[Phase, float] = field(default_factory=lambda: dict(DEFAULT_LEASES))
     clock: Callable[[], datetime] = utcnow
     fetch_architecture: Callable[[str], LoadedArchitecture] | None = None
+    sources: SourceProvider | None = None  # fetches remote build sources for the worker
 
 
 def run_view(store: RunStore, run_id: str) -> RunResult | None:
@@ -274,7 +275,8 @@ def _execute(
     log.info("%s started (attempt %d)", message.phase.value, claimed.attempt)
     try:
         if message.phase is Phase.BUILD:
-            image = rt.deployer.build(message.service, message.spec, target=target)
+            spec = rt.sources.localize(message.spec) if rt.sources else message.spec
+            image = rt.deployer.build(message.service, spec, target=target)
             done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, image=image)
         else:
             url = rt.deployer.deploy_service(

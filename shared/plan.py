@@ -168,7 +168,7 @@ def _task(
     spec = resolve_sources(service.deployment, source_root)
     if not spec.region and arch.region:
         spec = spec.model_copy(update={"region": arch.region})
-    if phase is not Phase.BUILD:
+    if phase is Phase.DEPLOY:
         spec = enrich_environment(
             spec,
             project_id=arch.project_id,
@@ -176,6 +176,9 @@ def _task(
             service=service.name,
             dataflow=dataflow,
         )
+    elif phase is Phase.DIRECTOR:  # the director needs no URL of its own
+        env = {**spec.environment_vars, "PROJECT_ID": arch.project_id, "SERVICE_NAME": service.name}
+        spec = spec.model_copy(update={"environment_vars": env})
     building = phase is Phase.BUILD
     return TaskRecord(
         task_id=task_id_for(run_id, phase, service.name),

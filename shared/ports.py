@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from shared.architecture import DeploymentSpec
 from shared.messages import (
     Phase,
     RunRecord,
@@ -119,10 +120,10 @@ class RunStore(Protocol):
 
 
 class SourceProvider(Protocol):
-    def resolve(self, source_root: str, relative_path: str) -> str:
-        """Where a service's source (relative to the architecture file) can be read by the
-        container deployer: a local absolute path, or a `gs://` archive.
-
-        Raises `ArchitectureError`-free `BackendError` if it cannot be fetched.
+    def localize(self, spec: DeploymentSpec) -> DeploymentSpec:
+        """A copy of `spec` whose `source_path` (and `config_templates` sources) the
+        container deployer can read: remote sources (e.g. `github://owner/repo@sha/dir`)
+        fetched into a local directory. Specs whose sources are already local or in
+        `gs://` come back unchanged. Idempotent; raises `BackendError` if the fetch fails.
         """
         ...

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     topic_tasks: str = "archdeploy-tasks"
     topic_completions: str = "archdeploy-completions"
     topic_results: str = "archdeploy-results"
+    topic_build_events: str = Field(
+        default="cloud-builds", description="where Cloud Build publishes build status changes"
+    )
     firestore_database: str = "(default)"
     firestore_collection: str = "archdeploy_runs"
     source_bucket: str = Field(default="", description="bucket for uploaded build sources")
@@ -42,7 +45,16 @@ class Settings(BaseSettings):
     build_timeout_seconds: float = Field(default=1200, gt=0)
     deploy_timeout_seconds: float = Field(default=600, gt=0)
     health_timeout_seconds: float = Field(default=60, gt=0)
+    build_concurrency: int = Field(default=10, ge=1, description="builds at once, all workers")
+    deploy_concurrency: int = Field(default=20, ge=1, description="deploys at once, all workers")
+    async_builds: bool = Field(
+        default=True, description="gcp: submit builds and take their result from build events"
+    )
     http_token: SecretStr | None = Field(default=None, description="bearer token for HTTP calls")
+    webhook_secret: SecretStr | None = Field(default=None, description="GitHub webhook secret")
+    github_token: SecretStr | None = Field(default=None, description="reads pushed commits")
+    webhook_branches: list[str] = Field(default_factory=lambda: ["main"])
+    webhook_architecture_path: str = "services.yaml"
 
     @property
     def bus_kind(self) -> str:

@@ -36,7 +36,8 @@ def test_build_all_services_builds_every_dataflow_and_the_director() -> None:
 
 
 def test_build_all_services_raises_one_error_listing_every_failed_build() -> None:
-    deployer = FakeDeployer(fail_build={"ingest": "boom", "notify": "bang"})
+    # Long enough that every build has started before the first failure is known.
+    deployer = FakeDeployer(build_seconds=0.05, fail_build={"ingest": "boom", "notify": "bang"})
     with pytest.raises(DeploymentError) as caught:
         DeploymentManager(architecture(), deployer).build_all_services()
     error = caught.value
@@ -45,6 +46,17 @@ def test_build_all_services_raises_one_error_listing_every_failed_build() -> Non
     assert "notify (build): building notify: bang" in str(error)
     assert sorted(error.images) == ["director", "enrich"]
     assert isinstance(error.result, RunResult)
+
+
+def test_builds_still_queued_when_one_fails_are_not_started() -> None:
+    arch = architecture({"f": [service(f"s{i}") for i in range(6)]}, director=False)
+    deployer = FakeDeployer(fail_build={"s0": "boom"})
+    with pytest.raises(DeploymentError) as caught:
+        DeploymentManager(arch, deployer, parallelism=1).build_all_services()
+    skipped = [f for f in caught.value.failures if f.error.startswith("not started")]
+    assert skipped, "with one worker, the builds queued behind the failure must not start"
+    assert all("build of s0 failed" in f.error for f in skipped)
+    assert len(deployer.built) + len(skipped) == 5
 
 
 def test_deploy_application_services_deploys_one_dataflow_in_parallel_with_enriched_env() -> None:
