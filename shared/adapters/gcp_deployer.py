@@ -1,0 +1,285 @@
+"""`GcpDeployer`: images built by Cloud Build, services run on Cloud Run.
+
+Sources are packed deterministically (`source_archive`) and staged content-addressed in
+`gs://<source_bucket>/sources/<service>/<sha256>.tar.gz`, so an unchanged tree is uploaded
+once. A tree with a Dockerfile (in `buildable_module_path` when set) is built with docker,
+anything else with Cloud Native Buildpacks; Cloud Build pushes the image to Artifact
+Registry and `build` returns it pinned by digest.
+
+Builds can outlast a function's 540 s limit, so a worker uses `submit_build` (returns the
+build id at once) and learns the outcome from the `cloud-builds` topic through
+`gcp_build.parse_build_notification`. `build` waits, for the CLI and local facades.
+
+Every SDK is imported inside the methods: constructing a `GcpDeployer` loads nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from shared.adapters.gcp_build import (
+    BuildNotification,
+    build_resource,
+    build_tags,
+    failure_text,
+    image_uri,
+    parse_build_notification,
+    pin_image,
+    task_id_from_build,
+    task_parts,
+)
+from shared.adapters.gcp_retry import RetryPolicy, describe_api_error
+from shared.adapters.gcp_run import (
+    CloudRunServices,
+    check_service_id,
+    service_path,
+    service_resource,
+)
+from shared.adapters.gcp_run import service_account_email as full_account_email
+from shared.adapters.source_archive import SourceStager, normalize_dir
+from shared.architecture import DeploymentSpec
+from shared.deployer import Target
+from shared.errors import BackendError
+
+__all__ = ["BuildNotification", "GcpDeployer", "parse_build_notification", "task_id_from_build"]
+
+log = logging.getLogger(__name__)
+
+_RPC_TIMEOUT = 60.0  # seconds, for each single API call
+
+
+class GcpDeployer:
+    """The `ContainerDeployer` for Google Cloud. Thread-safe: builds may run in parallel."""
+
+    def __init__(
+        self,
+        project_id: str,
+        region: str,
+        *,
+        source_bucket: str,
+        image_repo: str = "archdeploy",
+        build_client: Any = None,
+        run_client: Any = None,
+        storage_client: Any = None,
+        build_timeout: float = 1200,
+        deploy_timeout: float = 600,
+        retry_attempts: int = 5,
+        retry_base_delay: float = 0.5,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.project_id = project_id
+        self.region = region
+        self.source_bucket = source_bucket.removeprefix("gs://").rstrip("/")
+        self.image_repo = image_repo
+        self.build_timeout = build_timeout
+        self.deploy_timeout = deploy_timeout
+        self._retry = RetryPolicy(attempts=retry_attempts, base_delay=retry_base_delay)
+        self._poll_interval = poll_interval
+        self._clients: dict[str, Any] = {
+            "build": build_client,
+            "run": run_client,
+            "storage": storage_client,
+        }
+        self._owned: set[str] = set()
+        self._lock = threading.Lock()
+        self._sources = SourceStager(
+            lambda: self._client("storage"), self.source_bucket, self._retry, region=region
+        )
+        self._run = CloudRunServices(
+            lambda: self._client("run"),
+            self._retry,
+            timeout=deploy_timeout,
+            poll_interval=poll_interval,
+        )
+
+    # -- building -----------------------------------------------------------------------
+
+    def build(
+        self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
+    ) -> str:
+        """Build and push the image, wait for it, return it pinned by digest.
+
+        Raises:
+            BackendError: the source cannot be staged, an API call failed, or the build
+                ended other than SUCCESS (naming its id, status, detail and log URL).
+        """
+        target = target or Target()
+        context = f"building {service_name}"
+        operation = self._create_build(service_name, spec, target, context)
+        return self._await_build(operation, context)
+
+    def submit_build(self, service_name: str, spec: DeploymentSpec, *, target: Target) -> str:
+        """Start the build and return its id without waiting for it to finish.
+
+        Its outcome arrives on the `cloud-builds` topic; see `parse_build_notification`.
+        """
+        operation = self._create_build(service_name, spec, target, f"building {service_name}")
+        build_id: str = operation.metadata.build.id
+        return build_id
+
+    def _create_build(
+        self, service_name: str, spec: DeploymentSpec, target: Target, context: str
+    ) -> Any:
+        from google.cloud.devtools import cloudbuild_v1
+
+        project, region = self._where(spec, target)
+        try:
+            build_dir = normalize_dir(spec.buildable_module_path)
+            tags = build_tags(
+                *task_parts(target.task_id, run_id=target.run_id, service=service_name)
+            )
+        except ValueError as exc:
+            raise BackendError(f"{context}: {exc}") from None
+        source = self._sources.stage(service_name, spec, context)
+        dockerfile = f"{build_dir}/Dockerfile" if build_dir else "Dockerfile"
+        repo = spec.image_repo or self.image_repo
+        image = spec.image or image_uri(
+            region=region, project=project, repo=repo, service=service_name, tag=source.sha256[:12]
+        )
+        build = build_resource(
+            image=image,
+            bucket=source.bucket,
+            object_name=source.object_name,
+            dockerfile=dockerfile in source.names,
+            build_dir=build_dir,
+            tags=tags,
+            timeout=self.build_timeout,
+        )
+        request = cloudbuild_v1.CreateBuildRequest(
+            parent=f"projects/{project}/locations/{region}", project_id=project, build=build
+        )
+        client = self._client("build")
+        operation = self._retry.call(
+            lambda: client.create_build(request=request, retry=None, timeout=_RPC_TIMEOUT),
+            context=context,
+            api_call="CreateBuild",
+        )
+        created = operation.metadata.build
+        log.info(
+            "%s: started build %s of %s (logs: %s)", context, created.id, image, created.log_url
+        )
+        return operation
+
+    def _await_build(self, operation: Any, context: str) -> str:
+        from google.api_core import exceptions as api
+        from google.cloud.devtools import cloudbuild_v1
+
+        build = operation.metadata.build
+        if not self._retry.wait_done(
+            operation, timeout=self.build_timeout, interval=self._poll_interval, context=context
+        ):
+            self._cancel_build(build, context)
+            raise BackendError(
+                f"{context}: build {build.id} did not finish within {self.build_timeout:g}s "
+                f"and was cancelled (raise build_timeout); logs: {build.log_url}"
+            )
+        try:
+            build = operation.result()
+        except api.GoogleAPICallError:
+            build = operation.metadata.build  # the LRO failed: its metadata has the build
+        status = cloudbuild_v1.Build.Status(build.status).name
+        images = [image for image in build.results.images if image.digest]
+        if status == "SUCCESS" and images:
+            return pin_image(images[0].name, images[0].digest)
+        detail = build.status_detail or ("" if status != "SUCCESS" else "no image digest reported")
+        raise BackendError(f"{context}: {failure_text(build.id, status, detail, build.log_url)}")
+
+    def _cancel_build(self, build: Any, context: str) -> None:
+        from google.api_core import exceptions as api
+        from google.cloud.devtools import cloudbuild_v1
+
+        request = cloudbuild_v1.CancelBuildRequest(
+            name=build.name, project_id=build.project_id, id=build.id
+        )
+        try:
+            self._client("build").cancel_build(request=request, retry=None, timeout=_RPC_TIMEOUT)
+        except api.GoogleAPICallError as exc:  # best effort: the timeout is the real error
+            log.warning("%s: CancelBuild %s failed: %s", context, build.id, describe_api_error(exc))
+
+    # -- deploying ----------------------------------------------------------------------
+
+    def deploy_service(
+        self,
+        service_name: str,
+        service_account_email: str,
+        spec: DeploymentSpec,
+        *,
+        target: Target | None = None,
+    ) -> str:
+        """Create or update the Cloud Run service; return its URL once it is Ready.
+
+        Raises:
+            BackendError: an API call failed, or the new revision did not become ready
+                (with Cloud Run's reason).
+        """
+        target = target or Target()
+        context = f"deploying {service_name}"
+        project, region = self._where(spec, target)
+        try:
+            check_service_id(service_name)
+        except ValueError as exc:
+            raise BackendError(f"{context}: {exc}") from None
+        if not spec.image:
+            raise BackendError(f"{context}: the spec has no image (build it first)")
+        account = full_account_email(service_account_email, project)
+        resource = service_resource(spec, service_account=account, target=target)
+        name = service_path(project, region, service_name)
+        return self._run.deploy(name, resource, context)
+
+    def build_and_deploy(
+        self,
+        service_name: str,
+        service_account_email: str,
+        spec: DeploymentSpec,
+        *,
+        target: Target | None = None,
+    ) -> str:
+        image = self.build(service_name, spec, target=target)
+        built = spec.model_copy(update={"image": image})
+        return self.deploy_service(service_name, service_account_email, built, target=target)
+
+    def teardown(self, service_name: str, *, target: Target | None = None) -> None:
+        """Delete the Cloud Run service; one that is not there is fine."""
+        target = target or Target()
+        project = target.project_id or self.project_id
+        name = service_path(project, target.region or self.region, service_name)
+        self._run.delete(name, f"tearing down {service_name}")
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _where(self, spec: DeploymentSpec, target: Target) -> tuple[str, str]:
+        project = target.project_id or self.project_id
+        return project, spec.region or target.region or self.region
+
+    def close(self) -> None:
+        """Close the clients this deployer created; injected ones belong to the caller."""
+        with self._lock:
+            owned, self._owned = self._owned, set()
+            for kind in owned:
+                client, self._clients[kind] = self._clients[kind], None
+                closer = getattr(client, "close", None) or client.transport.close
+                closer()
+
+    def _client(self, kind: str) -> Any:
+        with self._lock:
+            if self._clients[kind] is None:
+                self._clients[kind] = _new_client(kind, self.project_id)
+                self._owned.add(kind)
+            return self._clients[kind]
+
+
+def _new_client(kind: str, project: str) -> Any:
+    if kind == "build":
+        from google.cloud.devtools import cloudbuild_v1
+
+        return cloudbuild_v1.CloudBuildClient()
+    if kind == "run":
+        from google.cloud import run_v2
+
+        return run_v2.ServicesClient()
+    import google.cloud.storage as storage
+
+    # Honours STORAGE_EMULATOR_HOST (then with anonymous credentials), as tests use.
+    return storage.Client(project=project)

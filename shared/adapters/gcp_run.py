@@ -1,0 +1,242 @@
+"""Cloud Run v2: service resources built from a `DeploymentSpec`, create-or-update, readiness."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shared.adapters.gcp_retry import RetryPolicy, describe_api_error
+from shared.architecture import DeploymentSpec
+from shared.deployer import Target
+from shared.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+RUN_LABEL = "archdeploy-run"
+_LABEL_MAX = 63
+_LABEL_BAD = re.compile(r"[^a-z0-9_-]")
+_SERVICE_ID = re.compile(r"[a-z]([-a-z0-9]{0,47}[a-z0-9])?")
+
+
+def service_path(project: str, region: str, service: str) -> str:
+    return f"projects/{project}/locations/{region}/services/{service}"
+
+
+def check_service_id(service: str) -> None:
+    """Cloud Run's rule for service ids, checked before any call.
+
+    Raises:
+        ValueError: naming the rule the id breaks.
+    """
+    if not _SERVICE_ID.fullmatch(service):
+        raise ValueError(
+            f"{service!r} is not a valid Cloud Run service name: use lowercase letters, "
+            "digits and hyphens, start with a letter, end without a hyphen, at most 49 "
+            "characters (rename the service in the architecture file)"
+        )
+
+
+def service_account_email(account: str, project: str) -> str:
+    """A full service account email; a bare name is taken as one of `project`'s accounts."""
+    if not account or "@" in account:
+        return account
+    return f"{account}@{project}.iam.gserviceaccount.com"
+
+
+def sanitize_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """Labels that Google accepts: lowercase [a-z0-9_-], at most 63 characters, keys
+    starting with a letter. Keys that end up empty are dropped."""
+    clean: dict[str, str] = {}
+    for key, value in sorted(labels.items()):
+        new_key = _label_text(key)
+        if new_key and not new_key[0].isalpha():
+            new_key = ("l" + new_key)[:_LABEL_MAX]
+        if new_key:
+            clean[new_key] = _label_text(value)
+    return clean
+
+
+def _label_text(text: str) -> str:
+    return _LABEL_BAD.sub("-", text.lower())[:_LABEL_MAX]
+
+
+def service_resource(spec: DeploymentSpec, *, service_account: str, target: Target) -> Any:
+    """The `run_v2.Service` for `spec`: one container, env sorted by name, secrets as refs."""
+    from google.cloud import run_v2
+
+    container = run_v2.Container(image=spec.image, env=_env(spec))
+    limits = {key: value for key, value in (("cpu", spec.cpu), ("memory", spec.memory)) if value}
+    if limits:
+        container.resources = run_v2.ResourceRequirements(limits=limits)
+    check = target.health_check
+    if check is not None and check.port is not None:
+        container.ports = [run_v2.ContainerPort(container_port=check.port)]
+    if check is not None:
+        probe = run_v2.HTTPGetAction(path=check.path, port=check.port or 0)
+        container.startup_probe = run_v2.Probe(http_get=probe)
+    template = run_v2.RevisionTemplate(containers=[container], service_account=service_account)
+    if spec.min_instances is not None or spec.max_instances is not None:
+        template.scaling = run_v2.RevisionScaling(
+            min_instance_count=spec.min_instances or 0,
+            max_instance_count=spec.max_instances or 0,
+        )
+    labels = dict(target.labels)
+    if target.run_id:
+        labels[RUN_LABEL] = target.run_id
+    return run_v2.Service(labels=sanitize_labels(labels), template=template)
+
+
+def _env(spec: DeploymentSpec) -> list[Any]:
+    from google.cloud import run_v2
+
+    # Secrets travel as references that Cloud Run resolves; their values never leave
+    # Secret Manager. A secret wins over a plain variable of the same name.
+    secret_names = {secret.name for secret in spec.secret_environment_vars}
+    plain = [
+        run_v2.EnvVar(name=key, value=value)
+        for key, value in sorted(spec.environment_vars.items())
+        if key not in secret_names
+    ]
+    secrets = [
+        run_v2.EnvVar(
+            name=secret.name,
+            value_source=run_v2.EnvVarSource(secret_key_ref=_secret_ref(secret.value_from)),
+        )
+        for secret in sorted(spec.secret_environment_vars, key=lambda s: s.name)
+    ]
+    return plain + secrets
+
+
+def _secret_ref(value_from: str) -> Any:
+    """A secret id or resource name; a `.../versions/N` name pins that version."""
+    from google.cloud import run_v2
+
+    secret, _, version = value_from.partition("/versions/")
+    return run_v2.SecretKeySelector(secret=secret, version=version or "latest")
+
+
+def readiness_problem(service: Any) -> str | None:
+    """Why the service's Ready condition did not succeed, or None when it did."""
+    from google.cloud import run_v2
+
+    condition = service.terminal_condition
+    if condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED:
+        return None
+    state = run_v2.Condition.State(condition.state).name
+    why = condition.message or "Cloud Run gave no message"
+    reasons = [
+        _enum_name(getattr(condition, field))
+        for field in ("reason", "revision_reason", "execution_reason")
+        if field in condition  # the one reason field of the oneof that is set
+    ]
+    reason = f" (reason {', '.join(r for r in reasons if r)})" if any(reasons) else ""
+    return f"its Ready condition is {state}: {why}{reason}"
+
+
+def _enum_name(value: Any) -> str:
+    return str(getattr(value, "name", value))
+
+
+class CloudRunServices:
+    """The Cloud Run half of `GcpDeployer`: create or update, wait for Ready, delete."""
+
+    def __init__(
+        self,
+        client: Callable[[], Any],
+        retry: RetryPolicy,
+        *,
+        timeout: float,
+        poll_interval: float,
+        rpc_timeout: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._retry = retry
+        self._timeout = timeout
+        self._poll_interval = poll_interval
+        self._rpc_timeout = rpc_timeout
+
+    def deploy(self, name: str, resource: Any, context: str) -> str:
+        """Create the service `name` (a full resource name) or update it; return its URL.
+
+        Raises:
+            BackendError: an API call failed, or the revision did not become ready.
+        """
+        from google.api_core import exceptions as api
+
+        client = self._client()
+        parent, _, service_id = name.rpartition("/services/")
+        try:
+            self._call(client.get_service, context, "GetService", api.NotFound, name=name)
+        except api.NotFound:
+            try:
+                operation = self._call(
+                    client.create_service,
+                    context,
+                    "CreateService",
+                    api.AlreadyExists,  # created meanwhile by a duplicate delivery
+                    parent=parent,
+                    service=resource,
+                    service_id=service_id,
+                )
+                return self._await_ready(operation, context, "CreateService")
+            except api.AlreadyExists:
+                pass
+        updated = type(resource)(resource)
+        updated.name = name
+        operation = self._call(client.update_service, context, "UpdateService", service=updated)
+        return self._await_ready(operation, context, "UpdateService")
+
+    def delete(self, name: str, context: str) -> None:
+        """Delete the service `name`; NotFound counts as done."""
+        from google.api_core import exceptions as api
+
+        client = self._client()
+        try:
+            operation = self._call(
+                client.delete_service, context, "DeleteService", api.NotFound, name=name
+            )
+        except api.NotFound:
+            log.info("%s: %s is already gone", context, name)
+            return
+        self._wait(operation, context, "DeleteService")
+
+    def _call(
+        self, method: Any, context: str, api_call: str, *passthrough: type, **kwargs: Any
+    ) -> Any:
+        return self._retry.call(
+            lambda: method(**kwargs, retry=None, timeout=self._rpc_timeout),
+            context=context,
+            api_call=api_call,
+            passthrough=passthrough,
+        )
+
+    def _await_ready(self, operation: Any, context: str, api_call: str) -> str:
+        service = self._wait(operation, context, api_call)
+        problem = readiness_problem(service)
+        if problem:
+            raise BackendError(f"{context}: the service did not become ready: {problem}")
+        uri: str = service.uri
+        log.info("%s: ready at %s", context, uri)
+        return uri
+
+    def _wait(self, operation: Any, context: str, api_call: str) -> Any:
+        from google.api_core import exceptions as api
+
+        if not self._retry.wait_done(
+            operation, timeout=self._timeout, interval=self._poll_interval, context=context
+        ):
+            raise BackendError(
+                f"{context}: {api_call} did not finish within {self._timeout:g}s "
+                "(raise deploy_timeout, or look at the service in the console)",
+                retryable=True,
+            )
+        try:
+            return operation.result()
+        except api.GoogleAPICallError as exc:
+            snapshot = operation.metadata  # the service as the failed operation left it
+            problem = readiness_problem(snapshot) if snapshot is not None else None
+            why = describe_api_error(exc) + (f"; {problem}" if problem else "")
+            outcome = "failed" if api_call == "DeleteService" else "did not become ready"
+            raise BackendError(f"{context}: {api_call} {outcome}: {why}") from exc

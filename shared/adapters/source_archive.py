@@ -1,0 +1,363 @@
+"""Source archives for remote builds: packed deterministically, staged content-addressed.
+
+`pack_source` turns a local source tree into a gzipped tarball whose bytes depend only on
+the workspace-relative paths, contents and executable bits of the files it keeps: paths are
+sorted, every mtime/uid/gid is zero and the gzip header carries no name or time. Building
+the same tree twice therefore uploads the same object, named by its sha256.
+
+What is left out: `.git`, `__pycache__` and `.venv` directories anywhere, plus the patterns
+of the root `.gcloudignore` (gitignore rules: a pattern without `/` matches at any depth;
+`#!include:FILE` pulls in another file's patterns) and of `.dockerignore` at the root and
+in the build directory (Docker rules: patterns are anchored to the file's directory).
+Rules are applied in order, the last match wins and `!` re-includes, also below an
+excluded directory (as Docker does; gitignore would not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import logging
+import os
+import re
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from shared.adapters.gcp_retry import RetryPolicy
+from shared.architecture import DeploymentSpec
+from shared.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+ALWAYS_SKIPPED = frozenset({".git", "__pycache__", ".venv"})
+_GZIP_LEVEL = 9
+
+
+@dataclass(frozen=True)
+class SourceArchive:
+    data: bytes
+    sha256: str
+    names: tuple[str, ...]  # archive member paths, sorted
+
+    def has_file(self, path: str) -> bool:
+        return path in self.names
+
+
+@dataclass(frozen=True)
+class _Rule:
+    regex: re.Pattern[str]
+    negate: bool
+    dir_only: bool
+
+
+def pack_source(
+    source_dir: str | Path,
+    config_templates: Mapping[str, str] | None = None,
+    *,
+    build_dir: str = "",
+) -> SourceArchive:
+    """Pack `source_dir` plus `config_templates` (absolute file -> name in `build_dir`).
+
+    Raises:
+        ValueError: the source is not a directory, a template is missing, or a template
+            name is not a relative path inside the build directory.
+    """
+    if not str(source_dir):  # Path("") would be the working directory
+        raise ValueError("the spec has no source_path (set deployment.source_path)")
+    root = Path(source_dir)
+    if not root.is_dir():
+        raise ValueError(f"source_path {str(root)!r} is not a directory")
+    build = normalize_dir(build_dir)
+    entries: dict[str, Path] = dict(_walk(root, _rules(root, build)))
+    for source, name in sorted((config_templates or {}).items()):
+        entries[_join(build, _template_name(name))] = _template_source(source)
+    data = _tar_gz(sorted(entries.items()))
+    return SourceArchive(data, hashlib.sha256(data).hexdigest(), tuple(sorted(entries)))
+
+
+def archive_names(data: bytes, object_name: str) -> tuple[str, ...]:
+    """Member paths of a `.zip` or gzipped tar source someone else uploaded."""
+    if object_name.endswith(".zip"):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = [n for n in archive.namelist() if not n.endswith("/")]
+    else:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+            members = [m.name for m in archive.getmembers() if not m.isdir()]
+    return tuple(sorted(PurePosixPath(n).as_posix().removeprefix("./") for n in members))
+
+
+def normalize_dir(path: str) -> str:
+    """`path` as a clean relative POSIX directory ("" for the root)."""
+    clean = PurePosixPath(path.replace(os.sep, "/").strip("/") or ".").as_posix()
+    if clean.startswith("../") or clean == "..":
+        raise ValueError(f"buildable_module_path {path!r} leaves the source directory")
+    return "" if clean == "." else clean
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
+
+
+def _walk(root: Path, rules: list[_Rule]) -> Iterable[tuple[str, Path]]:
+    can_prune = not any(rule.negate for rule in rules)
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        rel_dir = base.relative_to(root).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        kept_dirs = []
+        for name in sorted(dirnames):
+            rel = prefix + name
+            if name in ALWAYS_SKIPPED or (can_prune and _excluded(rel, True, rules)):
+                continue
+            if (base / name).is_symlink():
+                if not _excluded(rel, False, rules):
+                    yield rel, base / name
+                continue
+            kept_dirs.append(name)
+        dirnames[:] = kept_dirs  # pruned in place: ignored trees are never listed
+        for name in sorted(filenames):
+            if not _excluded(prefix + name, False, rules):
+                yield prefix + name, base / name
+
+
+def _excluded(rel: str, is_dir: bool, rules: list[_Rule]) -> bool:
+    parts = rel.split("/")
+    # A rule matches the path itself or one of its parent directories.
+    candidates = [("/".join(parts[:i]), True) for i in range(1, len(parts))]
+    candidates.append((rel, is_dir))
+    excluded = False
+    for rule in rules:
+        if any(rule.regex.fullmatch(p) and (d or not rule.dir_only) for p, d in candidates):
+            excluded = not rule.negate
+    return excluded
+
+
+def _rules(root: Path, build_dir: str) -> list[_Rule]:
+    rules = _gitignore_rules(root, root / ".gcloudignore")
+    rules += _pattern_rules(_read_lines(root / ".dockerignore"), base="", anywhere=False)
+    if build_dir:
+        lines = _read_lines(root / build_dir / ".dockerignore")
+        rules += _pattern_rules(lines, base=build_dir, anywhere=False)
+    return rules
+
+
+def _gitignore_rules(root: Path, path: Path) -> list[_Rule]:
+    lines: list[str] = []
+    for line in _read_lines(path):
+        if line.startswith("#!include:"):
+            lines += _read_lines(root / line.removeprefix("#!include:").strip())
+        else:
+            lines.append(line)
+    return _pattern_rules(lines, base="", anywhere=True)
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+
+
+def _pattern_rules(lines: Iterable[str], *, base: str, anywhere: bool) -> list[_Rule]:
+    rules = []
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:] if negate else line.removeprefix("\\")
+        dir_only = pattern.endswith("/")
+        pattern = pattern.strip("/")
+        if not pattern:
+            continue
+        # gitignore: a pattern with no inner "/" matches a name at any depth.
+        lead = "(?:.*/)?" if anywhere and "/" not in pattern else ""
+        prefix = re.escape(base + "/") if base else ""
+        regex = re.compile(prefix + lead + _glob_regex(pattern))
+        rules.append(_Rule(regex, negate, dir_only))
+    return rules
+
+
+def _glob_regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end].replace("\\", "\\\\")
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+def _template_name(name: str) -> str:
+    path = PurePosixPath(name.replace(os.sep, "/"))
+    if not path.parts or path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"config template name {name!r} must be a relative path in the build dir")
+    return path.as_posix()
+
+
+def _template_source(source: str) -> Path:
+    path = Path(source)
+    if not path.is_absolute() or not path.is_file():
+        raise ValueError(f"config template {source!r} is not an existing file (absolute path)")
+    return path
+
+
+def _tar_gz(entries: Iterable[tuple[str, Path]]) -> bytes:
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(
+            filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=_GZIP_LEVEL
+        ) as compressed,
+        tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name, path in entries:
+            _add(tar, name, path)
+    return buffer.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, path: Path) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if path.is_symlink():
+        info.type = tarfile.SYMTYPE
+        info.linkname = os.readlink(path)
+        info.mode = 0o777
+        tar.addfile(info)
+        return
+    stat = path.stat()
+    info.size = stat.st_size
+    info.mode = 0o755 if stat.st_mode & 0o111 else 0o644
+    with path.open("rb") as source:
+        tar.addfile(info, source)
+
+
+@dataclass(frozen=True)
+class StagedSource:
+    bucket: str
+    object_name: str
+    sha256: str
+    names: tuple[str, ...]  # the archive's member paths
+
+
+class SourceStager:
+    """Puts a service's source where Cloud Build reads it.
+
+    A local tree is packed and uploaded once to `gs://<bucket>/sources/<service>/<sha256>.tar.gz`
+    (content-addressed: an existing object is reused, never overwritten); a `gs://` source
+    is used as it is, and read once to list its files.
+    """
+
+    def __init__(
+        self,
+        client: Callable[[], Any],
+        bucket: str,
+        retry: RetryPolicy,
+        *,
+        region: str,
+        rpc_timeout: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._retry = retry
+        self._region = region
+        self._rpc_timeout = rpc_timeout
+        self._known_buckets: set[str] = set()
+
+    def stage(self, service_name: str, spec: DeploymentSpec, context: str) -> StagedSource:
+        if spec.source_path.startswith("gs://"):
+            return self._remote_source(spec.source_path, context)
+        try:
+            archive = pack_source(
+                spec.source_path, spec.config_templates, build_dir=spec.buildable_module_path
+            )
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"{context}: {exc}") from exc
+        object_name = f"sources/{service_name}/{archive.sha256}.tar.gz"
+        self._upload(object_name, archive.data, context)
+        return StagedSource(self._bucket, object_name, archive.sha256, archive.names)
+
+    def _remote_source(self, url: str, context: str) -> StagedSource:
+        bucket_name, _, object_name = url.removeprefix("gs://").partition("/")
+        blob = self._client().bucket(bucket_name).blob(object_name)
+        data: bytes = self._retry.call(
+            lambda: blob.download_as_bytes(retry=None, timeout=self._rpc_timeout),
+            context=f"{context}: reading {url}",
+            api_call="storage.objects.get",
+        )
+        try:
+            names = archive_names(data, object_name)
+        except (OSError, ValueError) as exc:  # tarfile/zipfile errors derive from these
+            raise BackendError(f"{context}: {url} is not a .tar.gz or .zip: {exc}") from exc
+        return StagedSource(bucket_name, object_name, hashlib.sha256(data).hexdigest(), names)
+
+    def _upload(self, object_name: str, data: bytes, context: str) -> None:
+        from google.api_core import exceptions as api
+
+        bucket = self._source_bucket(context)
+        blob = bucket.blob(object_name)
+        exists = self._retry.call(
+            lambda: blob.exists(retry=None, timeout=self._rpc_timeout),
+            context=context,
+            api_call="storage.objects.get",
+        )
+        if exists:
+            log.info("%s: source gs://%s/%s already staged", context, bucket.name, object_name)
+            return
+        # A parallel build may stage the same bytes first: its 412 means "already there".
+        with contextlib.suppress(api.PreconditionFailed):
+            self._retry.call(
+                lambda: blob.upload_from_string(
+                    data,
+                    content_type="application/gzip",
+                    if_generation_match=0,  # content-addressed: never overwrite
+                    retry=None,
+                    timeout=self._rpc_timeout,
+                ),
+                context=context,
+                api_call="storage.objects.insert",
+                passthrough=(api.PreconditionFailed,),
+            )
+
+    def _source_bucket(self, context: str) -> Any:
+        from google.api_core import exceptions as api
+
+        client = self._client()
+        name = self._bucket
+        if name in self._known_buckets:
+            return client.bucket(name)
+        try:
+            bucket = self._retry.call(
+                lambda: client.get_bucket(name, retry=None, timeout=self._rpc_timeout),
+                context=context,
+                api_call="storage.buckets.get",
+                passthrough=(api.NotFound,),
+            )
+        except api.NotFound:
+            raise BackendError(
+                f"{context}: the source bucket gs://{name} does not exist: create it "
+                f"(`gcloud storage buckets create gs://{name} --location={self._region}`, or "
+                "apply terraform/) or configure an existing bucket"
+            ) from None
+        self._known_buckets.add(name)
+        return bucket

@@ -1,0 +1,233 @@
+"""A fake Cloud Build API on a local gRPC port, for the real `CloudBuildClient`.
+
+Requests are decoded with the request types' own `deserialize`, so a request the real API
+would not parse fails here too. Every request is kept in `requests` for assertions. A
+build finishes `latency` seconds after it is created (on a timer, so `submit_build` can
+return before it does) and then calls `on_terminal(build)`, which a test can use to
+publish what Cloud Build publishes on the `cloud-builds` topic (see `notification`).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.cloud.devtools import cloudbuild_v1 as cb
+from google.longrunning import operations_pb2
+from google.rpc import code_pb2, status_pb2
+
+from shared.adapters.gcp_build import task_parts_from_tags
+
+CLOUD_BUILD = "google.devtools.cloudbuild.v1.CloudBuild"
+OPERATIONS = "google.longrunning.Operations"
+PROJECT_NUMBER = "123456789012"
+_TERMINAL_CODES = {
+    "FAILURE": code_pb2.UNKNOWN,
+    "INTERNAL_ERROR": code_pb2.INTERNAL,
+    "TIMEOUT": code_pb2.DEADLINE_EXCEEDED,
+    "CANCELLED": code_pb2.CANCELLED,
+    "EXPIRED": code_pb2.DEADLINE_EXCEEDED,
+}
+
+
+@dataclass
+class BuildBehaviour:
+    """How the fake treats the builds of one service."""
+
+    latency: float = 0.0  # seconds from CreateBuild to a terminal status
+    status: str = "SUCCESS"  # the terminal status
+    status_detail: str = ""
+    digest: str = ""  # reported for the pushed image; default derived from the build id
+    transient_errors: int = 0  # the first k CreateBuild calls fail with transient_code
+    transient_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    error_code: grpc.StatusCode | None = None  # every CreateBuild fails with this
+    error_message: str = "invalid build"
+
+
+def notification(build: Any) -> tuple[bytes, dict[str, str]]:
+    """What Cloud Build publishes on `cloud-builds`: the Build as REST JSON, plus attributes."""
+    data = cb.Build.to_json(build, use_integers_for_enums=False, indent=None).encode()
+    return data, {"buildId": build.id, "status": cb.Build.Status(build.status).name}
+
+
+class FakeCloudBuild:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, Any]] = []  # (method, request message)
+        self.builds: dict[str, Any] = {}
+        self.behaviours: dict[str, BuildBehaviour] = {}
+        self.default = BuildBehaviour()
+        self.on_terminal: Callable[[Any], None] | None = None
+        self.address = ""
+        self._operations: dict[str, operations_pb2.Operation] = {}
+        self._op_of_build: dict[str, str] = {}
+        self._creates: dict[str, int] = {}
+        self._timers: dict[str, threading.Timer] = {}
+        self._lock = threading.RLock()
+        self._server: grpc.Server | None = None
+
+    # -- test API -----------------------------------------------------------------------
+
+    def behave(self, service: str, **settings: Any) -> None:
+        self.behaviours[service] = BuildBehaviour(**settings)
+
+    def calls(self, method: str) -> list[Any]:
+        with self._lock:
+            return [request for name, request in self.requests if name == method]
+
+    def start(self) -> str:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(CLOUD_BUILD, self._build_handlers()),
+                grpc.method_handlers_generic_handler(OPERATIONS, self._operation_handlers()),
+            )
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._server = server
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    def stop(self) -> None:
+        with self._lock:
+            for timer in self._timers.values():
+                timer.cancel()
+        if self._server is not None:
+            self._server.stop(grace=None).wait()
+
+    def _build_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        operation = operations_pb2.Operation.SerializeToString
+        return {
+            "CreateBuild": grpc.unary_unary_rpc_method_handler(
+                self._create_build, cb.CreateBuildRequest.deserialize, operation
+            ),
+            "GetBuild": grpc.unary_unary_rpc_method_handler(
+                self._get_build, cb.GetBuildRequest.deserialize, cb.Build.serialize
+            ),
+            "CancelBuild": grpc.unary_unary_rpc_method_handler(
+                self._cancel_build, cb.CancelBuildRequest.deserialize, cb.Build.serialize
+            ),
+        }
+
+    def _operation_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        return {
+            "GetOperation": grpc.unary_unary_rpc_method_handler(
+                self._get_operation,
+                operations_pb2.GetOperationRequest.FromString,
+                operations_pb2.Operation.SerializeToString,
+            )
+        }
+
+    # -- RPCs ---------------------------------------------------------------------------
+
+    def _create_build(self, request: Any, context: grpc.ServicerContext) -> Any:
+        parts = task_parts_from_tags(request.build.tags)
+        service = parts[2] if parts else ""
+        behaviour = self.behaviours.get(service, self.default)
+        with self._lock:
+            self.requests.append(("CreateBuild", request))
+            self._creates[service] = calls = self._creates.get(service, 0) + 1
+        if calls <= behaviour.transient_errors:
+            context.abort(behaviour.transient_code, f"try again (call {calls})")
+        if behaviour.error_code is not None:
+            context.abort(behaviour.error_code, behaviour.error_message)
+        build = self._new_build(request)
+        op = operations_pb2.Operation(name=f"{_location(request)}/operations/{uuid.uuid4()}")
+        op.metadata.Pack(cb.BuildOperationMetadata.pb(cb.BuildOperationMetadata(build=build)))
+        with self._lock:
+            self.builds[build.id] = build
+            self._operations[op.name] = op
+            self._op_of_build[build.id] = op.name
+        if behaviour.latency <= 0:
+            self._finish(build.id, behaviour)
+        else:
+            timer = threading.Timer(behaviour.latency, self._finish, (build.id, behaviour))
+            timer.daemon = True
+            with self._lock:
+                self._timers[build.id] = timer
+            timer.start()
+        with self._lock:
+            return operations_pb2.Operation.FromString(
+                self._operations[op.name].SerializeToString()
+            )
+
+    def _get_build(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._lock:
+            self.requests.append(("GetBuild", request))
+            build = self.builds.get(request.id)
+        if build is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"build {request.id} not found")
+        return build
+
+    def _cancel_build(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._lock:
+            self.requests.append(("CancelBuild", request))
+            build = self.builds.get(request.id)
+            timer = self._timers.pop(request.id, None)
+        if build is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"build {request.id} not found")
+        if timer is not None:
+            timer.cancel()
+            self._finish(request.id, BuildBehaviour(status="CANCELLED"))
+        return self.builds[request.id]
+
+    def _get_operation(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._lock:
+            self.requests.append(("GetOperation", request))
+            op = self._operations.get(request.name)
+            copy = operations_pb2.Operation.FromString(op.SerializeToString()) if op else None
+        if copy is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"operation {request.name} not found")
+        return copy
+
+    # -- build lifecycle ----------------------------------------------------------------
+
+    def _new_build(self, request: Any) -> Any:
+        build = cb.Build(request.build)
+        build.id = str(uuid.uuid4())
+        build.project_id = request.project_id
+        build.name = f"{_location(request)}/builds/{build.id}"
+        build.status = cb.Build.Status.QUEUED
+        build.create_time = datetime.now(UTC)
+        region = _location(request).rsplit("/", 1)[-1]
+        build.log_url = (
+            f"https://console.cloud.google.com/cloud-build/builds;region={region}/"
+            f"{build.id}?project={PROJECT_NUMBER}"
+        )
+        return build
+
+    def _finish(self, build_id: str, behaviour: BuildBehaviour) -> None:
+        with self._lock:
+            self._timers.pop(build_id, None)
+            build = cb.Build(self.builds[build_id])
+            build.status = cb.Build.Status[behaviour.status]
+            build.finish_time = datetime.now(UTC)
+            if behaviour.status == "SUCCESS":
+                digest = behaviour.digest or "sha256:" + uuid.UUID(build_id).hex * 2
+                build.results = cb.Results(
+                    images=[cb.BuiltImage(name=name, digest=digest) for name in build.images]
+                )
+            else:
+                build.status_detail = behaviour.status_detail
+            self.builds[build_id] = build
+            op = self._operations[self._op_of_build[build_id]]
+            op.metadata.Pack(cb.BuildOperationMetadata.pb(cb.BuildOperationMetadata(build=build)))
+            if behaviour.status == "SUCCESS":
+                op.response.Pack(cb.Build.pb(build))
+            else:
+                code = _TERMINAL_CODES.get(behaviour.status, code_pb2.UNKNOWN)
+                message = "Build failed; check build logs for details"
+                op.error.CopyFrom(status_pb2.Status(code=code, message=message))
+            op.done = True
+        if self.on_terminal is not None:
+            self.on_terminal(build)
+
+
+def _location(request: Any) -> str:
+    return request.parent or f"projects/{request.project_id}/locations/global"
