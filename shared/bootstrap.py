@@ -74,7 +74,12 @@ def make_deployer(settings: Settings) -> ContainerDeployer:
 def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
     """What one function needs: the dispatcher and aggregator run no deployer."""
     deployer = make_deployer(settings) if with_deployer else None
-    return Runtime(store=make_store(settings), bus=make_bus(settings), deployer=deployer)
+    return Runtime(
+        store=make_store(settings),
+        bus=make_bus(settings),
+        deployer=deployer,
+        async_builds=settings.deployer_kind == "gcp" and settings.async_builds,
+    )
 
 
 @dataclass

@@ -19,9 +19,11 @@ from shared.messages import (
     TOPIC_REQUESTS,
     TOPIC_TASKS,
     DeployRequest,
+    Phase,
     RunRecord,
     TaskCompletion,
     TaskMessage,
+    TaskStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,34 @@ def on_completion(
     except PoisonMessage as exc:
         log.error("%s: acknowledged and dropped", exc)
         return
+    record_completion(completion, rt)
+
+
+def on_build_event(
+    data: bytes, attributes: Mapping[str, str], rt: Runtime, message_id: str = ""
+) -> None:
+    """A Cloud Build status change from the `cloud-builds` topic: terminal statuses of
+    archdeploy's builds complete their build task; everything else is ignored."""
+    from shared.adapters.gcp_build import parse_build_notification
+
+    try:
+        note = parse_build_notification(data, attributes)
+    except ValueError as exc:
+        log.error("build event %s is not a build (%s): acknowledged and dropped", message_id, exc)
+        return
+    if note is None:
+        return
+    completion = TaskCompletion(
+        run_id=note.run_id,
+        task_id=note.task_id,
+        phase=Phase.BUILD,
+        service=note.service,
+        status=TaskStatus.SUCCEEDED if note.status == "succeeded" else TaskStatus.FAILED,
+        image=note.image or None,
+        error=note.error or None,
+        build_id=note.build_id,
+        worker="cloud-build",
+    )
     record_completion(completion, rt)
 
 

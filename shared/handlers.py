@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from shared.deployer import ContainerDeployer, Target
-from shared.errors import ArchdeployError, ArchitectureError, UsageError
+from shared.errors import ArchdeployError, ArchitectureError, BackendError, UsageError
 from shared.logs import log_context
 from shared.messages import (
     TOPIC_COMPLETIONS,
@@ -61,6 +61,9 @@ class Runtime:
     clock: Callable[[], datetime] = utcnow
     fetch_architecture: Callable[[str], LoadedArchitecture] | None = None
     sources: SourceProvider | None = None  # fetches remote build sources for the worker
+    # Submit builds and let their completion arrive as a build event: a build can
+    # outlast a function's 540 s timeout, so the worker must not be what waits for it.
+    async_builds: bool = False
 
 
 def run_view(store: RunStore, run_id: str) -> RunResult | None:
@@ -253,18 +256,39 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
             completion = _completion(
                 message, claimed, TaskStatus.SKIPPED, now, error=f"not started: {why}"
             )
+        elif message.phase is Phase.BUILD and rt.async_builds:
+            _submit_build(message, claimed, rt)
+            return None
         else:
             completion = _execute(message, claimed, rt, now)
         rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=_attributes(completion))
         return completion
 
 
-def _execute(
-    message: TaskMessage, claimed: TaskRecord, rt: Runtime, started: datetime
-) -> TaskCompletion:
-    if rt.deployer is None:
-        raise UsageError("this runtime has no container deployer: only workers run tasks")
-    target = Target(
+def _submit_build(message: TaskMessage, claimed: TaskRecord, rt: Runtime) -> None:
+    """Start the build and return; its completion arrives from the build event stream."""
+    if claimed.build_id:
+        log.warning("build %s was submitted before: not submitting again", claimed.build_id)
+        return
+    submit = getattr(rt.deployer, "submit_build", None)
+    if submit is None:
+        raise UsageError("async builds need a deployer with submit_build (the gcp deployer)")
+    target = _target(message)
+    try:
+        spec = rt.sources.localize(message.spec) if rt.sources else message.spec
+        build_id = submit(message.service, spec, target=target)
+    except ArchdeployError as exc:
+        if isinstance(exc, BackendError) and exc.retryable:
+            raise  # let the bus redeliver; the claim's lease lets a retry reclaim it
+        done = _completion(message, claimed, TaskStatus.FAILED, rt.clock(), error=str(exc))
+        rt.bus.publish(TOPIC_COMPLETIONS, done, attributes=_attributes(done))
+        return
+    rt.store.record_build_id(message.task_id, build_id)
+    log.info("build %s submitted", build_id)
+
+
+def _target(message: TaskMessage) -> Target:
+    return Target(
         project_id=message.project_id,
         region=message.region,
         labels=message.labels,
@@ -272,6 +296,14 @@ def _execute(
         task_id=message.task_id,
         health_check=message.health_check,
     )
+
+
+def _execute(
+    message: TaskMessage, claimed: TaskRecord, rt: Runtime, started: datetime
+) -> TaskCompletion:
+    if rt.deployer is None:
+        raise UsageError("this runtime has no container deployer: only workers run tasks")
+    target = _target(message)
     log.info("%s started (attempt %d)", message.phase.value, claimed.attempt)
     try:
         if message.phase is Phase.BUILD:

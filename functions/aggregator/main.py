@@ -11,3 +11,9 @@ from shared import entrypoints, function_runtime
 @functions_framework.cloud_event
 def aggregate(event: CloudEvent) -> None:
     function_runtime.handle_pubsub(event, "aggregator", entrypoints.on_completion)
+
+
+@functions_framework.cloud_event
+def build_events(event: CloudEvent) -> None:
+    """Cloud Build's status changes (the `cloud-builds` topic) complete build tasks."""
+    function_runtime.handle_pubsub(event, "aggregator", entrypoints.on_build_event)
