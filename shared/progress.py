@@ -101,7 +101,8 @@ def _follow_live(
     finished: Callable[[], RunResult | None],
     interval: float,
 ) -> RunResult:
-    with Live(console=console, refresh_per_second=10, transient=False) as live:
+    # Transient: the final table is printed once, by the caller, when the run ends.
+    with Live(console=console, refresh_per_second=10, transient=True) as live:
         while True:
             end = finished()
             view = end or current(store, run_id)
