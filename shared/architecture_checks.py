@@ -1,0 +1,345 @@
+"""The checks beyond types, and the problem collector they report to.
+
+`Report` gathers errors and warnings located in the file; `check_architecture` adds
+everything the model's types cannot say about a validated `Architecture`: names,
+references between services, dependency cycles, formats (project id, region, cpu,
+memory, environment variables, secret references) and source paths. Used by
+`shared.validation`, which parses the file and reports type errors first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.architecture import Architecture, DeploymentSpec, ServiceSpec
+from shared.errors import Problem
+from shared.yaml_source import FieldPath, line_of, render_path
+
+PROJECT_ID_FIX = "add `project_id: my-gcp-project` (your Google Cloud project id) at the top"
+
+
+@dataclass
+class Report:
+    """Problems found so far, located in the file."""
+
+    file: str
+    lines: Mapping[FieldPath, int]
+    base_dir: Path | None
+    check_paths_exist: bool
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    settled: set[FieldPath] = field(default_factory=set)  # has an error; check no further
+
+    def problem(self, path: FieldPath, message: str, fix: str) -> Problem:
+        return Problem(render_path(path), message, line_of(self.lines, path), fix, self.file)
+
+    def error(self, path: FieldPath, message: str, fix: str = "") -> None:
+        if path not in self.settled:
+            self.errors.append(self.problem(path, message, fix))
+
+    def warn(self, path: FieldPath, message: str, fix: str = "") -> None:
+        self.warnings.append(self.problem(path, message, fix))
+
+    def where(self, path: FieldPath) -> str:
+        return f"`{render_path(path)}` (line {line_of(self.lines, path)})"
+
+
+_PROJECT_ID = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_SERVICE_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?")
+_REGION = re.compile(r"[a-z]+(?:-[a-z]+)+[0-9]+")
+_CPU = re.compile(r"[0-9]*\.?[0-9]+m?")
+_MEMORY = re.compile(r"[0-9]*\.?[0-9]+(?:[KMGT]i|[kMGT])")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_ID = r"[A-Za-z0-9_-]{1,255}"
+_SECRET_REF = re.compile(
+    rf"{_SECRET_ID}|projects/[^/\s]+/secrets/{_SECRET_ID}(?:/versions/(?:latest|[1-9][0-9]*))?"
+)
+_SECRET_LIKE = re.compile(
+    r"(?:^|_)(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_KEY|CREDENTIALS)(?:_|$)", re.I
+)
+_RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"})
+_INJECTED_ENV = frozenset({"SERVICE_DIRECTOR_URL", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME"})
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_DIRECTOR: FieldPath = ("service_manager_spec",)
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= 60 else value[:57] + "..."
+
+
+def check_architecture(architecture: Architecture, report: Report, environment: str | None) -> None:
+    """Everything the model's types cannot say: names, references, formats, paths."""
+    _check_environment(architecture, report, environment)
+    _check_root(architecture, report, environment)
+    services = _services(architecture)
+    _check_names(services, report)
+    _check_dependencies(services, report)
+    for path, spec in services:
+        if spec.deployment is not None:
+            _check_deployment(spec.deployment, (*path, "deployment"), report)
+
+
+def _services(architecture: Architecture) -> list[tuple[FieldPath, ServiceSpec]]:
+    found: list[tuple[FieldPath, ServiceSpec]] = []
+    if architecture.service_manager_spec is not None:
+        found.append((_DIRECTOR, architecture.service_manager_spec))
+    for flow_key, flow in architecture.dataflows.items():
+        for key, spec in flow.services.items():
+            found.append((("dataflows", flow_key, "services", key), spec))
+    return found
+
+
+def _check_environment(architecture: Architecture, report: Report, environment: str | None) -> None:
+    known = sorted(architecture.deployment_environments)
+    if not environment or environment in known:
+        return
+    close = difflib.get_close_matches(environment, known, n=1)
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    fix = hint + (
+        f"known environments: {', '.join(known)}"
+        if known
+        else "this file defines no `deployment_environments`"
+    )
+    report.error(("deployment_environments",), f"unknown environment `{_shown(environment)}`", fix)
+
+
+def _check_root(architecture: Architecture, report: Report, environment: str | None) -> None:
+    environments = architecture.deployment_environments
+    selected = environments.get(environment or "")
+    if selected is None or selected.project_id is None:
+        _check_project_id(architecture.project_id, ("project_id",), report)
+    _check_region(architecture.region, ("region",), report)
+    for name, override in environments.items():
+        path: FieldPath = ("deployment_environments", name)
+        if override.project_id is not None:
+            _check_project_id(override.project_id, (*path, "project_id"), report)
+        _check_region(override.region or "", (*path, "region"), report)
+
+
+def _check_project_id(project_id: str, path: FieldPath, report: Report) -> None:
+    if not project_id.strip():
+        report.error(path, "`project_id` is empty", PROJECT_ID_FIX)
+    elif not _PROJECT_ID.fullmatch(project_id):
+        report.error(
+            path,
+            f"`{_shown(project_id)}` is not a valid Google Cloud project id",
+            "a project id is 6 to 30 lowercase letters, digits and hyphens, starts with a"
+            " letter and does not end with a hyphen, e.g. `acme-dev`",
+        )
+
+
+def _check_region(region: str, path: FieldPath, report: Report) -> None:
+    if region and not _REGION.fullmatch(region):
+        message = f"region `{_shown(region)}` does not look like a Google Cloud region"
+        report.error(path, message, "e.g. `europe-west1` or `us-central1`")
+
+
+def _check_names(services: list[tuple[FieldPath, ServiceSpec]], report: Report) -> None:
+    first: dict[str, FieldPath] = {}
+    for path, spec in services:
+        written = (*path, "name") in report.lines or path == _DIRECTOR
+        at = (*path, "name") if written else path
+        if path != _DIRECTOR and spec.name != path[-1]:
+            message = (
+                f"service `{path[-1]}` is named `{_shown(spec.name)}`, which is what gets deployed"
+            )
+            report.warn(at, message, f"use the same name for the key and `name`: `{spec.name}`")
+        if not spec.name:
+            report.error(at, "the service director has no `name`", "add `name: director`")
+        elif not _SERVICE_NAME.fullmatch(spec.name):
+            report.error(
+                at,
+                f"`{_shown(spec.name)}` is not a valid Cloud Run service name",
+                "use lowercase letters, digits and hyphens, start with a letter, do not end"
+                f" with a hyphen, at most 49 characters: e.g. `{_suggest_name(spec.name)}`",
+            )
+        if spec.name in first:
+            report.error(
+                at,
+                f"service name `{_shown(spec.name)}` is used twice:"
+                f" at {report.where(first[spec.name])} and at {report.where(at)}",
+                "give each service its own name, unique across all dataflows and the director",
+            )
+        first.setdefault(spec.name, at)
+
+
+def _suggest_name(name: str) -> str:
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    cleaned = cleaned if cleaned[:1].isalpha() else f"svc-{cleaned}"
+    return cleaned[:49].rstrip("-")
+
+
+def _check_dependencies(services: list[tuple[FieldPath, ServiceSpec]], report: Report) -> None:
+    where: dict[str, FieldPath] = {}
+    for path, spec in services:
+        where.setdefault(spec.name, path)
+    graph: dict[str, list[str]] = {}
+    for path, spec in services:
+        for index, dependency in enumerate(spec.dependencies):
+            if dependency in where:
+                graph.setdefault(spec.name, []).append(dependency)
+                continue
+            close = difflib.get_close_matches(dependency, list(where), n=1)
+            fix = f"did you mean `{close[0]}`?" if close else f"known services: {', '.join(where)}"
+            message = f"`{_shown(dependency)}` is not a service of this architecture"
+            report.error((*path, "dependencies", index), message, fix)
+    for cycle in _cycles(graph):
+        report.error(
+            (*where[cycle[0]], "dependencies"),
+            f"dependency cycle: {' -> '.join([*cycle, cycle[0]])}",
+            "remove one of these dependencies: no service in a cycle can start first",
+        )
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """At least one cycle through every strongly connected group (iterative DFS)."""
+    state: dict[str, bool] = {}  # False while on the current path, True when done
+    found: dict[tuple[str, ...], list[str]] = {}
+    for start in graph:
+        if start in state:
+            continue
+        state[start], trail = False, [start]
+        stack = [iter(graph[start])]
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                state[trail.pop()] = True
+                stack.pop()
+            elif child not in state:
+                state[child] = False
+                trail.append(child)
+                stack.append(iter(graph.get(child, [])))
+            elif state[child] is False:
+                cycle = trail[trail.index(child) :]
+                found.setdefault(tuple(sorted(cycle)), cycle)
+    return list(found.values())
+
+
+def _check_deployment(deployment: DeploymentSpec, path: FieldPath, report: Report) -> None:
+    cpu, memory = deployment.cpu, deployment.memory
+    if cpu and (not _CPU.fullmatch(cpu) or not re.search(r"[1-9]", cpu)):
+        fix = 'write a number of CPUs as text, e.g. `cpu: "1"`, `"2"`, `"0.5"` or `"1000m"`'
+        report.error((*path, "cpu"), f"cpu `{_shown(cpu)}` is not an amount of CPU", fix)
+    if memory and (not _MEMORY.fullmatch(memory) or not re.search(r"[1-9]", memory)):
+        fix = "e.g. `memory: 512Mi` or `memory: 1Gi`"
+        report.error(
+            (*path, "memory"), f"memory `{_shown(memory)}` is not an amount of memory", fix
+        )
+    _check_region(deployment.region, (*path, "region"), report)
+    _check_environment_vars(deployment, path, report)
+    _check_secrets(deployment, path, report)
+    _check_paths(deployment, path, report)
+
+
+def _check_env_name(name: str, path: FieldPath, report: Report) -> bool:
+    if not _ENV_NAME.fullmatch(name):
+        fix = "use letters, digits and underscores, not starting with a digit: e.g. `LOG_LEVEL`"
+        report.error(path, f"`{_shown(name)}` is not a valid environment variable name", fix)
+    elif name in _RESERVED_ENV:
+        fix = "remove it: Cloud Run sets it for every container"
+        report.error(path, f"`{name}` is reserved by Cloud Run", fix)
+    elif name in _INJECTED_ENV:
+        message = f"archdeploy sets `{name}` itself at deploy time, replacing this value"
+        report.warn(path, message, "remove it, or use another name for a different value")
+        return True
+    else:
+        return True
+    return False
+
+
+def _check_environment_vars(deployment: DeploymentSpec, path: FieldPath, report: Report) -> None:
+    for name, value in deployment.environment_vars.items():
+        at = (*path, "environment_vars", name)
+        if _check_env_name(name, at, report) and value and _SECRET_LIKE.search(name):
+            report.error(
+                at,
+                f"`{name}` looks like a secret, and its value is written in plain text here",
+                "store the value in Secret Manager and reference it instead:"
+                f" `secret_environment_vars: [{{name: {name}, value_from: <secret-id>}}]`",
+            )
+
+
+def _check_secrets(deployment: DeploymentSpec, path: FieldPath, report: Report) -> None:
+    seen: set[str] = set()
+    for index, secret in enumerate(deployment.secret_environment_vars):
+        at = (*path, "secret_environment_vars", index)
+        _check_env_name(secret.name, (*at, "name"), report)
+        if secret.name in deployment.environment_vars:
+            message = f"`{secret.name}` is set both in `environment_vars` and here"
+            report.error((*at, "name"), message, "keep only one: remove it from `environment_vars`")
+        elif secret.name in seen:
+            message = f"`{secret.name}` is listed twice in `secret_environment_vars`"
+            report.error((*at, "name"), message, "keep one of them")
+        seen.add(secret.name)
+        if not _SECRET_REF.fullmatch(secret.value_from):
+            report.error(
+                (*at, "value_from"),
+                f"`value_from` of `{secret.name}` is not a Secret Manager secret id",
+                "use the secret's id, e.g. `db-password`, or its resource name"
+                " `projects/PROJECT/secrets/SECRET[/versions/VERSION]`",
+            )
+
+
+def _check_paths(deployment: DeploymentSpec, path: FieldPath, report: Report) -> None:
+    # Remote sources (gs://, github://) are fetched by the source adapters, not read here.
+    source = "" if _URI.match(deployment.source_path) else deployment.source_path
+    if source and _check_inside(source, (*path, "source_path"), report):
+        _check_exists(source, (*path, "source_path"), report, directory=True)
+    if deployment.buildable_module_path:
+        module = os.path.join(source or ".", deployment.buildable_module_path)
+        _check_inside(module, (*path, "buildable_module_path"), report)
+    for template, target in deployment.config_templates.items():
+        at = (*path, "config_templates", template)
+        if not _URI.match(template) and _check_inside(template, at, report):
+            _check_exists(template, at, report, directory=False)
+        if not target or os.path.isabs(target) or ".." in re.split(r"[/\\]", target):
+            message = (
+                f"template target `{_shown(target)}` must be a file name inside the build directory"
+            )
+            report.error(at, message, "write it relative, without `..`: e.g. `config/app.yaml`")
+
+
+def _check_inside(relative: str, path: FieldPath, report: Report) -> bool:
+    reason = _escape(relative, report.base_dir)
+    if reason is not None:
+        fix = "keep source files inside the architecture file's directory, relative to it"
+        report.error(path, f"`{_shown(relative)}` {reason}", fix)
+    return reason is None
+
+
+def _escape(relative: str, base_dir: Path | None) -> str | None:
+    """Why `relative` leads outside `base_dir`, or None when it stays inside."""
+    if "\0" in relative:
+        return "contains a NUL character"
+    if os.path.isabs(relative) and base_dir is None:
+        return "is absolute, and this architecture has no directory to check it against"
+    normal = os.path.normpath(relative)
+    if normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        return "leads out of the architecture file's directory with `..`"
+    if base_dir is None:
+        return None
+    try:
+        base, target = base_dir.resolve(), (base_dir / relative).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return "cannot be resolved (a loop of symbolic links?)"
+    return None if target.is_relative_to(base) else f"resolves to {target}, outside {base}"
+
+
+def _check_exists(relative: str, path: FieldPath, report: Report, *, directory: bool) -> None:
+    if not report.check_paths_exist:
+        return
+    target = (report.base_dir or Path.cwd()) / relative
+    try:
+        target = target.resolve()
+        found = target.is_dir() if directory else target.is_file()
+    except (OSError, RuntimeError, ValueError):
+        found = False
+    if not found:
+        what = "directory" if directory else "file"
+        fix = "correct the path: relative paths start at the architecture file's directory"
+        report.error(path, f"{what} {target} does not exist", fix)
