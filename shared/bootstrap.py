@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from shared.adapters.inprocess_bus import InProcessBus
 from shared.deployer import ContainerDeployer
 from shared.entrypoints import subscribe_all
 from shared.errors import UsageError
-from shared.handlers import Runtime, dispatch_request
-from shared.messages import DeployRequest, RunRecord, RunResult
-from shared.ports import MessageBus, RunStore
+from shared.handlers import Runtime, dispatch_request, sweep
+from shared.messages import DeployRequest, Phase, RunRecord, RunResult
+from shared.ports import MessageBus, RunStore, SourceProvider
 from shared.settings import Settings
 from shared.state import assemble_result
+
+if TYPE_CHECKING:
+    from shared.adapters.github_source import GitHubClient
+    from shared.validation import LoadedArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +78,111 @@ def make_deployer(settings: Settings) -> ContainerDeployer:
 
 
 def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
-    """What one function needs: the dispatcher and aggregator run no deployer."""
+    """What one function needs: the dispatcher and aggregator run no deployer.
+
+    Architectures at `gs://` and `github://` locations are read through
+    `fetch_architecture`; build sources at a GitHub commit are fetched by `sources`. On
+    the in-process bus the requests topic is dispatched here too, so a request the
+    webhook queues is handled without Pub/Sub.
+    """
+    from shared.entrypoints import on_request
+    from shared.messages import TOPIC_REQUESTS
+
     deployer = make_deployer(settings) if with_deployer else None
-    return Runtime(
+    bus = make_bus(settings)
+    rt = Runtime(
         store=make_store(settings),
-        bus=make_bus(settings),
+        bus=bus,
         deployer=deployer,
+        **knobs(settings),
         async_builds=settings.deployer_kind == "gcp" and settings.async_builds,
+        cancel_build=_build_canceller(settings),
+        fetch_architecture=_remote_architectures(settings),
+        sources=_github_sources(settings),
     )
+    if isinstance(bus, InProcessBus):
+        bus.subscribe(TOPIC_REQUESTS, lambda data, attributes: on_request(data, attributes, rt))
+    return rt
+
+
+def knobs(settings: Settings) -> dict[str, Any]:
+    """The settings that shape a run, as `Runtime` takes them."""
+    deadlines = {
+        Phase.BUILD: settings.build_deadline_seconds,
+        Phase.DIRECTOR: settings.deploy_deadline_seconds,
+        Phase.DEPLOY: settings.deploy_deadline_seconds,
+    }
+    # A claim must lapse before the deadline, so a dead worker's task is retried in time.
+    leases = {phase: seconds / 2 for phase, seconds in deadlines.items()}
+    # Cloud Build's quota is per project; locally the bus's thread pool is the cap.
+    capped = settings.deployer_kind == "gcp"
+    explicit = settings.model_fields_set
+    return {
+        "deadlines": deadlines,
+        "leases": leases,
+        "run_deadline": settings.run_deadline_seconds,
+        "republish_after": settings.republish_after_seconds,
+        "build_concurrency": settings.build_concurrency
+        if capped or "build_concurrency" in explicit
+        else None,
+        "deploy_concurrency": settings.deploy_concurrency
+        if capped or "deploy_concurrency" in explicit
+        else None,
+        "cancel_builds_on_failure": settings.cancel_builds_on_failure,
+    }
+
+
+def _build_canceller(settings: Settings) -> Callable[[str], None] | None:
+    """Cancels a submitted Cloud Build; the SDK loads only when a build is cancelled."""
+    if settings.deployer_kind != "gcp":
+        return None
+
+    def cancel(build_id: str) -> None:
+        from google.cloud.devtools import cloudbuild_v1
+
+        cloudbuild_v1.CloudBuildClient().cancel_build(project_id=settings.project, id=build_id)
+
+    return cancel
+
+
+def _github_client(settings: Settings) -> GitHubClient:
+    from shared.adapters.github_source import GitHubClient
+
+    token = settings.github_token.get_secret_value() if settings.github_token else None
+    return GitHubClient(settings.github_api_url, token)
+
+
+def _github_sources(settings: Settings) -> SourceProvider:
+    """Trees live under the state directory locally; on Google Cloud only /tmp is writable."""
+    import tempfile
+    from pathlib import Path
+
+    from shared.adapters.github_source import GitHubSource
+
+    local = settings.deployer_kind == "local"
+    cache = settings.state_dir / "sources" if local else Path(tempfile.gettempdir()) / "archdeploy"
+    return GitHubSource(_github_client(settings), cache)
+
+
+def _remote_architectures(settings: Settings) -> Callable[[str], LoadedArchitecture]:
+    from shared.adapters.gcs_source import GcsArchitectures
+    from shared.adapters.github_source import GitHubArchitectures
+
+    readers: dict[str, Callable[[str], LoadedArchitecture]] = {
+        "gs": GcsArchitectures(settings.project),
+        "github": GitHubArchitectures(_github_client(settings)),
+    }
+
+    def fetch(uri: str) -> LoadedArchitecture:
+        reader = readers.get(uri.partition("://")[0])
+        if reader is None:
+            raise UsageError(
+                f"cannot read {uri!r}: an architecture location is a local path,"
+                " gs://BUCKET/OBJECT or github://OWNER/REPO/PATH@REF"
+            )
+        return reader(uri)
+
+    return fetch
 
 
 @dataclass
@@ -99,9 +202,25 @@ class Embedded:
         self.started[run.run_id] = time.monotonic()
         return run
 
-    def wait(self, run_id: str, *, timeout: float | None = None) -> RunResult:
-        """Block until the run has a final result, re-raising any handler that gave up."""
-        self.bus.drain(timeout)
+    def wait(
+        self, run_id: str, *, timeout: float | None = None, sweep_every: float = 5.0
+    ) -> RunResult:
+        """Block until the run has a final result, re-raising any handler that gave up.
+
+        Every `sweep_every` seconds the deadline sweep runs, as Cloud Scheduler runs it on
+        Google Cloud, so a task that hangs past its deadline cannot hang the run.
+        """
+        give_up = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                self.bus.drain(sweep_every)
+                break
+            except TimeoutError:
+                if self.store.get_result(run_id) is not None:
+                    break
+                sweep(self.rt)
+                if give_up is not None and time.monotonic() > give_up:
+                    raise
         result = self.store.get_result(run_id)
         if result is None:
             run = self.store.get_run(run_id)
@@ -130,6 +249,7 @@ def embedded(
         store=store or make_store(settings),
         bus=bus,
         deployer=deployer or make_deployer(settings),
+        **knobs(settings),
     )
     if callable(clock):
         rt.clock = clock  # type: ignore[assignment]

@@ -13,7 +13,16 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from shared.handlers import Runtime, dispatch_request, record_completion, run_task
+from shared.dispatcher import record_refused
+from shared.errors import ArchdeployError
+from shared.handlers import (
+    Runtime,
+    advance_run,
+    dispatch_request,
+    fail_task,
+    record_completion,
+    run_task,
+)
 from shared.messages import (
     TOPIC_COMPLETIONS,
     TOPIC_REQUESTS,
@@ -30,7 +39,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 
-class PoisonMessage(Exception):
+class PoisonMessage(ArchdeployError):
     """A message that no number of redeliveries can make valid."""
 
 
@@ -52,8 +61,9 @@ def on_request(
     try:
         request = decode(DeployRequest, data, message_id)
     except PoisonMessage as exc:
-        log.error("%s: acknowledged and dropped", exc)
-        return None
+        # Recorded as a failed run, keyed by the message, so the sender can see why.
+        log.error("%s: acknowledged, recorded as a failed run", exc)
+        return record_refused(message_id or "(no id)", exc, rt) if message_id else None
     return dispatch_request(request, rt, message_id=message_id or None)
 
 
@@ -61,7 +71,9 @@ def on_task(data: bytes, attributes: Mapping[str, str], rt: Runtime, message_id:
     try:
         message = decode(TaskMessage, data, message_id)
     except PoisonMessage as exc:
-        log.error("%s: acknowledged and dropped", exc)
+        log.error("%s: acknowledged; its task fails", exc)
+        if attributes.get("run_id") and attributes.get("task_id"):
+            fail_task(attributes["run_id"], attributes["task_id"], str(exc), rt)
         return
     run_task(message, rt)
 
@@ -72,9 +84,25 @@ def on_completion(
     try:
         completion = decode(TaskCompletion, data, message_id)
     except PoisonMessage as exc:
+        # The worker stored its outcome before publishing: the run can still move on.
         log.error("%s: acknowledged and dropped", exc)
+        if attributes.get("run_id"):
+            advance_run(attributes["run_id"], rt)
         return
     record_completion(completion, rt)
+
+
+def on_dead_letter(
+    data: bytes, attributes: Mapping[str, str], rt: Runtime, message_id: str = ""
+) -> None:
+    """A message Pub/Sub gave up on after its maximum deliveries. A task message fails its
+    task, so the run ends instead of hanging; anything else moves its run on if it can."""
+    run_id, task_id = attributes.get("run_id"), attributes.get("task_id")
+    log.error("message %s was dead-lettered (run %s, task %s)", message_id, run_id, task_id)
+    if run_id and task_id and attributes.get("kind", "task") == "task":
+        fail_task(run_id, task_id, "its message was dead-lettered after repeated failures", rt)
+    elif run_id:
+        advance_run(run_id, rt)
 
 
 def on_build_event(

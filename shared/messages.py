@@ -212,6 +212,7 @@ class RunRecord(BaseModel):
     requested_by: str = ""
     supersede_key: str | None = None
     halted: str | None = None  # why no new task may start (a build failed, cancelled)
+    cancelled_by: str | None = None  # who cancelled (a person, or the run that superseded it)
     error: str | None = None  # a run-level error: the request itself was invalid
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

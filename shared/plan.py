@@ -101,7 +101,8 @@ def plan_run(
     images: Mapping[str, str] | None = None,
     service_accounts: Mapping[str, str] | None = None,
 ) -> Plan:
-    """The run's tasks. Build tasks start `pending`; the others `waiting` for their phase.
+    """The run's tasks, all `waiting`: the state machine releases them (builds at once,
+    up to the run's build cap; the others when their phase opens).
 
     Deploy specs carry the enriched environment; `SERVICE_DIRECTOR_URL` is filled in
     when the director's own deploy has reported its URL (see `shared.handlers`).
@@ -119,17 +120,15 @@ def plan_run(
     director = arch.service_manager_spec
     has_director = director is not None and director.deployment is not None and not director_url
     if has_director and director is not None:
-        tasks.append(_task(run_id, Phase.BUILD, None, director, arch, source_root, None, now))
+        tasks.append(_task(run_id, Phase.BUILD, None, director, arch, source_root, None))
         if not build_only:
-            tasks.append(
-                _task(run_id, Phase.DIRECTOR, None, director, arch, source_root, None, now)
-            )
-    tasks.extend(_task(run_id, Phase.BUILD, f, s, arch, source_root, None, now) for f, s in members)
+            tasks.append(_task(run_id, Phase.DIRECTOR, None, director, arch, source_root, None))
+    tasks.extend(_task(run_id, Phase.BUILD, f, s, arch, source_root, None) for f, s in members)
     deployed = {spec.name for _, spec in members}
     if not build_only:
         for flow, spec in members:
             deps = [d for d in spec.dependencies if d in deployed]
-            tasks.append(_task(run_id, Phase.DEPLOY, flow, spec, arch, source_root, deps, now))
+            tasks.append(_task(run_id, Phase.DEPLOY, flow, spec, arch, source_root, deps))
     tasks = [_prebuilt(t, images or {}, now) for t in tasks]
     accounts = service_accounts or {}
     tasks = [
@@ -162,7 +161,6 @@ def _task(
     arch: Architecture,
     source_root: str,
     depends_on: list[str] | None,
-    now: datetime | None,
 ) -> TaskRecord:
     assert service.deployment is not None
     spec = resolve_sources(service.deployment, source_root)
@@ -179,15 +177,13 @@ def _task(
     elif phase is Phase.DIRECTOR:  # the director needs no URL of its own
         env = {**spec.environment_vars, "PROJECT_ID": arch.project_id, "SERVICE_NAME": service.name}
         spec = spec.model_copy(update={"environment_vars": env})
-    building = phase is Phase.BUILD
     return TaskRecord(
         task_id=task_id_for(run_id, phase, service.name),
         run_id=run_id,
         phase=phase,
         service=service.name,
         dataflow=dataflow,
-        status=TaskStatus.PENDING if building else TaskStatus.WAITING,
-        released_at=now if building else None,
+        status=TaskStatus.WAITING,
         depends_on=depends_on or [],
         service_account=service.service_account,
         spec=spec,

@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     firestore_collection: str = "archdeploy_runs"
     source_bucket: str = Field(default="", description="bucket for uploaded build sources")
     image_repo: str = Field(default="archdeploy", description="default Artifact Registry repo")
+    build_deadline_seconds: float = Field(default=3600, gt=0, description="a build task's")
+    deploy_deadline_seconds: float = Field(default=1200, gt=0, description="a deploy task's")
+    run_deadline_seconds: float = Field(default=7200, gt=0, description="a whole run's")
+    republish_after_seconds: float = Field(
+        default=120, gt=0, description="re-send a task message nobody picked up after this"
+    )
+    cancel_builds_on_failure: bool = Field(
+        default=False, description="cancel builds in flight when one fails (else they finish)"
+    )
     build_timeout_seconds: float = Field(default=1200, gt=0)
     deploy_timeout_seconds: float = Field(default=600, gt=0)
     health_timeout_seconds: float = Field(default=60, gt=0)
@@ -55,6 +64,9 @@ class Settings(BaseSettings):
     github_token: SecretStr | None = Field(default=None, description="reads pushed commits")
     webhook_branches: list[str] = Field(default_factory=lambda: ["main"])
     webhook_architecture_path: str = "services.yaml"
+    github_api_url: str = Field(
+        default="https://api.github.com", description="GitHub REST API (Enterprise: .../api/v3)"
+    )
 
     @property
     def bus_kind(self) -> str:

@@ -55,6 +55,10 @@ class FakeRunStore:
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
         return sorted(self.runs.values(), key=lambda r: r.created_at, reverse=True)[:limit]
 
+    def list_active_runs(self, limit: int = 500) -> list[RunRecord]:
+        active = [r for r in self.runs.values() if not r.status.terminal]
+        return sorted(active, key=lambda r: r.created_at)[:limit]
+
     def get_architecture(self, run_id: str) -> str | None:
         return self.architectures.get(run_id)
 

@@ -127,6 +127,13 @@ class FirestoreRunStore:
         with _translated(f"listing runs in {self.collection}"):
             return [_model(RunRecord, s) for s in query.limit(limit).stream()]
 
+    def list_active_runs(self, limit: int = 500) -> list[RunRecord]:
+        # Equality filter only: no composite index is needed; sorted here instead.
+        query = self._db().collection(self.collection).where(filter=_equals("status", "running"))
+        with _translated(f"listing active runs in {self.collection}"):
+            runs = [_model(RunRecord, s) for s in query.limit(limit).stream()]
+        return sorted(runs, key=lambda r: r.created_at)
+
     def get_architecture(self, run_id: str) -> str | None:
         data = self._read_blob(run_id, "architecture")
         return None if data is None else data.decode()

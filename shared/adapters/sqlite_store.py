@@ -117,6 +117,14 @@ class SqliteRunStore:
         rows = self._read("SELECT doc FROM runs ORDER BY created_at DESC LIMIT ?", (limit,))
         return [RunRecord.model_validate_json(r[0]) for r in rows]
 
+    def list_active_runs(self, limit: int = 500) -> list[RunRecord]:
+        rows = self._read(
+            "SELECT doc FROM runs WHERE json_extract(doc, '$.status') = 'running'"
+            " ORDER BY created_at LIMIT ?",
+            (limit,),
+        )
+        return [RunRecord.model_validate_json(r[0]) for r in rows]
+
     def get_architecture(self, run_id: str) -> str | None:
         rows = self._read("SELECT architecture FROM runs WHERE run_id = ?", (run_id,))
         return rows[0][0] if rows else None

@@ -68,14 +68,14 @@ def _start_run(state_dir: Path) -> str:
 
 
 def _task_message(state_dir: Path, run_id: str, service: str) -> bytes:
-    from shared.handlers import _task_message
+    from shared.handlers import task_message
 
     store = SqliteRunStore(state_dir / "runs.db")
     run = store.get_run(run_id)
     task = store.get_task(f"{run_id}:build:{service}")
     store.close()
     assert run and task
-    return _task_message(run, task).model_dump_json().encode()
+    return task_message(run, task).model_dump_json().encode()
 
 
 def test_the_worker_function_builds_the_task_it_is_pushed_and_only_once(state_dir: Path) -> None:
@@ -91,7 +91,8 @@ def test_the_worker_function_builds_the_task_it_is_pushed_and_only_once(state_di
     store = SqliteRunStore(state_dir / "runs.db")
     task = store.get_task(f"{run_id}:build:director")
     store.close()
-    assert task is not None and task.status is TaskStatus.RUNNING and task.attempt == 1
+    # The worker stores its outcome before publishing it: one attempt, succeeded.
+    assert task is not None and task.status is TaskStatus.SUCCEEDED and task.attempt == 1
     images = json.loads((state_dir / "images" / "index.json").read_text())["manifests"]
     assert len(images) == 1  # the redelivery built nothing
 

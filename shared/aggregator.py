@@ -1,0 +1,269 @@
+"""The aggregator: applies completions once and is the only place a run moves on.
+
+`advance_run` is the state machine's step. Every transition it makes is a
+compare-and-set in the store, so concurrent aggregators (and the sweep) act once
+between them; calling it again when nothing is due changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared.logs import log_context
+from shared.messages import (
+    TOPIC_RESULTS,
+    TOPIC_TASKS,
+    Phase,
+    RunFinished,
+    RunRecord,
+    RunStatus,
+    TaskCompletion,
+    TaskMessage,
+    TaskRecord,
+    TaskStatus,
+    task_id_for,
+)
+from shared.runtime import Runtime
+from shared.state import all_succeeded, all_terminal, assemble_result, next_deploys, outcome
+
+log = logging.getLogger(__name__)
+
+
+def record_completion(completion: TaskCompletion, rt: Runtime) -> None:
+    """Apply a completion once, then move the run on if its phase is done."""
+    with log_context(
+        run_id=completion.run_id,
+        task_id=completion.task_id,
+        service=completion.service,
+        phase=completion.phase.value,
+    ):
+        applied = rt.store.complete_task(completion)
+        if applied is None:
+            # Usually the worker applied it already (it writes before it publishes).
+            log.debug("completion for %s already applied", completion.task_id)
+        else:
+            detail = completion.error or completion.image or completion.url or ""
+            log.info("task %s: %s", completion.status.value, detail)
+        if completion.phase is Phase.BUILD and completion.status is not TaskStatus.SUCCEEDED:
+            on_build_failed(completion, rt)
+        advance_run(completion.run_id, rt)
+
+
+def on_build_failed(completion: TaskCompletion, rt: Runtime) -> None:
+    """No deploy can follow: stop queued builds, and cancel those in flight if configured."""
+    halted = rt.store.update_run(
+        completion.run_id,
+        expect={"halted": None},
+        changes={"halted": f"build of {completion.service} failed"},
+    )
+    if halted is not None and rt.cancel_builds_on_failure:
+        cancel_submitted_builds(completion.run_id, rt)
+
+
+def cancel_submitted_builds(run_id: str, rt: Runtime) -> None:
+    if rt.cancel_build is None:
+        return
+    for task in rt.store.get_tasks(run_id, Phase.BUILD):
+        if task.status is TaskStatus.RUNNING and task.build_id:
+            try:
+                rt.cancel_build(task.build_id)
+                log.info("build %s of %s cancelled", task.build_id, task.service)
+            except Exception:  # cancelling saves quota; failing to must not stop the run
+                log.warning("could not cancel build %s", task.build_id, exc_info=True)
+
+
+def advance_run(run_id: str, rt: Runtime) -> None:
+    """Open the next phase, release ready tasks, or finish the run."""
+    run = rt.store.get_run(run_id)
+    if run is None or run.status.terminal:
+        return
+    if run.phase is Phase.BUILD:
+        _after_builds(run, rt)
+    elif run.phase is Phase.DIRECTOR:
+        _after_director(run, rt)
+    else:
+        _step_deploys(run, rt)
+
+
+def _after_builds(run: RunRecord, rt: Runtime) -> None:
+    counts = rt.store.count_tasks(run.run_id, Phase.BUILD)
+    if counts.get(TaskStatus.WAITING):
+        if run.halted:
+            waiting = _with_status(rt, run.run_id, Phase.BUILD, TaskStatus.WAITING)
+            close_tasks(waiting, TaskStatus.SKIPPED, f"not started: {run.halted}", rt)
+        else:
+            _admit(run, Phase.BUILD, counts, rt.build_concurrency, rt)
+        counts = rt.store.count_tasks(run.run_id, Phase.BUILD)
+    if not all_terminal(counts):
+        return
+    if not all_succeeded(counts) or run.halted:
+        _finish(run, rt)
+        return
+    has_director = any(rt.store.count_tasks(run.run_id, Phase.DIRECTOR).values())
+    next_phase = Phase.DIRECTOR if has_director else Phase.DEPLOY
+    moved = rt.store.update_run(
+        run.run_id,
+        expect={"phase": Phase.BUILD, "status": RunStatus.RUNNING, "halted": None},
+        changes={"phase": next_phase, "updated_at": rt.clock()},
+    )
+    if moved is None:
+        return
+    log.info("all builds succeeded: phase %s opens", next_phase.value)
+    if has_director:
+        release(moved, rt.store.get_tasks(run.run_id, Phase.DIRECTOR), rt)
+    else:
+        _step_deploys(moved, rt)
+
+
+def _admit(
+    run: RunRecord, phase: Phase, counts: dict[TaskStatus, int], cap: int | None, rt: Runtime
+) -> None:
+    """Release waiting tasks while the run has fewer than `cap` of them in flight."""
+    in_flight = counts.get(TaskStatus.PENDING, 0) + counts.get(TaskStatus.RUNNING, 0)
+    room = counts.get(TaskStatus.WAITING, 0) if cap is None else cap - in_flight
+    if room > 0:
+        waiting = _with_status(rt, run.run_id, phase, TaskStatus.WAITING)
+        release(run, waiting[:room], rt)
+
+
+def _with_status(rt: Runtime, run_id: str, phase: Phase, status: TaskStatus) -> list[TaskRecord]:
+    return [t for t in rt.store.get_tasks(run_id, phase) if t.status is status]
+
+
+def _after_director(run: RunRecord, rt: Runtime) -> None:
+    (director,) = rt.store.get_tasks(run.run_id, Phase.DIRECTOR)
+    if not director.status.terminal:
+        return
+    if director.status is not TaskStatus.SUCCEEDED or run.halted:
+        _finish(run, rt)
+        return
+    moved = rt.store.update_run(
+        run.run_id,
+        expect={"phase": Phase.DIRECTOR, "status": RunStatus.RUNNING},
+        changes={"phase": Phase.DEPLOY, "director_url": director.url, "updated_at": rt.clock()},
+    )
+    if moved is not None:
+        log.info("director deployed at %s: phase deploy opens", director.url)
+        _step_deploys(moved, rt)
+
+
+def _step_deploys(run: RunRecord, rt: Runtime) -> None:
+    tasks = rt.store.get_tasks(run.run_id, Phase.DEPLOY)
+    if run.halted:
+        waiting = [t for t in tasks if t.status is TaskStatus.WAITING]
+        close_tasks(waiting, TaskStatus.CANCELLED, f"not started: {run.halted}", rt)
+        tasks = rt.store.get_tasks(run.run_id, Phase.DEPLOY)
+    step = next_deploys(tasks)
+    for task, reason in step.skip:
+        close_tasks([task], TaskStatus.SKIPPED, reason, rt)
+    ready = step.release
+    if rt.deploy_concurrency is not None:
+        in_flight = sum(t.status in (TaskStatus.PENDING, TaskStatus.RUNNING) for t in tasks)
+        ready = ready[: max(0, rt.deploy_concurrency - in_flight)]
+    release(run, ready, rt)
+    if step.finished:
+        _finish(run, rt)
+
+
+def close_tasks(tasks: list[TaskRecord], status: TaskStatus, reason: str, rt: Runtime) -> None:
+    """End tasks that will never run (skipped, cancelled, timed out), each once."""
+    for task in tasks:
+        rt.store.complete_task(
+            TaskCompletion(
+                run_id=task.run_id,
+                task_id=task.task_id,
+                phase=task.phase,
+                service=task.service,
+                status=status,
+                error=reason,
+                attempt=task.attempt,
+                finished_at=rt.clock(),
+            )
+        )
+
+
+def release(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> None:
+    """Move waiting tasks to pending with the run's outputs filled in, and publish them."""
+    released: list[TaskRecord] = []
+    for task in tasks:
+        updates = _spec_updates(run, task, rt)
+        won = rt.store.release_task(task.task_id, spec_updates=updates, now=rt.clock())
+        if won is not None:
+            released.append(won)
+    publish_tasks(run, released, rt)
+
+
+def _spec_updates(run: RunRecord, task: TaskRecord, rt: Runtime) -> dict[str, object]:
+    if task.phase is Phase.BUILD or task.spec is None:
+        return {}
+    build = rt.store.get_task(task_id_for(run.run_id, Phase.BUILD, task.service))
+    env = dict(task.spec.environment_vars)
+    if task.phase is Phase.DEPLOY:
+        env["SERVICE_DIRECTOR_URL"] = run.director_url or ""
+    image = build.image if build and build.image else task.spec.image
+    return {"image": image, "environment_vars": env}
+
+
+def publish_tasks(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> None:
+    if tasks:
+        rt.bus.publish_many(TOPIC_TASKS, [(task_message(run, t), attributes(t)) for t in tasks])
+
+
+def task_message(run: RunRecord, task: TaskRecord) -> TaskMessage:
+    assert task.spec is not None
+    return TaskMessage(
+        run_id=run.run_id,
+        task_id=task.task_id,
+        phase=task.phase,
+        service=task.service,
+        dataflow=task.dataflow,
+        service_account=task.service_account,
+        spec=task.spec,
+        project_id=run.project_id,
+        region=task.spec.region or run.region,
+        health_check=task.health_check,
+    )
+
+
+def attributes(task: TaskRecord | TaskCompletion) -> dict[str, str]:
+    """What subscriptions filter on, and what a dead-letter handler reads."""
+    return {
+        "run_id": task.run_id,
+        "task_id": task.task_id,
+        "phase": task.phase.value,
+        "service": task.service,
+        "kind": "completion" if isinstance(task, TaskCompletion) else "task",
+    }
+
+
+def _finish(run: RunRecord, rt: Runtime) -> None:
+    finish_run(run, rt.store.get_tasks(run.run_id), rt)
+
+
+def finish_run(
+    run: RunRecord, tasks: list[TaskRecord], rt: Runtime, status: RunStatus | None = None
+) -> None:
+    """Write the run's one result and announce it; only the first caller does."""
+    now = rt.clock()
+    if status is None:
+        if run.error:
+            status = RunStatus.FAILED
+        elif run.cancelled_by:
+            status = RunStatus.CANCELLED
+        else:
+            status = outcome(tasks)
+    final = run.model_copy(update={"status": status, "finished_at": now, "updated_at": now})
+    result = assemble_result(final, tasks, status)
+    if rt.store.finish_run(run.run_id, result):
+        log.info(
+            "run finished: %s (%d images, %d urls, %d errors)",
+            status.value,
+            len(result.images),
+            len(result.urls),
+            len(result.errors),
+        )
+        rt.bus.publish(
+            TOPIC_RESULTS,
+            RunFinished(run_id=run.run_id, status=status, result=result),
+            attributes={"run_id": run.run_id, "status": status.value},
+        )

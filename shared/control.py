@@ -1,0 +1,127 @@
+"""Runs that need a hand: cancellation, the deadline sweep, and tasks whose messages
+could never be handled (poison or dead-lettered).
+
+Pub/Sub may never deliver a message at all, and a worker may die mid-task: the sweep is
+what guarantees that every run still finishes, with exactly one result.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from shared.aggregator import (
+    advance_run,
+    cancel_submitted_builds,
+    close_tasks,
+    publish_tasks,
+)
+from shared.logs import log_context
+from shared.messages import RunRecord, TaskRecord, TaskStatus
+from shared.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def cancel_run(run_id: str, rt: Runtime, *, by: str) -> RunRecord | None:
+    """Stop dispatching, cancel submitted builds, and end the run `cancelled` once what
+    is in flight has ended. Returns the run, or None if it is unknown."""
+    with log_context(run_id=run_id):
+        run = rt.store.get_run(run_id)
+        if run is None or run.status.terminal:
+            return run
+        marked = rt.store.update_run(
+            run_id,
+            expect={"cancelled_by": None},
+            changes={"cancelled_by": by, "halted": f"cancelled by {by}", "updated_at": rt.clock()},
+        )
+        if marked is not None:
+            log.info("run cancelled by %s", by)
+        not_started = [
+            t
+            for t in rt.store.get_tasks(run_id)
+            if t.status in (TaskStatus.WAITING, TaskStatus.PENDING)
+        ]
+        close_tasks(not_started, TaskStatus.CANCELLED, f"cancelled by {by} before it started", rt)
+        cancel_submitted_builds(run_id, rt)
+        advance_run(run_id, rt)
+        return rt.store.get_run(run_id)
+
+
+def fail_task(run_id: str, task_id: str, reason: str, rt: Runtime) -> None:
+    """A task whose message can never be handled fails, so its run does not hang."""
+    task = rt.store.get_task(task_id)
+    if task is None or task.run_id != run_id:
+        log.warning("no task %s in run %s to fail: %s", task_id, run_id, reason)
+        return
+    close_tasks([task], TaskStatus.FAILED, reason, rt)
+    advance_run(run_id, rt)
+
+
+@dataclass
+class SweepReport:
+    runs: int = 0
+    timed_out: list[str] = field(default_factory=list)
+    republished: list[str] = field(default_factory=list)
+
+
+def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
+    """Fail overdue tasks as `timed_out`, re-send task messages that were lost, and move
+    every active run on. Safe to run often and from several places at once."""
+    now = now or rt.clock()
+    report = SweepReport()
+    for run in rt.store.list_active_runs():
+        report.runs += 1
+        with log_context(run_id=run.run_id):
+            _sweep_run(run, now, rt, report)
+    if report.timed_out or report.republished:
+        log.info(
+            "sweep: %d runs, %d tasks timed out, %d re-sent",
+            report.runs,
+            len(report.timed_out),
+            len(report.republished),
+        )
+    return report
+
+
+def _sweep_run(run: RunRecord, now: datetime, rt: Runtime, report: SweepReport) -> None:
+    tasks = [t for t in rt.store.get_tasks(run.run_id) if not t.status.terminal]
+    if now - run.created_at > timedelta(seconds=rt.run_deadline):
+        _time_out(tasks, f"the run's deadline of {rt.run_deadline:g}s passed", rt, report)
+        cancel_submitted_builds(run.run_id, rt)
+    else:
+        overdue = [t for t in tasks if _past_deadline(t, now, rt)]
+        for task in overdue:
+            reason = f"no result within the {task.phase.value} deadline of "
+            _time_out([task], reason + f"{rt.deadlines[task.phase]:g}s", rt, report)
+        lost = [t for t in tasks if t not in overdue and _lost(t, now, rt)]
+        publish_tasks(run, lost, rt)
+        report.republished.extend(t.task_id for t in lost)
+    advance_run(run.run_id, rt)
+
+
+def _time_out(tasks: list[TaskRecord], reason: str, rt: Runtime, report: SweepReport) -> None:
+    close_tasks(tasks, TaskStatus.TIMED_OUT, reason, rt)
+    report.timed_out.extend(t.task_id for t in tasks)
+
+
+def _past_deadline(task: TaskRecord, now: datetime, rt: Runtime) -> bool:
+    since = task.released_at or task.started_at
+    if task.status is TaskStatus.WAITING or since is None:
+        return False
+    return now - since > timedelta(seconds=rt.deadlines[task.phase])
+
+
+def _lost(task: TaskRecord, now: datetime, rt: Runtime) -> bool:
+    """Released but never claimed, or claimed by a worker whose lease ran out (it died):
+    its message is re-sent so a worker can (re)claim it. A submitted build is not lost:
+    its result comes as a build event."""
+    if task.status is TaskStatus.PENDING and task.released_at is not None:
+        return now - task.released_at > timedelta(seconds=rt.republish_after)
+    if task.status is TaskStatus.RUNNING and not task.build_id:
+        return task.lease_expires_at is not None and task.lease_expires_at < now
+    return False
+
+
+__all__ = ["SweepReport", "cancel_run", "fail_task", "sweep"]

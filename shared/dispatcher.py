@@ -1,0 +1,175 @@
+"""The dispatcher: a DeployRequest becomes a run (once per idempotency key) and its first
+tasks; a newer request for the same target supersedes older runs still going."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from pathlib import Path
+
+from shared.aggregator import advance_run, finish_run, publish_tasks
+from shared.control import cancel_run
+from shared.errors import ArchdeployError, ArchitectureError, UsageError
+from shared.logs import log_context
+from shared.messages import DeployRequest, RunRecord, RunStatus, TaskRecord, TaskStatus
+from shared.plan import plan_run
+from shared.runtime import Runtime
+from shared.validation import LoadedArchitecture, load_architecture, parse_architecture
+
+log = logging.getLogger(__name__)
+
+
+def run_id_for(idempotency_key: str) -> str:
+    """Deterministic, so the same request always names the same run."""
+    return "r-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
+
+
+def load_request(request: DeployRequest, rt: Runtime) -> LoadedArchitecture:
+    """The request's architecture, validated. Raises `ArchitectureError` or `UsageError`."""
+    root = request.source_root
+    base = Path(root) if root and "://" not in root else None
+    if request.architecture is not None:
+        return parse_architecture(
+            request.architecture, base_dir=base, environment=request.environment
+        )
+    uri = request.architecture_uri or ""
+    if "://" in uri:
+        if rt.fetch_architecture is None:
+            raise UsageError(f"cannot read {uri!r} here: only local files are supported")
+        return rt.fetch_architecture(uri)
+    return load_architecture(uri, environment=request.environment)
+
+
+def dispatch_request(
+    request: DeployRequest,
+    rt: Runtime,
+    *,
+    message_id: str | None = None,
+    record_invalid: bool = True,
+) -> RunRecord:
+    """Create the run (once per idempotency key) and release its first tasks.
+
+    An invalid request becomes a failed run record naming the problems (when
+    `record_invalid`), so a Pub/Sub caller can see why; otherwise the error is raised.
+    """
+    key = request.idempotency_key or message_id or uuid.uuid4().hex
+    run_id = run_id_for(key)
+    with log_context(run_id=run_id):
+        existing = rt.store.get_run(run_id)
+        if existing is not None:
+            log.warning("request %s seen before: run %s exists, not created again", key, run_id)
+            _resume(existing, rt)
+            return rt.store.get_run(run_id) or existing
+        try:
+            loaded = load_request(request, rt)
+            run, tasks = _plan(request, loaded, run_id, key, rt)
+        except (ArchitectureError, UsageError) as exc:
+            if not record_invalid:
+                raise
+            return _record_invalid(run_id, key, request, exc, rt)
+        run, created = rt.store.create_run(run, tasks, loaded.text)
+        if created:
+            log.info("run created: %d tasks over dataflows %s", len(tasks), run.dataflows)
+            _supersede(run, rt)
+        _resume(run, rt)
+        return rt.store.get_run(run_id) or run
+
+
+def _plan(
+    request: DeployRequest, loaded: LoadedArchitecture, run_id: str, key: str, rt: Runtime
+) -> tuple[RunRecord, list[TaskRecord]]:
+    source_root = request.source_root or _default_source_root(request, loaded)
+    arch = loaded.architecture
+    plan = plan_run(
+        arch,
+        run_id=run_id,
+        dataflows=request.dataflows,
+        director_url=request.director_url,
+        source_root=source_root,
+        now=rt.clock(),
+        build_only=request.build_only,
+        images=request.images,
+        service_accounts=request.service_accounts,
+    )
+    now = rt.clock()
+    run = RunRecord(
+        run_id=run_id,
+        idempotency_key=key,
+        project_id=arch.project_id,
+        region=arch.region,
+        environment=request.environment or arch.name,
+        architecture_file=loaded.file,
+        source_root=source_root,
+        dataflows=plan.dataflows,
+        director_url=request.director_url,
+        requested_by=request.requested_by,
+        supersede_key=request.supersede_key,
+        created_at=now,
+        updated_at=now,
+    )
+    return run, plan.tasks
+
+
+def _resume(run: RunRecord, rt: Runtime) -> None:
+    """Publish released tasks nobody has claimed, then let the state machine admit more.
+
+    After a crash between creating the run and publishing, a redelivered request
+    finishes the job; the duplicates it may send are harmless (claims are CAS)."""
+    if run.status.terminal:
+        return
+    pending = [
+        t for t in rt.store.get_tasks(run.run_id, run.phase) if t.status is TaskStatus.PENDING
+    ]
+    publish_tasks(run, pending, rt)
+    advance_run(run.run_id, rt)
+
+
+def _supersede(run: RunRecord, rt: Runtime) -> None:
+    """Cancel older runs for the same target, so two pushes never race to deploy."""
+    if not run.supersede_key:
+        return
+    for older in rt.store.list_active_runs():
+        same_target = older.supersede_key == run.supersede_key
+        if older.run_id != run.run_id and same_target and older.created_at <= run.created_at:
+            log.info("run %s supersedes %s", run.run_id, older.run_id)
+            cancel_run(older.run_id, rt, by=f"superseded by {run.run_id}")
+
+
+def _default_source_root(request: DeployRequest, loaded: LoadedArchitecture) -> str:
+    """Relative source paths resolve beside the file: its directory, or for the file
+    `github://OWNER/REPO/DIR/FILE@REF` the tree `github://OWNER/REPO@REF/DIR`."""
+    if loaded.base_dir is not None:
+        return str(loaded.base_dir)
+    uri = request.architecture_uri or ""
+    location, _, ref = uri.removeprefix("github://").rpartition("@")
+    parts = location.split("/")
+    if not uri.startswith("github://") or len(parts) < 3 or not ref:
+        return ""
+    return "/".join([f"github://{parts[0]}/{parts[1]}@{ref}", *parts[2:-1]])
+
+
+def record_refused(key: str, exc: ArchdeployError, rt: Runtime) -> RunRecord:
+    """A request that could not even be read becomes a failed run, once per key."""
+    return _record_invalid(run_id_for(key), key, None, exc, rt)
+
+
+def _record_invalid(
+    run_id: str, key: str, request: DeployRequest | None, exc: ArchdeployError, rt: Runtime
+) -> RunRecord:
+    now = rt.clock()
+    run = RunRecord(
+        run_id=run_id,
+        idempotency_key=key,
+        architecture_file=(request.architecture_uri if request else None) or "<inline>",
+        requested_by=request.requested_by if request else "",
+        error=str(exc),
+        created_at=now,
+        updated_at=now,
+    )
+    # The refused text is not kept: it may hold what the checks refused (a plain secret).
+    run, created = rt.store.create_run(run, [], "")
+    if created:
+        log.warning("request refused: %s", exc)
+        finish_run(run, [], rt, RunStatus.FAILED)
+    return rt.store.get_run(run_id) or run

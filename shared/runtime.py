@@ -1,0 +1,62 @@
+"""What the handlers are given: the ports, and the knobs that shape a run."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from shared.deployer import ContainerDeployer
+from shared.messages import Phase, RunResult, utcnow
+from shared.ports import MessageBus, RunStore, SourceProvider
+from shared.state import assemble_result
+
+if TYPE_CHECKING:
+    from shared.validation import LoadedArchitecture
+
+# How long a worker's claim holds before another may take the task over (a crashed
+# worker's task is reclaimed after this), and how long a task may run before the sweep
+# fails it as timed out. Builds are long; deploys wait for a health check.
+DEFAULT_LEASES = {Phase.BUILD: 1800.0, Phase.DIRECTOR: 900.0, Phase.DEPLOY: 900.0}
+DEFAULT_DEADLINES = {Phase.BUILD: 3600.0, Phase.DIRECTOR: 1200.0, Phase.DEPLOY: 1200.0}
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Runtime:
+    """The ports and knobs the handlers use; `shared.bootstrap` builds one from settings."""
+
+    store: RunStore
+    bus: MessageBus
+    deployer: ContainerDeployer | None = None
+    worker_id: str = field(default_factory=_default_worker_id)
+    leases: Mapping[Phase, float] = field(default_factory=lambda: dict(DEFAULT_LEASES))
+    deadlines: Mapping[Phase, float] = field(default_factory=lambda: dict(DEFAULT_DEADLINES))
+    run_deadline: float = 7200.0
+    republish_after: float = 120.0
+    clock: Callable[[], datetime] = utcnow
+    fetch_architecture: Callable[[str], LoadedArchitecture] | None = None
+    sources: SourceProvider | None = None  # fetches remote build sources for the worker
+    # Submit builds and let their completion arrive as a build event: a build can
+    # outlast a function's 540 s timeout, so the worker must not be what waits for it.
+    async_builds: bool = False
+    # Admission caps per run: tasks beyond them wait in the store, released as others end.
+    build_concurrency: int | None = None
+    deploy_concurrency: int | None = None
+    cancel_builds_on_failure: bool = False
+    cancel_build: Callable[[str], None] | None = None  # cancels a submitted build by id
+
+
+def run_view(store: RunStore, run_id: str) -> RunResult | None:
+    """The final result if the run has ended, else a view assembled from its tasks."""
+    final = store.get_result(run_id)
+    if final is not None:
+        return final
+    run = store.get_run(run_id)
+    return assemble_result(run, store.get_tasks(run_id)) if run else None

@@ -1,0 +1,155 @@
+"""The worker: claims one task and builds or deploys that one service.
+
+The claim is a compare-and-set with a lease, so a duplicate delivery starts nothing and
+a crashed worker's task can be reclaimed once its lease has run out. The worker writes
+its outcome to the store before publishing it, so a completion message that is lost
+costs nothing: the sweep (or the next completion) moves the run on from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from shared.aggregator import attributes
+from shared.deployer import Target
+from shared.errors import ArchdeployError, BackendError, UsageError
+from shared.logs import log_context
+from shared.messages import (
+    TOPIC_COMPLETIONS,
+    Phase,
+    RunRecord,
+    TaskCompletion,
+    TaskMessage,
+    TaskRecord,
+    TaskStatus,
+    utcnow,
+)
+from shared.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
+    """Claim the task and do it. Returns its completion, or None when the task was not
+    ours to run (a duplicate) or its outcome will arrive as a build event."""
+    with log_context(
+        run_id=message.run_id,
+        task_id=message.task_id,
+        service=message.service,
+        phase=message.phase.value,
+    ):
+        now = rt.clock()
+        claimed = rt.store.claim_task(
+            message.task_id, worker=rt.worker_id, lease_seconds=rt.leases[message.phase], now=now
+        )
+        if claimed is None:
+            log.warning("task not claimed (duplicate delivery, or already done): ignored")
+            return None
+        run = rt.store.get_run(message.run_id)
+        stop = _why_not_start(run)
+        if stop is not None:
+            status, why = stop
+            completion = _completion(message, claimed, status, now, error=f"not started: {why}")
+        elif message.phase is Phase.BUILD and rt.async_builds:
+            completion = _submit_build(message, claimed, rt)
+            if completion is None:
+                return None
+        else:
+            completion = _execute(message, claimed, rt, now)
+        report(completion, rt)
+        return completion
+
+
+def report(completion: TaskCompletion, rt: Runtime) -> None:
+    """Store the outcome, then announce it; the aggregator moves the run on."""
+    rt.store.complete_task(completion)
+    rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=attributes(completion))
+
+
+def _why_not_start(run: RunRecord | None) -> tuple[TaskStatus, str] | None:
+    if run is None:
+        return TaskStatus.SKIPPED, "the run is unknown"
+    if run.cancelled_by:
+        return TaskStatus.CANCELLED, run.halted or f"cancelled by {run.cancelled_by}"
+    if run.status.terminal:
+        return TaskStatus.SKIPPED, "the run has ended"
+    if run.halted:
+        return TaskStatus.SKIPPED, run.halted
+    return None
+
+
+def _submit_build(message: TaskMessage, claimed: TaskRecord, rt: Runtime) -> TaskCompletion | None:
+    """Start the build and return; its completion arrives from the build event stream."""
+    if claimed.build_id:
+        log.warning("build %s was submitted before: not submitting again", claimed.build_id)
+        return None
+    submit = getattr(rt.deployer, "submit_build", None)
+    if submit is None:
+        raise UsageError("async builds need a deployer with submit_build (the gcp deployer)")
+    try:
+        spec = rt.sources.localize(message.spec) if rt.sources else message.spec
+        build_id = submit(message.service, spec, target=_target(message))
+    except ArchdeployError as exc:
+        if isinstance(exc, BackendError) and exc.retryable:
+            raise  # redelivered; the lease lets the retry reclaim the task
+        return _completion(message, claimed, TaskStatus.FAILED, rt.clock(), error=str(exc))
+    rt.store.record_build_id(message.task_id, build_id)
+    log.info("build %s submitted", build_id)
+    return None
+
+
+def _target(message: TaskMessage) -> Target:
+    return Target(
+        project_id=message.project_id,
+        region=message.region,
+        labels=message.labels,
+        run_id=message.run_id,
+        task_id=message.task_id,
+        health_check=message.health_check,
+    )
+
+
+def _execute(
+    message: TaskMessage, claimed: TaskRecord, rt: Runtime, started: datetime
+) -> TaskCompletion:
+    if rt.deployer is None:
+        raise UsageError("this runtime has no container deployer: only workers run tasks")
+    target = _target(message)
+    log.info("%s started (attempt %d)", message.phase.value, claimed.attempt)
+    try:
+        if message.phase is Phase.BUILD:
+            spec = rt.sources.localize(message.spec) if rt.sources else message.spec
+            image = rt.deployer.build(message.service, spec, target=target)
+            done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, image=image)
+        else:
+            url = rt.deployer.deploy_service(
+                message.service, message.service_account, message.spec, target=target
+            )
+            done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, url=url)
+    except ArchdeployError as exc:  # the adapters have retried what was transient
+        log.info("%s failed: %s", message.phase.value, exc)
+        return _completion(message, claimed, TaskStatus.FAILED, started, error=str(exc))
+    except Exception as exc:  # a deployer bug must fail this task, not hang the run
+        log.error("%s failed unexpectedly", message.phase.value, exc_info=True)
+        error = f"{type(exc).__name__}: {exc}"
+        return _completion(message, claimed, TaskStatus.FAILED, started, error=error)
+    log.info("%s succeeded", message.phase.value)
+    return done
+
+
+def _completion(
+    message: TaskMessage, claimed: TaskRecord, status: TaskStatus, started: datetime, **outputs: str
+) -> TaskCompletion:
+    return TaskCompletion(
+        run_id=message.run_id,
+        task_id=message.task_id,
+        phase=message.phase,
+        service=message.service,
+        attempt=claimed.attempt,
+        status=status,
+        started_at=started,
+        finished_at=utcnow(),
+        worker=claimed.claimed_by,
+        **outputs,
+    )
