@@ -148,6 +148,13 @@ def _after_director(run: RunRecord, rt: Runtime) -> None:
 
 
 def _step_deploys(run: RunRecord, rt: Runtime) -> None:
+    counts = rt.store.count_tasks(run.run_id, Phase.DEPLOY)
+    if not counts.get(TaskStatus.WAITING):
+        # Nothing left to release: counting is enough (Firestore bills a count per 1,000
+        # entries, a fetch per document), and only the end of the phase needs the tasks.
+        if all_terminal(counts):
+            _finish(run, rt)
+        return
     tasks = rt.store.get_tasks(run.run_id, Phase.DEPLOY)
     if run.halted:
         waiting = [t for t in tasks if t.status is TaskStatus.WAITING]
