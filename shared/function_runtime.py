@@ -87,10 +87,13 @@ def handle_pubsub(
     except ValueError as exc:
         log.error("event %s is not a Pub/Sub message (%s): acknowledged and dropped", event_id, exc)
         return
-    with log_context(
-        run_id=attributes.get("run_id"),
-        task_id=attributes.get("task_id"),
-        service=attributes.get("service"),
-        phase=attributes.get("phase"),
-    ), acknowledging(message_id or event_id):
+    with (
+        log_context(
+            run_id=attributes.get("run_id"),
+            task_id=attributes.get("task_id"),
+            service=attributes.get("service"),
+            phase=attributes.get("phase"),
+        ),
+        acknowledging(message_id or event_id),
+    ):
         handler(data, attributes, runtime(role), message_id)

@@ -1,4 +1,4 @@
-"""Dispatcher: a DeployRequest (Pub/Sub or HTTP) becomes a run and its build tasks."""
+"""The dispatcher: a request (Pub/Sub, HTTP or a GitHub push) becomes a run and its builds."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import functions_framework
 from cloudevents.http import CloudEvent
 
 from shared import entrypoints, function_runtime, http_api
+from shared import webhook as github_webhook
 
 
 @functions_framework.cloud_event
@@ -20,3 +21,10 @@ def dispatch(event: CloudEvent) -> None:
 def dispatch_http(request: flask.Request) -> Any:
     rt = function_runtime.runtime("dispatcher")
     return http_api.handle(request, rt, token=function_runtime.http_token())
+
+
+@functions_framework.http
+def webhook(request: flask.Request) -> Any:
+    rt = function_runtime.runtime("dispatcher")
+    config = github_webhook.WebhookConfig.from_settings(function_runtime.settings())
+    return github_webhook.handle(request, rt, config)
