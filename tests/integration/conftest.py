@@ -1,4 +1,4 @@
-"""Integration fixtures: the Pub/Sub and Firestore emulators."""
+"""Integration fixtures: the Pub/Sub and Firestore emulators, the fake Google APIs."""
 
-from tests.integration.emulators import *  # noqa: F403
 from tests.fakes_google.fixtures import *  # noqa: F403
+from tests.integration.emulators import *  # noqa: F403
