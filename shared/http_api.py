@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.errors import ArchitectureError, BackendError, UsageError
-from shared.handlers import Runtime, dispatch_request, run_view
+from shared.handlers import Runtime, cancel_run, dispatch_request, run_view
 from shared.messages import DeployRequest
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ def _route(request: Any, rt: Runtime, token: str | None) -> Response:
         raise Refused(
             405, f"method {request.method} not allowed: use GET or POST", Allow="GET, POST"
         )
+    if request.path.rstrip("/").endswith("/cancel"):
+        return _cancel(request, rt)
     body = read_body(request, MAX_BODY_BYTES)
     if body is None:
         fix = "architecture files are capped at 1 MiB: send the file, not a bundle"
@@ -218,6 +220,21 @@ def _field_problem(error: Any) -> dict[str, Any]:
     field = DeployRequest.model_fields.get(str(error["loc"][0])) if error["loc"] else None
     fix = f"`{path}`: {field.description}" if field and field.description else ""
     return problem(path, message, fix)
+
+
+def _cancel(request: Any, rt: Runtime) -> Response:
+    """`POST /runs/RUN_ID/cancel`: stop the run; what already deployed stays listed."""
+    run_id = request.path.rstrip("/").removesuffix("/cancel").partition("/runs/")[2]
+    if not _RUN_ID.fullmatch(run_id):
+        fix = "POST /runs/RUN_ID/cancel, with the id the POST answered"
+        raise Refused(400, "not a run id", [problem("run_id", "not a run id", fix)])
+    who = request.headers.get("X-Requested-By", "") or "http"
+    run = cancel_run(run_id, rt, by=who[:100])
+    if run is None:
+        raise Refused(404, f"no run {run_id!r}", [problem("run_id", "unknown run", "")])
+    return _json(
+        {"run_id": run_id, "status": run.status.value, "cancelled_by": run.cancelled_by}, 202
+    )
 
 
 def _get_run(request: Any, rt: Runtime) -> Response:

@@ -394,3 +394,37 @@ def test_an_unexpected_failure_answers_500_without_details(
     body = assert_refused_cleanly(response, 500)
     assert "logs" in body["error"]
     assert "Traceback" in caplog.text  # the details are logged, not answered
+
+
+def test_post_cancel_ends_a_running_run_cancelled_and_an_unknown_run_is_404(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.bootstrap import make_store
+    from shared.messages import DeployRequest
+    from shared.settings import Settings
+    from tests.builders import architecture
+
+    monkeypatch.setenv("ARCHDEPLOY_STATE_DIR", str(tmp_path))
+    function_runtime.settings.cache_clear()
+    function_runtime.runtime.cache_clear()
+    client = _cancel_client()
+    request = DeployRequest(architecture=architecture().model_dump_json(), idempotency_key="c1")
+    accepted = client.post("/", json=request.model_dump(mode="json"))
+    run_id = accepted.get_json()["run_id"]
+
+    answer = client.post(f"/runs/{run_id}/cancel", headers={"X-Requested-By": "alice"})
+
+    assert answer.status_code == 202
+    assert answer.get_json()["cancelled_by"] == "alice"
+    store = make_store(Settings(state_dir=tmp_path))
+    result = store.get_result(run_id)
+    assert result is not None and result.status.value == "cancelled"
+    assert client.post("/runs/r-0000000000000000/cancel").status_code == 404
+    function_runtime.settings.cache_clear()
+    function_runtime.runtime.cache_clear()
+
+
+def _cancel_client() -> Any:
+    source = Path(__file__).resolve().parents[2] / "functions" / "dispatcher" / "main.py"
+    app = functions_framework.create_app(target="dispatch_http", source=str(source))
+    return app.test_client()
