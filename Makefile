@@ -37,5 +37,16 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
+# The serverless topology on this machine: the Pub/Sub and Firestore emulators, push
+# subscriptions, and the three functions under functions-framework. Ctrl-C stops it all.
+.PHONY: dev
+dev: $(STAMP)
+	$(BIN)/archdeploy dev
+
+# The functions under functions-framework, and the example deployed through the dev
+# topology (plus a failed build); prints the runs' timelines.
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -q tests/e2e
+
 clean:
 	rm -rf $(VENV) .archdeploy .pytest_cache

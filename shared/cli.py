@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from shared.cli_dev import dev
 from shared.errors import (
     EXIT_OK,
     EXIT_RUN_FAILED,
@@ -173,6 +174,12 @@ def plan(
     help="Tasks run at once (default 32).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the RunResult as JSON on stdout.")
+@click.option(
+    "--endpoint",
+    metavar="URL",
+    default=None,
+    help="Submit to this dispatcher HTTP function (e.g. `archdeploy dev`'s) and follow there.",
+)
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -183,12 +190,25 @@ def up(
     director_url: str | None,
     parallelism: int | None,
     as_json: bool,
+    endpoint: str | None,
 ) -> None:
     """Build every service in parallel, then deploy them, and show the result."""
     from shared.bootstrap import embedded
     from shared.progress import follow
 
     loaded = _load(file, strict, environment, check_paths=True)
+    if endpoint:
+        from shared.cli_dev import up_over_http
+
+        request = DeployRequest(
+            architecture=loaded.text,
+            source_root=str(loaded.base_dir) if loaded.base_dir else None,
+            dataflows=list(dataflows),
+            director_url=director_url,
+            environment=environment,
+            requested_by="cli",
+        )
+        _report(up_over_http(endpoint, request, _settings(ctx).http_token), as_json)
     settings = _settings(ctx, parallelism=parallelism)
     system = embedded(settings)
     request = DeployRequest(
@@ -306,6 +326,9 @@ def down(
         deployer.teardown(name)
         err.print(f"  {name:<24} stopped")
     click.echo(f"{len(names)} services torn down")
+
+
+cli.add_command(dev)
 
 
 def main() -> None:
