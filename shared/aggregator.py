@@ -81,8 +81,10 @@ def advance_run(run_id: str, rt: Runtime) -> None:
         _after_builds(run, rt)
     elif run.phase is Phase.DIRECTOR:
         _after_director(run, rt)
-    else:
+    elif run.phase is Phase.DEPLOY:
         _step_deploys(run, rt)
+    else:
+        _after_rollback(run, rt)
 
 
 def _after_builds(run: RunRecord, rt: Runtime) -> None:
@@ -153,7 +155,7 @@ def _step_deploys(run: RunRecord, rt: Runtime) -> None:
         # Nothing left to release: counting is enough (Firestore bills a count per 1,000
         # entries, a fetch per document), and only the end of the phase needs the tasks.
         if all_terminal(counts):
-            _finish(run, rt)
+            _end_deploys(run, rt)
         return
     tasks = rt.store.get_tasks(run.run_id, Phase.DEPLOY)
     if run.halted:
@@ -169,6 +171,44 @@ def _step_deploys(run: RunRecord, rt: Runtime) -> None:
         ready = ready[: max(0, rt.deploy_concurrency - in_flight)]
     release(run, ready, rt)
     if step.finished:
+        _end_deploys(run, rt)
+
+
+def _end_deploys(run: RunRecord, rt: Runtime) -> None:
+    """Finish, or first roll back what this run changed when deploys failed and it asked."""
+    counts = rt.store.count_tasks(run.run_id, Phase.DEPLOY)
+    if not run.rollback_on_failure or all_succeeded(counts) or run.cancelled_by:
+        _finish(run, rt)
+        return
+    moved = rt.store.update_run(
+        run.run_id,
+        expect={"phase": Phase.DEPLOY, "status": RunStatus.RUNNING},
+        changes={"phase": Phase.ROLLBACK, "updated_at": rt.clock()},
+    )
+    if moved is None:
+        return
+    deploys = {t.service: t for t in rt.store.get_tasks(run.run_id, Phase.DEPLOY)}
+    deploys.update({t.service: t for t in rt.store.get_tasks(run.run_id, Phase.DIRECTOR)})
+    undo = [
+        t
+        for t in rt.store.get_tasks(run.run_id, Phase.ROLLBACK)
+        if _changed_something(deploys.get(t.service))
+    ]
+    log.info("deploys failed: rolling back %d services", len(undo))
+    release(moved, undo, rt)
+    _after_rollback(moved, rt)
+
+
+def _changed_something(deploy: TaskRecord | None) -> bool:
+    """A service served something before this run, and this run may have replaced it."""
+    if deploy is None or not deploy.previous or deploy.reused:
+        return False
+    return deploy.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT)
+
+
+def _after_rollback(run: RunRecord, rt: Runtime) -> None:
+    counts = rt.store.count_tasks(run.run_id, Phase.ROLLBACK)
+    if not counts.get(TaskStatus.PENDING) and not counts.get(TaskStatus.RUNNING):
         _finish(run, rt)
 
 
@@ -229,6 +269,7 @@ def task_message(run: RunRecord, task: TaskRecord) -> TaskMessage:
         project_id=run.project_id,
         region=task.spec.region or run.region,
         health_check=task.health_check,
+        no_cache=run.no_cache,
     )
 
 

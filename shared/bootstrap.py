@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +101,11 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         sources=_github_sources(settings),
     )
     if isinstance(bus, InProcessBus):
-        bus.subscribe(TOPIC_REQUESTS, lambda data, attributes: on_request(data, attributes, rt))
+
+        def dispatch(data: bytes, attributes: Mapping[str, str]) -> None:
+            on_request(data, attributes, rt)
+
+        bus.subscribe(TOPIC_REQUESTS, dispatch)
     return rt
 
 
@@ -111,6 +115,7 @@ def knobs(settings: Settings) -> dict[str, Any]:
         Phase.BUILD: settings.build_deadline_seconds,
         Phase.DIRECTOR: settings.deploy_deadline_seconds,
         Phase.DEPLOY: settings.deploy_deadline_seconds,
+        Phase.ROLLBACK: settings.deploy_deadline_seconds,
     }
     # A claim must lapse before the deadline, so a dead worker's task is retried in time.
     leases = {phase: seconds / 2 for phase, seconds in deadlines.items()}

@@ -180,6 +180,12 @@ def plan(
     default=None,
     help="Submit to this dispatcher HTTP function (e.g. `archdeploy dev`'s) and follow there.",
 )
+@click.option("--no-cache", is_flag=True, help="Build and deploy everything, even if unchanged.")
+@click.option(
+    "--rollback-on-failure",
+    is_flag=True,
+    help="If deploys fail, put every service back on what it served before.",
+)
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -191,41 +197,41 @@ def up(
     parallelism: int | None,
     as_json: bool,
     endpoint: str | None,
+    no_cache: bool,
+    rollback_on_failure: bool,
 ) -> None:
-    """Build every service in parallel, then deploy them, and show the result."""
+    """Build every service in parallel, then deploy them, and show the result.
+
+    Unchanged services are neither rebuilt nor redeployed (`--no-cache` forces both).
+    """
     from shared.bootstrap import embedded
     from shared.progress import follow
 
     loaded = _load(file, strict, environment, check_paths=True)
+    options: dict[str, Any] = {
+        "source_root": str(loaded.base_dir) if loaded.base_dir else None,
+        "dataflows": list(dataflows),
+        "director_url": director_url,
+        "environment": environment,
+        "requested_by": "cli",
+        "no_cache": no_cache,
+        "rollback_on_failure": rollback_on_failure,
+    }
     if endpoint:
         from shared.cli_dev import up_over_http
 
-        request = DeployRequest(
-            architecture=loaded.text,
-            source_root=str(loaded.base_dir) if loaded.base_dir else None,
-            dataflows=list(dataflows),
-            director_url=director_url,
-            environment=environment,
-            requested_by="cli",
-        )
+        request = DeployRequest(architecture=loaded.text, **options)
         _report(up_over_http(endpoint, request, _settings(ctx).http_token), as_json)
     settings = _settings(ctx, parallelism=parallelism)
     system = embedded(settings)
-    request = DeployRequest(
-        architecture_uri=str(Path(file).resolve()),
-        dataflows=list(dataflows),
-        director_url=director_url,
-        environment=environment,
-        requested_by="cli",
-        source_root=str(loaded.base_dir) if loaded.base_dir else None,
-    )
+    request = DeployRequest(architecture_uri=str(Path(file).resolve()), **options)
     try:
         run = system.submit(request)
         err.print(
             f"run {run.run_id}: {len(list(loaded.architecture.services()))} services, "
             f"state in {settings.state_dir}"
         )
-        waiter = threading.Thread(target=_drain, args=(system,), daemon=True)
+        waiter = threading.Thread(target=_wait, args=(system, run.run_id), daemon=True)
         waiter.start()
         result = follow(
             system.store, run.run_id, stream=sys.stderr, done=lambda: not waiter.is_alive()
@@ -236,9 +242,9 @@ def up(
     _report(result, as_json)
 
 
-def _drain(system: Any) -> None:
+def _wait(system: Any, run_id: str) -> None:
     try:
-        system.bus.drain()
+        system.wait(run_id)
     except Exception as exc:  # shown to the user; the run's record says the rest
         err.print(f"[bold red]error:[/] a handler gave up: {exc.__cause__ or exc}")
 
@@ -275,6 +281,24 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool) -> None:
     if result is None:
         raise RunNotFound(run_id)
     _report(result, as_json)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.pass_context
+def cancel(ctx: click.Context, run_id: str) -> None:
+    """Cancel a run: no new task starts, submitted builds are cancelled, and the run ends
+    `cancelled` (listing what had deployed) once what is in flight has finished."""
+    import getpass
+
+    from shared.bootstrap import runtime
+    from shared.handlers import cancel_run
+
+    run = cancel_run(run_id, runtime(_settings(ctx)), by=getpass.getuser())
+    if run is None:
+        raise RunNotFound(run_id)
+    state = run.status.value if run.status.terminal else "cancelling (tasks in flight finish)"
+    click.echo(f"{run_id}: {state}")
 
 
 @cli.command()

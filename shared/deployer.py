@@ -7,6 +7,8 @@ OCI image store and local processes) and `shared.adapters.gcp_deployer.GcpDeploy
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -23,6 +25,7 @@ class Target:
     run_id: str = ""
     task_id: str = ""
     health_check: HealthCheck | None = None
+    no_cache: bool = False
 
 
 @runtime_checkable
@@ -72,4 +75,53 @@ class ContainerDeployer(Protocol):
 
     def teardown(self, service_name: str, *, target: Target | None = None) -> None:
         """Stop and delete the service. Idempotent: a service that is not there is fine."""
+        ...
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What serves a service now, as its deployer recorded it."""
+
+    url: str
+    image: str
+    fingerprint: str  # `config_fingerprint` of what was deployed
+    revision: str = ""  # what a rollback returns to (Cloud Run revision; local: the image)
+
+
+def config_fingerprint(
+    service_account_email: str, spec: DeploymentSpec, health_check: HealthCheck | None = None
+) -> str:
+    """A digest of everything a deploy sets: equal fingerprints mean nothing would change."""
+    effective = {
+        "image": spec.image,
+        "service_account": service_account_email,
+        "env": sorted(spec.environment_vars.items()),
+        "secrets": sorted((s.name, s.value_from) for s in spec.secret_environment_vars),
+        "cpu": spec.cpu,
+        "memory": spec.memory,
+        "min": spec.min_instances,
+        "max": spec.max_instances,
+        "region": spec.region,
+        "health": health_check.model_dump() if health_check else None,
+    }
+    canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@runtime_checkable
+class IncrementalDeployer(Protocol):
+    """What a deployer offers so repeated runs skip unchanged work and can roll back."""
+
+    def cached_image(
+        self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
+    ) -> str | None:
+        """The image already built from exactly this build input, or None. No side effect."""
+        ...
+
+    def deployed(self, service_name: str, *, target: Target | None = None) -> Deployed | None:
+        """What serves the service now (and is healthy), or None. No side effect."""
+        ...
+
+    def rollback(self, service_name: str, revision: str, *, target: Target | None = None) -> str:
+        """Serve `revision` (a `Deployed.revision`) again; returns the URL."""
         ...

@@ -89,6 +89,7 @@ def _plan(
         source_root=source_root,
         now=rt.clock(),
         build_only=request.build_only,
+        rollback=request.rollback_on_failure,
         images=request.images,
         service_accounts=request.service_accounts,
     )
@@ -105,6 +106,8 @@ def _plan(
         director_url=request.director_url,
         requested_by=request.requested_by,
         supersede_key=request.supersede_key,
+        no_cache=request.no_cache,
+        rollback_on_failure=request.rollback_on_failure,
         created_at=now,
         updated_at=now,
     )

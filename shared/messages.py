@@ -37,6 +37,7 @@ class Phase(StrEnum):
     BUILD = "build"
     DIRECTOR = "director"
     DEPLOY = "deploy"
+    ROLLBACK = "rollback"  # only when the deploy phase failed and the run asked for it
 
 
 class TaskStatus(StrEnum):
@@ -110,6 +111,12 @@ class DeployRequest(_Message):
         default=None, description="runs with the same key replace each other (repo + branch)"
     )
     build_only: bool = Field(default=False, description="build images; deploy nothing")
+    no_cache: bool = Field(
+        default=False, description="build and deploy everything, even what is unchanged"
+    )
+    rollback_on_failure: bool = Field(
+        default=False, description="if deploys fail, put every service back where it was"
+    )
     images: dict[str, str] = Field(
         default_factory=dict, description="service -> image already built: not built again"
     )
@@ -136,6 +143,8 @@ class TaskMessage(_Message):
     region: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
     health_check: HealthCheck | None = None
+    no_cache: bool = False
+    rollback_to: str | None = None  # rollback tasks: the revision (or image) to return to
 
 
 class TaskCompletion(_Message):
@@ -149,6 +158,8 @@ class TaskCompletion(_Message):
     url: str | None = None
     error: str | None = None
     build_id: str | None = None
+    reused: bool = False  # a cached image, or a deploy skipped because nothing changed
+    previous: str | None = None  # deploys: what served before (for a rollback)
     started_at: datetime | None = None
     finished_at: datetime = Field(default_factory=utcnow)
     worker: str = ""
@@ -180,6 +191,8 @@ class TaskRecord(BaseModel):
     url: str | None = None
     error: str | None = None
     build_id: str | None = None
+    reused: bool = False
+    previous: str | None = None
     claimed_by: str = ""
     lease_expires_at: datetime | None = None
     released_at: datetime | None = None
@@ -211,6 +224,8 @@ class RunRecord(BaseModel):
     director_url: str | None = None
     requested_by: str = ""
     supersede_key: str | None = None
+    no_cache: bool = False
+    rollback_on_failure: bool = False
     halted: str | None = None  # why no new task may start (a build failed, cancelled)
     cancelled_by: str | None = None  # who cancelled (a person, or the run that superseded it)
     error: str | None = None  # a run-level error: the request itself was invalid
@@ -237,6 +252,9 @@ class ServiceResult(BaseModel):
     deploy_status: TaskStatus | None = None
     build_seconds: float | None = None
     deploy_seconds: float | None = None
+    image_reused: bool = False
+    unchanged: bool = False
+    rolled_back: bool = False
 
 
 class RunResult(BaseModel):
@@ -257,6 +275,7 @@ class RunResult(BaseModel):
     images: dict[str, str] = Field(default_factory=dict)
     urls: dict[str, str] = Field(default_factory=dict)
     errors: list[ServiceError] = Field(default_factory=list)
+    rolled_back: list[str] = Field(default_factory=list)
 
 
 class RunFinished(_Message):

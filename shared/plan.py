@@ -98,6 +98,7 @@ def plan_run(
     source_root: str = "",
     now: datetime | None = None,
     build_only: bool = False,
+    rollback: bool = False,
     images: Mapping[str, str] | None = None,
     service_accounts: Mapping[str, str] | None = None,
 ) -> Plan:
@@ -129,6 +130,20 @@ def plan_run(
         for flow, spec in members:
             deps = [d for d in spec.dependencies if d in deployed]
             tasks.append(_task(run_id, Phase.DEPLOY, flow, spec, arch, source_root, deps))
+    if rollback:
+        # Planned up front (the store creates tasks only with the run), released only if
+        # the deploy phase fails; a run that succeeds leaves them waiting, unused.
+        tasks.extend(
+            t.model_copy(
+                update={
+                    "phase": Phase.ROLLBACK,
+                    "task_id": task_id_for(run_id, Phase.ROLLBACK, t.service),
+                    "depends_on": [],
+                }
+            )
+            for t in tasks
+            if t.phase in (Phase.DIRECTOR, Phase.DEPLOY)
+        )
     tasks = [_prebuilt(t, images or {}, now) for t in tasks]
     accounts = service_accounts or {}
     tasks = [

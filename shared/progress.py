@@ -30,6 +30,8 @@ _STYLE = {
     "deploying": "blue",
     "queued": "dim",
     "planned": "dim",
+    "unchanged": "green dim",
+    "rolled back": "magenta",
 }
 
 

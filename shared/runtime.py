@@ -20,8 +20,18 @@ if TYPE_CHECKING:
 # How long a worker's claim holds before another may take the task over (a crashed
 # worker's task is reclaimed after this), and how long a task may run before the sweep
 # fails it as timed out. Builds are long; deploys wait for a health check.
-DEFAULT_LEASES = {Phase.BUILD: 1800.0, Phase.DIRECTOR: 900.0, Phase.DEPLOY: 900.0}
-DEFAULT_DEADLINES = {Phase.BUILD: 3600.0, Phase.DIRECTOR: 1200.0, Phase.DEPLOY: 1200.0}
+DEFAULT_LEASES = {
+    Phase.BUILD: 1800.0,
+    Phase.DIRECTOR: 900.0,
+    Phase.DEPLOY: 900.0,
+    Phase.ROLLBACK: 900.0,
+}
+DEFAULT_DEADLINES = {
+    Phase.BUILD: 3600.0,
+    Phase.DIRECTOR: 1200.0,
+    Phase.DEPLOY: 1200.0,
+    Phase.ROLLBACK: 1200.0,
+}
 
 
 def _default_worker_id() -> str:

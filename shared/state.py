@@ -73,7 +73,8 @@ def next_deploys(tasks: Sequence[TaskRecord]) -> DeployStep:
 
 
 def outcome(tasks: Iterable[TaskRecord]) -> RunStatus:
-    statuses = [t.status for t in tasks]
+    """How the run went; rollback tasks say what was undone, not how the run went."""
+    statuses = [t.status for t in tasks if t.phase is not Phase.ROLLBACK]
     if any(s is TaskStatus.CANCELLED for s in statuses):
         return RunStatus.CANCELLED
     if all(s is TaskStatus.SUCCEEDED for s in statuses):
@@ -88,12 +89,22 @@ def assemble_result(
     services: dict[str, ServiceResult] = {}
     errors: list[ServiceError] = []
     for task in sorted(tasks, key=_phase_order):
+        if task.phase is Phase.ROLLBACK:
+            continue
         entry = services.setdefault(
             task.service, ServiceResult(service=task.service, dataflow=task.dataflow, status="")
         )
         _merge(entry, task)
         if task.error and task.status is not TaskStatus.SUCCEEDED:
             errors.append(ServiceError(service=task.service, phase=task.phase, error=task.error))
+    for task in tasks:
+        if task.phase is Phase.ROLLBACK and task.service in services:
+            entry = services[task.service]
+            entry.rolled_back = task.status is TaskStatus.SUCCEEDED
+            if task.error and task.status in (TaskStatus.FAILED, TaskStatus.TIMED_OUT):
+                errors.append(
+                    ServiceError(service=task.service, phase=task.phase, error=task.error)
+                )
     for entry in services.values():
         entry.status = _service_status(entry, run)
     finished = run.finished_at
@@ -114,11 +125,12 @@ def assemble_result(
         images={name: s.image for name, s in services.items() if s.image},
         urls={name: s.url for name, s in services.items() if s.url},
         errors=errors,
+        rolled_back=sorted(name for name, s in services.items() if s.rolled_back),
     )
 
 
 def _phase_order(task: TaskRecord) -> tuple[int, str]:
-    return ([Phase.BUILD, Phase.DIRECTOR, Phase.DEPLOY].index(task.phase), task.service)
+    return (list(Phase).index(task.phase), task.service)
 
 
 def _merge(entry: ServiceResult, task: TaskRecord) -> None:
@@ -126,10 +138,12 @@ def _merge(entry: ServiceResult, task: TaskRecord) -> None:
         entry.build_status = task.status
         entry.build_seconds = task.duration_seconds
         entry.image = task.image
+        entry.image_reused = task.reused
     else:
         entry.deploy_status = task.status
         entry.deploy_seconds = task.duration_seconds
         entry.url = task.url
+        entry.unchanged = task.reused and task.status is TaskStatus.SUCCEEDED
         if task.dataflow is not None:
             entry.dataflow = task.dataflow
     if task.error and task.status is not TaskStatus.SUCCEEDED:
@@ -158,4 +172,8 @@ def _service_status(entry: ServiceResult, run: RunRecord) -> str:
         return "built" if build is TaskStatus.SUCCEEDED else "planned"
     if deploy is TaskStatus.WAITING and run.status.terminal:
         return "not deployed"
+    if entry.rolled_back:
+        return "rolled back"
+    if entry.unchanged:
+        return "unchanged"
     return _DEPLOY_LABELS.get(deploy, deploy.value)

@@ -53,6 +53,8 @@ def completed(task: TaskRecord, completion: TaskCompletion) -> TaskRecord | None
             "url": completion.url or task.url,
             "error": completion.error,
             "build_id": completion.build_id or task.build_id,
+            "reused": completion.reused,
+            "previous": completion.previous or task.previous,
             "started_at": completion.started_at or task.started_at,
             "finished_at": completion.finished_at,
             "lease_expires_at": None,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from shared.aggregator import attributes
-from shared.deployer import Target
+from shared.deployer import IncrementalDeployer, Target, config_fingerprint
 from shared.errors import ArchdeployError, BackendError, UsageError
 from shared.logs import log_context
 from shared.messages import (
@@ -23,6 +24,7 @@ from shared.messages import (
     TaskMessage,
     TaskRecord,
     TaskStatus,
+    task_id_for,
     utcnow,
 )
 from shared.runtime import Runtime
@@ -51,6 +53,8 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
         if stop is not None:
             status, why = stop
             completion = _completion(message, claimed, status, now, error=f"not started: {why}")
+        elif (reused := _reusable(message, rt)) is not None:
+            completion = _completion(message, claimed, TaskStatus.SUCCEEDED, now, **reused)
         elif message.phase is Phase.BUILD and rt.async_builds:
             completion = _submit_build(message, claimed, rt)
             if completion is None:
@@ -77,6 +81,27 @@ def _why_not_start(run: RunRecord | None) -> tuple[TaskStatus, str] | None:
     if run.halted:
         return TaskStatus.SKIPPED, run.halted
     return None
+
+
+def _reusable(message: TaskMessage, rt: Runtime) -> dict[str, Any] | None:
+    """An image built from exactly this input, or a deploy that would change nothing:
+    repeated runs of an unchanged architecture build and deploy nothing."""
+    deployer = rt.deployer
+    if message.no_cache or not isinstance(deployer, IncrementalDeployer):
+        return None
+    target = _target(message)
+    if message.phase is Phase.BUILD:
+        spec = rt.sources.localize(message.spec) if rt.sources else message.spec
+        image = deployer.cached_image(message.service, spec, target=target)
+        return {"image": image, "reused": True} if image else None
+    if message.phase is Phase.ROLLBACK:
+        return None
+    current = deployer.deployed(message.service, target=target)
+    wanted = config_fingerprint(message.service_account, message.spec, message.health_check)
+    if current is None or current.fingerprint != wanted:
+        return None
+    log.info("%s unchanged: not redeployed", message.service)
+    return {"url": current.url, "reused": True}
 
 
 def _submit_build(message: TaskMessage, claimed: TaskRecord, rt: Runtime) -> TaskCompletion | None:
@@ -122,11 +147,15 @@ def _execute(
             spec = rt.sources.localize(message.spec) if rt.sources else message.spec
             image = rt.deployer.build(message.service, spec, target=target)
             done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, image=image)
+        elif message.phase is Phase.ROLLBACK:
+            done = _roll_back(message, claimed, rt, started)
         else:
+            previous = _serving(message, rt)
             url = rt.deployer.deploy_service(
                 message.service, message.service_account, message.spec, target=target
             )
-            done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, url=url)
+            outputs = {"url": url, "previous": previous} if previous else {"url": url}
+            done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, **outputs)
     except ArchdeployError as exc:  # the adapters have retried what was transient
         log.info("%s failed: %s", message.phase.value, exc)
         return _completion(message, claimed, TaskStatus.FAILED, started, error=str(exc))
@@ -138,8 +167,30 @@ def _execute(
     return done
 
 
+def _serving(message: TaskMessage, rt: Runtime) -> str | None:
+    """What serves the service before this deploy replaces it: where a rollback returns."""
+    if not isinstance(rt.deployer, IncrementalDeployer):
+        return None
+    current = rt.deployer.deployed(message.service, target=_target(message))
+    return current.revision if current else None
+
+
+def _roll_back(
+    message: TaskMessage, claimed: TaskRecord, rt: Runtime, started: datetime
+) -> TaskCompletion:
+    deploy = rt.store.get_task(task_id_for(message.run_id, Phase.DEPLOY, message.service))
+    director = rt.store.get_task(task_id_for(message.run_id, Phase.DIRECTOR, message.service))
+    previous = (deploy or director).previous if (deploy or director) else None
+    if not previous or not isinstance(rt.deployer, IncrementalDeployer):
+        error = "nothing to roll back to"
+        return _completion(message, claimed, TaskStatus.SKIPPED, started, error=error)
+    url = rt.deployer.rollback(message.service, previous, target=_target(message))
+    log.info("%s rolled back to %s", message.service, previous)
+    return _completion(message, claimed, TaskStatus.SUCCEEDED, started, url=url, previous=previous)
+
+
 def _completion(
-    message: TaskMessage, claimed: TaskRecord, status: TaskStatus, started: datetime, **outputs: str
+    message: TaskMessage, claimed: TaskRecord, status: TaskStatus, started: datetime, **outputs: Any
 ) -> TaskCompletion:
     return TaskCompletion(
         run_id=message.run_id,
