@@ -25,8 +25,8 @@ down: $(STAMP)
 	$(BIN)/archdeploy down examples/architecture.yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared functions tests benchmarks examples
-	$(BIN)/ruff format --check shared functions tests benchmarks examples
+	$(BIN)/ruff check shared functions tests examples $(wildcard benchmarks)
+	$(BIN)/ruff format --check shared functions tests examples $(wildcard benchmarks)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
@@ -47,6 +47,12 @@ dev: $(STAMP)
 # topology (plus a failed build); prints the runs' timelines.
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -q tests/e2e
+
+# The fan-out measured against its limit (docs/performance.md): synthetic architectures
+# through the real core, embedded and (with the emulators) the dev topology; cold starts;
+# aggregator throughput. Prints a table; JSON lands in benchmarks/results/. ~3-5 minutes.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) .archdeploy .pytest_cache

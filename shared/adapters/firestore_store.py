@@ -39,6 +39,8 @@ architecture fit comfortably.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -62,7 +64,8 @@ logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 900_000
 CAS_ATTEMPTS = 20
-TRANSACTION_ATTEMPTS = 20
+TRANSACTION_ATTEMPTS = 5
+CONTENTION_ROUNDS = 6
 _TRANSIENT = ("Aborted", "ServiceUnavailable", "DeadlineExceeded", "ResourceExhausted")
 
 M = TypeVar("M", bound=BaseModel)
@@ -147,6 +150,9 @@ class FirestoreRunStore:
 
     def finish_run(self, run_id: str, result: RunResult) -> bool:
         run_ref = self._run_ref(run_id)
+        current = self.get_run(run_id)
+        if current is None or current.status.terminal:
+            return False  # most racing aggregators stop here, without a transaction
         blobs = self._blob_docs(run_id, "result", result.model_dump_json().encode())
 
         def finish(tx: Any) -> bool:
@@ -273,15 +279,22 @@ class FirestoreRunStore:
         from google.api_core import exceptions as gexc
         from google.cloud import firestore
 
-        transaction = self._db().transaction(max_attempts=TRANSACTION_ATTEMPTS)
-        with _translated(action):
-            try:
-                result: T = firestore.transactional(body)(transaction)
-            except ValueError as exc:
-                if not isinstance(exc.__cause__, gexc.Aborted):
-                    raise
-                raise BackendError(f"{action}: {exc} (contention)", retryable=True) from exc
-        return result
+        # The client retries an aborted transaction at once; under contention (several
+        # aggregators finishing one run) that can livelock, so rounds back off with jitter.
+        for round_ in range(1, CONTENTION_ROUNDS + 1):
+            transaction = self._db().transaction(max_attempts=TRANSACTION_ATTEMPTS)
+            with _translated(action):
+                try:
+                    result: T = firestore.transactional(body)(transaction)
+                    return result
+                except ValueError as exc:
+                    if not isinstance(exc.__cause__, gexc.Aborted):
+                        raise
+                    if round_ == CONTENTION_ROUNDS:
+                        message = f"{action}: {exc} (contention)"
+                        raise BackendError(message, retryable=True) from exc
+            time.sleep(random.uniform(0.01, 0.05) * round_)
+        raise AssertionError("unreachable")
 
     def _blob_docs(self, run_id: str, name: str, data: bytes) -> list[tuple[Any, dict[str, Any]]]:
         meta = self._run_ref(run_id).collection("meta")
