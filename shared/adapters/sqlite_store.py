@@ -47,6 +47,12 @@ CREATE INDEX IF NOT EXISTS tasks_by_run ON tasks (run_id, phase, status);
 """
 
 
+# Statuses in which a write would be refused by `store_rules` (see `_update_task`).
+_TERMINAL = frozenset(s.value for s in TaskStatus if s.terminal)
+_NOT_WAITING = frozenset(s.value for s in TaskStatus if s is not TaskStatus.WAITING)
+_UNCLAIMABLE = _TERMINAL | {TaskStatus.WAITING.value}
+
+
 class SqliteRunStore:
     """`RunStore` on SQLite; safe for threads of one process and for concurrent readers."""
 
@@ -188,22 +194,36 @@ class SqliteRunStore:
     def release_task(
         self, task_id: str, *, spec_updates: Mapping[str, Any] | None = None, now: datetime
     ) -> TaskRecord | None:
-        return self._update_task(task_id, lambda t: rules.released(t, spec_updates, now))
+        change = lambda t: rules.released(t, spec_updates, now)  # noqa: E731
+        return self._update_task(task_id, change, refused=_NOT_WAITING)
 
     def claim_task(
         self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
     ) -> TaskRecord | None:
-        return self._update_task(task_id, lambda t: rules.claimed(t, worker, lease_seconds, now))
+        change = lambda t: rules.claimed(t, worker, lease_seconds, now)  # noqa: E731
+        return self._update_task(task_id, change, refused=_UNCLAIMABLE)
 
     def record_build_id(self, task_id: str, build_id: str) -> None:
         self._update_task(task_id, lambda t: rules.with_build_id(t, build_id))
 
     def complete_task(self, completion: TaskCompletion) -> TaskRecord | None:
-        return self._update_task(completion.task_id, lambda t: rules.completed(t, completion))
+        change = lambda t: rules.completed(t, completion)  # noqa: E731
+        return self._update_task(completion.task_id, change, refused=_TERMINAL)
 
     def _update_task(
-        self, task_id: str, change: Callable[[TaskRecord], TaskRecord | None]
+        self,
+        task_id: str,
+        change: Callable[[TaskRecord], TaskRecord | None],
+        refused: frozenset[str] = frozenset(),
     ) -> TaskRecord | None:
+        """Apply `change` in a write transaction. A task whose committed status is in
+        `refused` is answered None from a plain read, with no write lock taken and nothing
+        parsed: statuses only move forward, so the rule would refuse it inside the
+        transaction too. (Duplicate completions are most of what the aggregator sees.)"""
+        if refused:
+            status = self._read("SELECT status FROM tasks WHERE task_id = ?", (task_id,))
+            if not status or status[0][0] in refused:
+                return None
         with self._write() as db:
             row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
             if row is None:

@@ -1,0 +1,1 @@
+"""archdeploy's performance harness: `python -m benchmarks.run` (or `make bench`)."""

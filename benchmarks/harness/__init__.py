@@ -1,0 +1,1 @@
+"""The pieces of the benchmark harness; `benchmarks.run` puts them together."""
