@@ -79,6 +79,13 @@ class RunStore(Protocol):
         """
         ...
 
+    def release_tasks(
+        self, releases: Sequence[tuple[str, Mapping[str, Any]]], *, now: datetime
+    ) -> list[TaskRecord]:
+        """`release_task` for many tasks (id, spec updates) at once, in one transaction
+        where the store has them; returns the records this call released."""
+        ...
+
     def claim_task(
         self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
     ) -> TaskRecord | None:

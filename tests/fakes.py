@@ -84,6 +84,12 @@ class FakeRunStore:
     ) -> TaskRecord | None:
         return self._update(task_id, lambda t: rules.released(t, spec_updates, now))
 
+    def release_tasks(
+        self, releases: Sequence[tuple[str, Mapping[str, Any]]], *, now: datetime
+    ) -> list[TaskRecord]:
+        released = [self.release_task(tid, spec_updates=up, now=now) for tid, up in releases]
+        return [won for won in released if won is not None]
+
     def claim_task(
         self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
     ) -> TaskRecord | None:

@@ -212,6 +212,17 @@ class FirestoreRunStore:
     ) -> TaskRecord | None:
         return self._update_task(task_id, lambda t: rules.released(t, spec_updates, now))
 
+    def release_tasks(
+        self, releases: Sequence[tuple[str, Mapping[str, Any]]], *, now: datetime
+    ) -> list[TaskRecord]:
+        # One document each, so no transaction is needed: the compare-and-sets run side by
+        # side (a batch would fail whole on one lost precondition).
+        def one(item: tuple[str, Mapping[str, Any]]) -> TaskRecord | None:
+            return self.release_task(item[0], spec_updates=item[1], now=now)
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return [won for won in pool.map(one, releases) if won is not None]
+
     def claim_task(
         self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
     ) -> TaskRecord | None:

@@ -197,6 +197,26 @@ class SqliteRunStore:
         change = lambda t: rules.released(t, spec_updates, now)  # noqa: E731
         return self._update_task(task_id, change, refused=_NOT_WAITING)
 
+    def release_tasks(
+        self, releases: Sequence[tuple[str, Mapping[str, Any]]], *, now: datetime
+    ) -> list[TaskRecord]:
+        released: list[TaskRecord] = []
+        with self._write() as db:
+            for task_id, updates in releases:
+                row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+                won = (
+                    rules.released(TaskRecord.model_validate_json(row[0]), updates, now)
+                    if row
+                    else None
+                )
+                if won is not None:
+                    db.execute(
+                        "UPDATE tasks SET status = ?, doc = ? WHERE task_id = ?",
+                        (won.status.value, won.model_dump_json(), task_id),
+                    )
+                    released.append(won)
+        return released
+
     def claim_task(
         self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
     ) -> TaskRecord | None:

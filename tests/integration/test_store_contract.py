@@ -187,6 +187,21 @@ def test_release_task_lets_only_the_first_caller_win_and_merges_spec_updates(
     assert store.release_task(task_id, spec_updates={"image": "x"}, now=NOW) is None
 
 
+def test_release_tasks_releases_many_at_once_and_each_only_once(store: RunStore) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.DEPLOY, ["a", "b", "c"]))
+    ids = [task_id_for(run_id, Phase.DEPLOY, name) for name in ("a", "b", "c")]
+    store.release_task(ids[1], spec_updates={}, now=NOW)  # b is released already
+
+    released = store.release_tasks([(tid, {"image": f"img-{tid}"}) for tid in ids], now=NOW)
+
+    assert sorted(t.service for t in released) == ["a", "c"]
+    for task in released:
+        assert task.status is TaskStatus.PENDING
+        assert task.spec is not None and task.spec.image == f"img-{task.task_id}"
+        assert store.get_task(task.task_id) == task
+    assert store.release_tasks([(tid, {}) for tid in ids], now=NOW) == []
+
+
 def test_claim_task_moves_pending_to_running_under_a_lease(store: RunStore) -> None:
     run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"], TaskStatus.PENDING))
     task_id = task_id_for(run_id, Phase.BUILD, "api")
