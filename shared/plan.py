@@ -8,6 +8,8 @@ then deploy the selected dataflows' services, each after its `dependencies`.
 from __future__ import annotations
 
 import difflib
+import functools
+import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,7 +71,14 @@ def resolve_sources(spec: DeploymentSpec, source_root: str) -> DeploymentSpec:
 def _join(root: str, relative: str) -> str:
     if "://" in root:
         return posixpath.join(root, relative) if relative else root
-    return str((Path(root) / relative).resolve())
+    # Validation has already refused paths that escape the root (symlinks included), so
+    # a lexical join suffices; resolving every path cost a third of planning 300 services.
+    return os.path.normpath(os.path.join(_resolved(root), relative))
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(root: str) -> str:
+    return str(Path(root).resolve())
 
 
 def select_dataflows(arch: Architecture, wanted: Sequence[str]) -> list[str]:
