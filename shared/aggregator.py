@@ -45,19 +45,26 @@ def record_completion(completion: TaskCompletion, rt: Runtime) -> None:
             detail = completion.error or completion.image or completion.url or ""
             log.info("task %s: %s", completion.status.value, detail)
         if completion.phase is Phase.BUILD and completion.status is not TaskStatus.SUCCEEDED:
-            on_build_failed(completion, rt)
+            # A late failure from an attempt whose task was since done again (its worker
+            # outlived its lease) must not halt a run whose build succeeded.
+            stored = applied or rt.store.get_task(completion.task_id)
+            if stored is None or stored.status is not TaskStatus.SUCCEEDED:
+                on_build_failed(completion, rt)
         advance_run(completion.run_id, rt)
 
 
 def on_build_failed(completion: TaskCompletion, rt: Runtime) -> None:
     """No deploy can follow: stop queued builds, and cancel those in flight if configured."""
-    halted = rt.store.update_run(
-        completion.run_id,
-        expect={"halted": None},
-        changes={"halted": f"build of {completion.service} failed"},
-    )
+    halt_run(completion.run_id, f"build of {completion.service} failed", rt)
+
+
+def halt_run(run_id: str, why: str, rt: Runtime) -> RunRecord | None:
+    """Mark the run so no new task starts; the first caller also cancels submitted builds
+    if configured. Returns the halted run, or None if it was halted already."""
+    halted = rt.store.update_run(run_id, expect={"halted": None}, changes={"halted": why})
     if halted is not None and rt.cancel_builds_on_failure:
-        cancel_submitted_builds(completion.run_id, rt)
+        cancel_submitted_builds(run_id, rt)
+    return halted
 
 
 def cancel_submitted_builds(run_id: str, rt: Runtime) -> None:
@@ -89,6 +96,8 @@ def advance_run(run_id: str, rt: Runtime) -> None:
 
 def _after_builds(run: RunRecord, rt: Runtime) -> None:
     counts = rt.store.count_tasks(run.run_id, Phase.BUILD)
+    if not run.halted and any(counts.get(s) for s in _BUILD_FAILED):
+        run = _halt_on_stored_failure(run, rt)
     if counts.get(TaskStatus.WAITING):
         if run.halted:
             waiting = _with_status(rt, run.run_id, Phase.BUILD, TaskStatus.WAITING)
@@ -117,6 +126,19 @@ def _after_builds(run: RunRecord, rt: Runtime) -> None:
         _step_deploys(moved, rt)
 
 
+_BUILD_FAILED = (TaskStatus.FAILED, TaskStatus.TIMED_OUT)
+
+
+def _halt_on_stored_failure(run: RunRecord, rt: Runtime) -> RunRecord:
+    """A build failed without its completion coming here (the sweep timed it out, a poison
+    or dead-lettered message failed it, its completion was lost): halt all the same."""
+    failed = [t for t in rt.store.get_tasks(run.run_id, Phase.BUILD) if t.status in _BUILD_FAILED]
+    if failed:
+        how = "timed out" if failed[0].status is TaskStatus.TIMED_OUT else "failed"
+        halt_run(run.run_id, f"build of {failed[0].service} {how}", rt)
+    return rt.store.get_run(run.run_id) or run
+
+
 def _admit(
     run: RunRecord, phase: Phase, counts: dict[TaskStatus, int], cap: int | None, rt: Runtime
 ) -> None:
@@ -124,8 +146,14 @@ def _admit(
     in_flight = counts.get(TaskStatus.PENDING, 0) + counts.get(TaskStatus.RUNNING, 0)
     room = counts.get(TaskStatus.WAITING, 0) if cap is None else cap - in_flight
     if room > 0:
-        waiting = _with_status(rt, run.run_id, phase, TaskStatus.WAITING)
-        release(run, waiting[:room], rt)
+        tasks = rt.store.get_tasks(run.run_id, phase)
+        if cap is not None:
+            # Count again in the read the waiting tasks come from: another aggregator may
+            # have released some since `counts`, and they are in flight now.
+            busy = (TaskStatus.PENDING, TaskStatus.RUNNING)
+            room = cap - sum(t.status in busy for t in tasks)
+        waiting = [t for t in tasks if t.status is TaskStatus.WAITING]
+        release(run, waiting[: max(room, 0)], rt)
 
 
 def _with_status(rt: Runtime, run_id: str, phase: Phase, status: TaskStatus) -> list[TaskRecord]:

@@ -88,8 +88,9 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
 def _sweep_run(run: RunRecord, now: datetime, rt: Runtime, report: SweepReport) -> None:
     tasks = [t for t in rt.store.get_tasks(run.run_id) if not t.status.terminal]
     if now - run.created_at > timedelta(seconds=rt.run_deadline):
-        _time_out(tasks, f"the run's deadline of {rt.run_deadline:g}s passed", rt, report)
+        # Cancel first: it looks for builds still running, which the time-out ends.
         cancel_submitted_builds(run.run_id, rt)
+        _time_out(tasks, f"the run's deadline of {rt.run_deadline:g}s passed", rt, report)
     else:
         overdue = [t for t in tasks if _past_deadline(t, now, rt)]
         for task in overdue:

@@ -1,4 +1,5 @@
-"""Every test starts from the same environment and logging setup, and leaves them so."""
+"""Every test starts from the same environment and logging setup, and leaves them so;
+the emulator fixtures are shared by every suite."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
+# One pair of Pub/Sub and Firestore emulators for the whole session (integration and
+# fault-injection suites alike): session fixtures, started only if a test asks.
+from tests.integration.emulators import *  # noqa: F403
 
 
 @pytest.fixture(autouse=True)

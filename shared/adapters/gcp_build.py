@@ -13,6 +13,16 @@ what one filters on: `gcloud builds list --filter='tags=ad-run-<run_id>'`. Subst
 are not used: Cloud Build rejects ones the steps do not reference (unless the build opts
 into ALLOW_LOOSE), and a task id is data about the build, not input to it.
 
+How a build names its input. A build of a local source also carries
+
+    ad-src-<hex>          the first 32 hex digits of its input digest (see input_digest)
+
+and its image is tagged `src-<first 12>`. Cloud Build keeps the history, so it is the
+cache: a later run asks ListBuilds for `tags="ad-src-<hex>" AND status="SUCCESS"` and
+reuses the newest such build's image, pinned by digest, instead of building again.
+(Filter syntax: https://cloud.google.com/build/docs/view-build-results, "Filtering build
+results using queries"; values are double-quoted.)
+
 Nothing here imports a cloud SDK at module level; `parse_build_notification` needs none at
 all, so the function that receives `cloud-builds` messages loads only `json`.
 """
@@ -46,6 +56,8 @@ _STATUS_NUMBERS = {  # google.devtools.cloudbuild.v1.Build.Status, for integer-e
     9: "EXPIRED",
 }
 _TAG_PREFIXES = {"run": "ad-run-", "phase": "ad-phase-", "service": "ad-svc-"}
+SOURCE_TAG_PREFIX = "ad-src-"
+SOURCE_TAG_HEX = 32
 _TAG_MAX = 128
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
 
@@ -138,11 +150,44 @@ def task_id_from_build(build: Any) -> str | None:
     return ":".join(parts) if parts else None
 
 
-def image_uri(*, region: str, project: str, repo: str, service: str, tag: str) -> str:
-    """`REGION-docker.pkg.dev/PROJECT/REPO/SERVICE:TAG`; a `repo` holding `/` is taken as
-    the whole repository path (another registry or project)."""
+def source_tag(input_digest: str) -> str:
+    """The build tag naming an input digest: `ad-src-` and its first 32 hex digits."""
+    if not re.fullmatch(r"[0-9a-f]{64}", input_digest):
+        raise ValueError(f"input digest {input_digest!r} is not 64 lowercase hex digits")
+    return SOURCE_TAG_PREFIX + input_digest[:SOURCE_TAG_HEX]
+
+
+def cached_builds_filter(tag: str) -> str:
+    """The ListBuilds filter for the successful builds carrying `tag`."""
+    return f'tags="{tag}" AND status="SUCCESS"'
+
+
+def newest_pinned_image(builds: Iterable[Any], repository: str) -> str | None:
+    """The image pushed to `repository` (any tag) by the newest of `builds`, pinned."""
+    found: list[tuple[float, str]] = []
+    for build in builds:
+        created = build.create_time.timestamp() if build.create_time else 0.0
+        for image in build.results.images:
+            if image.digest and image_repository(image.name) == image_repository(repository):
+                found.append((created, pin_image(image.name, image.digest)))
+    return max(found)[1] if found else None
+
+
+def image_repository(image: str) -> str:
+    """`image` without its tag or digest."""
+    return pin_image(image, "").removesuffix("@")
+
+
+def image_name(*, region: str, project: str, repo: str, service: str) -> str:
+    """`REGION-docker.pkg.dev/PROJECT/REPO/SERVICE`; a `repo` holding `/` is taken as the
+    whole repository path (another registry or project)."""
     base = repo.rstrip("/") if "/" in repo else f"{region}-docker.pkg.dev/{project}/{repo}"
-    return f"{base}/{service.lower()}:{tag}"
+    return f"{base}/{service.lower()}"
+
+
+def image_uri(*, region: str, project: str, repo: str, service: str, tag: str) -> str:
+    """`image_name(...)` tagged `tag`."""
+    return f"{image_name(region=region, project=project, repo=repo, service=service)}:{tag}"
 
 
 def pin_image(image: str, digest: str) -> str:

@@ -10,6 +10,12 @@ Builds can outlast a function's 540 s limit, so a worker uses `submit_build` (re
 build id at once) and learns the outcome from the `cloud-builds` topic through
 `gcp_build.parse_build_notification`. `build` waits, for the CLI and local facades.
 
+Repeated runs skip unchanged work (`IncrementalDeployer`) with no store of its own: a
+build is tagged with its input digest and `cached_image` asks Cloud Build's history for
+the newest successful build so tagged (`gcp_build`); a deploy annotates the service with
+its config fingerprint, which `deployed` reads back with the serving revision; `rollback`
+pins all traffic to an earlier revision (`gcp_run`).
+
 Every SDK is imported inside the methods: constructing a `GcpDeployer` loads nothing.
 """
 
@@ -27,9 +33,11 @@ from shared.adapters.gcp_build import (
     image_uri,
     parse_build_notification,
     pin_image,
+    source_tag,
     task_id_from_build,
     task_parts,
 )
+from shared.adapters.gcp_build_cache import CloudBuildCache, build_input
 from shared.adapters.gcp_retry import RetryPolicy, describe_api_error
 from shared.adapters.gcp_run import (
     CloudRunServices,
@@ -40,7 +48,7 @@ from shared.adapters.gcp_run import (
 from shared.adapters.gcp_run import service_account_email as full_account_email
 from shared.adapters.source_archive import SourceStager, normalize_dir
 from shared.architecture import DeploymentSpec
-from shared.deployer import Target
+from shared.deployer import Deployed, Target, config_fingerprint
 from shared.errors import BackendError
 
 __all__ = ["BuildNotification", "GcpDeployer", "parse_build_notification", "task_id_from_build"]
@@ -87,6 +95,7 @@ class GcpDeployer:
         self._sources = SourceStager(
             lambda: self._client("storage"), self.source_bucket, self._retry, region=region
         )
+        self._cache = CloudBuildCache(lambda: self._client("build"), self._retry)
         self._run = CloudRunServices(
             lambda: self._client("run"),
             self._retry,
@@ -130,14 +139,22 @@ class GcpDeployer:
             tags = build_tags(
                 *task_parts(target.task_id, run_id=target.run_id, service=service_name)
             )
-        except ValueError as exc:
+            inputs = build_input(
+                service_name, spec, project=project, region=region, default_repo=self.image_repo
+            )
+        except (OSError, ValueError) as exc:
             raise BackendError(f"{context}: {exc}") from None
         source = self._sources.stage(service_name, spec, context)
         dockerfile = f"{build_dir}/Dockerfile" if build_dir else "Dockerfile"
-        repo = spec.image_repo or self.image_repo
-        image = spec.image or image_uri(
-            region=region, project=project, repo=repo, service=service_name, tag=source.sha256[:12]
-        )
+        if inputs is not None:
+            tags.append(source_tag(inputs.digest))
+            image = inputs.image
+        else:  # a gs:// archive, named by its bytes
+            repo = spec.image_repo or self.image_repo
+            tag = source.sha256[:12]
+            image = spec.image or image_uri(
+                region=region, project=project, repo=repo, service=service_name, tag=tag
+            )
         build = build_resource(
             image=image,
             bucket=source.bucket,
@@ -161,6 +178,29 @@ class GcpDeployer:
             "%s: started build %s of %s (logs: %s)", context, created.id, image, created.log_url
         )
         return operation
+
+    def cached_image(
+        self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
+    ) -> str | None:
+        """The image of the newest successful build of exactly this input, pinned, or None.
+
+        Asks Cloud Build's history (ListBuilds) for builds tagged with the input digest.
+        A `gs://` source is never cached. Never raises: a source it cannot read, or an API
+        that does not answer, is a miss (logged), and `build` follows.
+        """
+        target = target or Target()
+        project, region = self._where(spec, target)
+        context = f"looking for a cached image of {service_name}"
+        try:
+            inputs = build_input(
+                service_name, spec, project=project, region=region, default_repo=self.image_repo
+            )
+        except (OSError, ValueError) as exc:
+            log.debug("%s: %s", context, exc)
+            return None
+        if inputs is None:
+            return None
+        return self._cache.lookup(inputs, project=project, region=region, context=context)
 
     def _await_build(self, operation: Any, context: str) -> str:
         from google.api_core import exceptions as api
@@ -224,7 +264,11 @@ class GcpDeployer:
         if not spec.image:
             raise BackendError(f"{context}: the spec has no image (build it first)")
         account = full_account_email(service_account_email, project)
-        resource = service_resource(spec, service_account=account, target=target)
+        # The worker compares with the fingerprint of what it was given: the account as named.
+        fingerprint = config_fingerprint(service_account_email, spec, target.health_check)
+        resource = service_resource(
+            spec, service_account=account, target=target, fingerprint=fingerprint
+        )
         name = service_path(project, region, service_name)
         return self._run.deploy(name, resource, context)
 
@@ -240,11 +284,31 @@ class GcpDeployer:
         built = spec.model_copy(update={"image": image})
         return self.deploy_service(service_name, service_account_email, built, target=target)
 
-    def teardown(self, service_name: str, *, target: Target | None = None) -> None:
-        """Delete the Cloud Run service; one that is not there is fine."""
+    def deployed(self, service_name: str, *, target: Target | None = None) -> Deployed | None:
+        """What the Cloud Run service serves (GetService), or None: not there, not Ready,
+        or Cloud Run did not answer (logged)."""
         target = target or Target()
-        project = target.project_id or self.project_id
-        name = service_path(project, target.region or self.region, service_name)
+        name = service_path(*self._service_where(target), service_name)
+        return self._run.deployed(name, f"looking up {service_name}")
+
+    def rollback(self, service_name: str, revision: str, *, target: Target | None = None) -> str:
+        """Send all of the service's traffic to `revision` (a `Deployed.revision`); return
+        its URL once the service is Ready.
+
+        Raises:
+            BackendError: naming the service and revision: Cloud Run refused (an unknown
+                revision, say) or the service did not become ready.
+        """
+        target = target or Target()
+        name = service_path(*self._service_where(target), service_name)
+        context = f"rolling back {service_name} to {revision}"
+        return self._run.route_all_traffic(name, revision, context)
+
+    def teardown(self, service_name: str, *, target: Target | None = None) -> None:
+        """Delete the Cloud Run service, its revisions and annotations with it; one that is
+        not there is fine."""
+        target = target or Target()
+        name = service_path(*self._service_where(target), service_name)
         self._run.delete(name, f"tearing down {service_name}")
 
     # -- plumbing -----------------------------------------------------------------------
@@ -252,6 +316,10 @@ class GcpDeployer:
     def _where(self, spec: DeploymentSpec, target: Target) -> tuple[str, str]:
         project = target.project_id or self.project_id
         return project, spec.region or target.region or self.region
+
+    def _service_where(self, target: Target) -> tuple[str, str]:
+        # No spec here: a task's target carries the spec's region already.
+        return target.project_id or self.project_id, target.region or self.region
 
     def close(self) -> None:
         """Close the clients this deployer created; injected ones belong to the caller."""

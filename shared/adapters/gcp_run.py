@@ -1,4 +1,11 @@
-"""Cloud Run v2: service resources built from a `DeploymentSpec`, create-or-update, readiness."""
+"""Cloud Run v2: service resources built from a `DeploymentSpec`, create-or-update, readiness.
+
+A deploy records its `config_fingerprint` in the annotation `archdeploy.dev/config-fingerprint`
+of the service and of its revision template, and sends all traffic to the latest ready
+revision. `deployed_from` reads it back, but only while that revision is what serves: after
+a rollback pinned traffic to an older revision, the fingerprint is unknown (""), so the next
+run deploys again, which also returns traffic to the latest revision.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,13 @@ from typing import Any
 
 from shared.adapters.gcp_retry import RetryPolicy, describe_api_error
 from shared.architecture import DeploymentSpec
-from shared.deployer import Target
+from shared.deployer import Deployed, Target
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)
 
 RUN_LABEL = "archdeploy-run"
+FINGERPRINT_ANNOTATION = "archdeploy.dev/config-fingerprint"
 _LABEL_MAX = 63
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 _SERVICE_ID = re.compile(r"[a-z]([-a-z0-9]{0,47}[a-z0-9])?")
@@ -62,8 +70,11 @@ def _label_text(text: str) -> str:
     return _LABEL_BAD.sub("-", text.lower())[:_LABEL_MAX]
 
 
-def service_resource(spec: DeploymentSpec, *, service_account: str, target: Target) -> Any:
-    """The `run_v2.Service` for `spec`: one container, env sorted by name, secrets as refs."""
+def service_resource(
+    spec: DeploymentSpec, *, service_account: str, target: Target, fingerprint: str = ""
+) -> Any:
+    """The `run_v2.Service` for `spec`: one container, env sorted by name, secrets as refs,
+    all traffic on the latest revision, `fingerprint` as an annotation."""
     from google.cloud import run_v2
 
     container = run_v2.Container(image=spec.image, env=_env(spec))
@@ -76,7 +87,10 @@ def service_resource(spec: DeploymentSpec, *, service_account: str, target: Targ
     if check is not None:
         probe = run_v2.HTTPGetAction(path=check.path, port=check.port or 0)
         container.startup_probe = run_v2.Probe(http_get=probe)
-    template = run_v2.RevisionTemplate(containers=[container], service_account=service_account)
+    annotations = {FINGERPRINT_ANNOTATION: fingerprint} if fingerprint else {}
+    template = run_v2.RevisionTemplate(
+        containers=[container], service_account=service_account, annotations=annotations
+    )
     if spec.min_instances is not None or spec.max_instances is not None:
         template.scaling = run_v2.RevisionScaling(
             min_instance_count=spec.min_instances or 0,
@@ -85,7 +99,12 @@ def service_resource(spec: DeploymentSpec, *, service_account: str, target: Targ
     labels = dict(target.labels)
     if target.run_id:
         labels[RUN_LABEL] = target.run_id
-    return run_v2.Service(labels=sanitize_labels(labels), template=template)
+    latest = run_v2.TrafficTarget(
+        type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST, percent=100
+    )
+    return run_v2.Service(
+        labels=sanitize_labels(labels), annotations=annotations, template=template, traffic=[latest]
+    )
 
 
 def _env(spec: DeploymentSpec) -> list[Any]:
@@ -133,6 +152,40 @@ def readiness_problem(service: Any) -> str | None:
     ]
     reason = f" (reason {', '.join(r for r in reasons if r)})" if any(reasons) else ""
     return f"its Ready condition is {state}: {why}{reason}"
+
+
+def serving_revision(service: Any) -> tuple[str, bool]:
+    """(full name of the revision that serves all traffic, whether it is the latest ready
+    one). With traffic split (by hand), the latest ready revision stands for the service."""
+    from google.cloud import run_v2
+
+    latest = service.latest_ready_revision
+    by_revision = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+    targets = list(service.traffic_statuses) or list(service.traffic)
+    for target in targets:
+        if target.type_ == by_revision and target.percent == 100 and target.revision:
+            name = f"{service.name}/revisions/{revision_id(target.revision)}"
+            return name, revision_id(name) == revision_id(latest)
+    return latest, True
+
+
+def revision_id(revision: str) -> str:
+    """`svc-00002-abc` of a revision's full resource name (or of the id itself)."""
+    return revision.rsplit("/", 1)[-1]
+
+
+def deployed_from(service: Any) -> Deployed | None:
+    """What a Ready service serves, with the fingerprint its deploy recorded."""
+    if readiness_problem(service) is not None or not service.latest_ready_revision:
+        return None
+    revision, latest = serving_revision(service)
+    containers = list(service.template.containers)
+    return Deployed(
+        url=service.uri,
+        image=containers[0].image if containers else "",
+        fingerprint=service.annotations.get(FINGERPRINT_ANNOTATION, "") if latest else "",
+        revision=revision,
+    )
 
 
 def _enum_name(value: Any) -> str:
@@ -185,6 +238,48 @@ class CloudRunServices:
                 pass
         updated = type(resource)(resource)
         updated.name = name
+        operation = self._call(client.update_service, context, "UpdateService", service=updated)
+        return self._await_ready(operation, context, "UpdateService")
+
+    def deployed(self, name: str, context: str) -> Deployed | None:
+        """What the service `name` serves, or None: not there, not Ready, or no answer."""
+        from google.api_core import exceptions as api
+
+        client = self._client()
+        try:
+            service = self._call(client.get_service, context, "GetService", api.NotFound, name=name)
+        except api.NotFound:
+            return None
+        except BackendError as exc:  # a miss only costs a deploy; the deploy will say more
+            log.warning("%s", exc)
+            return None
+        return deployed_from(service)
+
+    def route_all_traffic(self, name: str, revision: str, context: str) -> str:
+        """Send 100% of the service's traffic to `revision` (an id or full name), wait until
+        the service is Ready, return its URL. Changes nothing if it serves all traffic already.
+
+        Raises:
+            BackendError: the service or revision is not there (Cloud Run's answer), or the
+                service did not become ready.
+        """
+        from google.cloud import run_v2
+
+        client = self._client()
+        service = self._call(client.get_service, context, "GetService", name=name)
+        serving, _ = serving_revision(service)
+        if revision_id(serving) == revision_id(revision):
+            # E.g. the deploy that failed left its revision unready: traffic never moved.
+            log.info("%s: %s serves all traffic already", context, revision_id(revision))
+            return str(service.uri)
+        pinned = run_v2.TrafficTarget(
+            type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
+            revision=revision_id(revision),
+            percent=100,
+        )
+        updated = run_v2.Service(service)
+        updated.traffic = [pinned]
+        updated.etag = ""  # no compare-and-set: a rollback wins over what changed meanwhile
         operation = self._call(client.update_service, context, "UpdateService", service=updated)
         return self._await_ready(operation, context, "UpdateService")
 

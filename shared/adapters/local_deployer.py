@@ -6,14 +6,14 @@ layout `<state_dir>/images`. `deploy_service` unpacks it into
 set, then waits for its health check. What runs is recorded in
 `<state_dir>/run/<service>.json`, so a later process (`archdeploy down`) can stop it.
 
-What an image runs is chosen at build time, as a buildpack would:
-- the `web:` line of a `Procfile`, through `/bin/sh -c` (so `$PORT` expands);
-- otherwise `python main.py` (or `python app.py`).
-`python` is the deployer's configured interpreter (`python=`, default: the one running
-archdeploy); a Procfile reaches it as `python`/`python3` on PATH.
+Repeated runs skip unchanged work (`IncrementalDeployer`): `cached_image` finds the image
+built from the same input digest (`shared.adapters.input_digest`); `deployed` reports the
+running deploy's config fingerprint when its process is alive and healthy; `rollback`
+starts a saved deployment again (`shared.adapters.local_history`).
 
-Secret Manager is not available locally: each `secret_environment_vars` entry NAME takes
-the value of the host's `ARCHDEPLOY_SECRET_<NAME>`.
+What an image runs, and the environment and secrets it gets, follow `local_container`.
+`python` is the deployer's configured interpreter (`python=`, default: the one running
+archdeploy).
 """
 
 from __future__ import annotations
@@ -22,18 +22,27 @@ import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import sys
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.adapters.input_digest import input_digest
+from shared.adapters.local_container import (
+    IMAGE_ENV,
+    container_environment,
+    image_command,
+    local_secrets,
+    write_python_shims,
+)
+from shared.adapters.local_history import DeploymentHistory, revision_id
 from shared.adapters.local_processes import (
     Spawned,
     file_lock,
     free_port,
+    port_free,
+    probe,
     spawn,
     start_time,
     stop_group,
@@ -41,19 +50,15 @@ from shared.adapters.local_processes import (
     wait_healthy,
     write_json_atomic,
 )
-from shared.adapters.oci_images import ImageConfig, OciImageStore, collect_files, image_digest
+from shared.adapters.oci_images import OciImageStore, collect_files, image_digest
 from shared.architecture import DeploymentSpec
-from shared.deployer import Target
+from shared.deployer import Deployed, Target, config_fingerprint
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-SECRET_PREFIX = "ARCHDEPLOY_SECRET_"
-# What a service inherits from the host; everything else comes from its spec, like a container.
-INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "SYSTEMROOT")
-IMAGE_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-PYTHON_MAINS = ("main.py", "app.py")
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+_PROBE_TIMEOUT = 2.0  # seconds, for `deployed`'s health check
 
 Record = dict[str, Any]
 
@@ -70,6 +75,9 @@ class LocalDeployer:
         self.python = python
         self.images = OciImageStore(self.state_dir / "images")
         self._run_dir = self.state_dir / "run"
+        self.history = DeploymentHistory(self._run_dir)
+        # Part of every input digest: deps installed by another interpreter differ.
+        self._builder = f"local-oci python={os.path.realpath(python)}"
 
     def build(
         self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
@@ -82,7 +90,8 @@ class LocalDeployer:
         directory = _source_dir(service_name, spec)
         try:
             files = collect_files(directory, spec.config_templates)
-            command = _command(files)
+            digest = input_digest(files, builder=self._builder)
+            command = image_command(files)
             layers = [self.images.add_layer(files, prefix="app")]
             if "requirements.txt" in files:
                 requirements = files["requirements.txt"]
@@ -92,10 +101,30 @@ class LocalDeployer:
             image = self.images.commit(
                 service_name, layers, command=command, env=IMAGE_ENV, working_dir="/app"
             )
+            self.images.remember_input(service_name, digest, image)
         except (BackendError, OSError) as exc:
             retryable = isinstance(exc, BackendError) and exc.retryable
             raise BackendError(f"building {service_name}: {exc}", retryable=retryable) from exc
         log.info("built %s: %s", service_name, image)
+        return image
+
+    def cached_image(
+        self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
+    ) -> str | None:
+        """The image `build` made from exactly this input, or None.
+
+        Never raises: a source it cannot read is a miss, and `build` reports it.
+        """
+        try:
+            _check_name(service_name)
+            files = collect_files(_source_dir(service_name, spec), spec.config_templates)
+            digest = input_digest(files, builder=self._builder)
+        except (BackendError, OSError) as exc:
+            log.debug("%s: no cached image: %s", service_name, exc)
+            return None
+        image = self.images.image_for_input(service_name, digest)
+        if image is not None:
+            log.info("%s: input %s built before: reusing %s", service_name, digest[:12], image)
         return image
 
     def deploy_service(
@@ -108,20 +137,97 @@ class LocalDeployer:
     ) -> str:
         """Run `spec.image` on a free loopback port; returns its URL once healthy.
 
-        A running version of the service is stopped once the new one is healthy.
-        `service_account_email` has no local meaning and is ignored.
+        A running version of the service is stopped once the new one is healthy, and the
+        deployment is saved as a revision a rollback can return to.
+        `service_account_email` has no local meaning beyond the config fingerprint.
         Raises BackendError naming the service, with its last output when it failed to start.
         """
         _check_name(service_name)
         if not spec.image:
             raise BackendError(f"deploying {service_name}: no image: build it first")
+        health = target.health_check if target else None
+        fingerprint = config_fingerprint(service_account_email, spec, health)
+        saved = {
+            "service": service_name,
+            "revision": revision_id(service_name, fingerprint),
+            "fingerprint": fingerprint,
+            "image": spec.image,
+            "spec": spec.model_dump(mode="json"),
+            "service_account": service_account_email,
+            "health_path": _health_path(target),
+        }
+        return self._deploy(service_name, spec, saved, f"deploying {service_name}")
+
+    def deployed(self, service_name: str, *, target: Target | None = None) -> Deployed | None:
+        """What runs as `service_name`, if its process is alive and passes its health check."""
+        record = self._read_record(service_name) if _SERVICE_NAME.fullmatch(service_name) else None
+        if record is None or not _alive(record):
+            return None
+        healthy, answer = probe(record["url"] + record.get("health_path", "/"), _PROBE_TIMEOUT)
+        if not healthy:
+            log.info("%s at %s fails its health check (%s)", service_name, record["url"], answer)
+            return None
+        return Deployed(
+            url=str(record["url"]),
+            image=str(record["image"]),
+            fingerprint=str(record.get("fingerprint", "")),
+            revision=str(record.get("revision", "")),
+        )
+
+    def rollback(self, service_name: str, revision: str, *, target: Target | None = None) -> str:
+        """Start the saved deployment `revision` again in place of what runs; return its URL.
+
+        It gets its old port (so its old URL) back when that is free. Nothing is restarted
+        when `revision` is what already runs, healthy.
+        Raises BackendError when no such deployment is saved or it does not get healthy.
+        """
+        _check_name(service_name)
+        context = f"rolling back {service_name} to {revision}"
+        current = self.deployed(service_name)
+        if current is not None and current.revision == revision:
+            log.info("%s: %s is what runs already", context, revision)
+            return current.url
+        saved = self.history.load(service_name, revision, context)
         try:
-            record = self._start(service_name, spec, _health_path(target))
+            spec = DeploymentSpec.model_validate(saved["spec"])
+        except (KeyError, ValueError) as exc:
+            raise BackendError(f"{context}: the saved deployment is unusable: {exc}") from exc
+        return self._deploy(service_name, spec, saved, context, port=saved.get("port"))
+
+    def _deploy(
+        self,
+        service_name: str,
+        spec: DeploymentSpec,
+        saved: Record,
+        context: str,
+        port: int | None = None,
+    ) -> str:
+        revision, health_path = str(saved["revision"]), str(saved["health_path"])
+        try:
+            if port is None:
+                record = self._start(service_name, spec, health_path, revision)
+            else:
+                record = self._start_preferring(port, service_name, spec, health_path, revision)
         except (BackendError, OSError) as exc:
-            raise BackendError(f"deploying {service_name}: {exc}") from exc
+            raise BackendError(f"{context}: {exc}") from exc
+        record.update(revision=revision, fingerprint=saved["fingerprint"], health_path=health_path)
         self._replace_record(service_name, record)
-        log.info("deployed %s at %s (pid %d)", service_name, record["url"], record["pid"])
+        self.history.save(service_name, {**saved, "port": record["port"]})
+        log.info("%s: %s at %s (pid %d)", context, revision, record["url"], record["pid"])
         return str(record["url"])
+
+    def _start_preferring(
+        self, port: int, service_name: str, spec: DeploymentSpec, health_path: str, revision: str
+    ) -> Record:
+        """`_start` on `port` if it is free, else (or if the service cannot bind it after
+        all) on a free port."""
+        try:
+            return self._start(service_name, spec, health_path, revision, port)
+        except (BackendError, OSError) as exc:
+            log.warning(
+                "%s: not started on port %d (%s): trying a free port", service_name, port, exc
+            )
+        return self._start(service_name, spec, health_path, revision)
 
     def build_and_deploy(
         self,
@@ -136,16 +242,18 @@ class LocalDeployer:
         return self.deploy_service(service_name, service_account_email, deployable, target=target)
 
     def teardown(self, service_name: str, *, target: Target | None = None) -> None:
-        """Stop the service's process group and forget it; an unknown service is a no-op."""
+        """Stop the service's process group and forget it, history included; an unknown
+        service is a no-op."""
         _check_name(service_name)
         self._run_dir.mkdir(parents=True, exist_ok=True)
         with file_lock(self._run_dir / f"{service_name}.lock"):
             record = self._read_record(service_name)
-            if record is None:
-                return
-            self._stop(record)
-            (self._run_dir / f"{service_name}.json").unlink(missing_ok=True)
-        log.info("stopped %s (pid %d)", service_name, record["pid"])
+            if record is not None:
+                self._stop(record)
+                (self._run_dir / f"{service_name}.json").unlink(missing_ok=True)
+            self.history.forget(service_name)
+        if record is not None:
+            log.info("stopped %s (pid %d)", service_name, record["pid"])
 
     def teardown_all(self) -> None:
         for path in sorted(self._run_dir.glob("*.json")):
@@ -156,16 +264,23 @@ class LocalDeployer:
         records = (self._read_record(path.stem) for path in sorted(self._run_dir.glob("*.json")))
         return {r["service"]: r for r in records if r is not None and _alive(r)}
 
-    def _start(self, service_name: str, spec: DeploymentSpec, health_path: str) -> Record:
-        secrets = _local_secrets(spec)
+    def _start(
+        self,
+        service_name: str,
+        spec: DeploymentSpec,
+        health_path: str,
+        revision: str,
+        port: int | None = None,
+    ) -> Record:
+        secrets = local_secrets(spec)
         digest = image_digest(spec.image)
         root = self._run_dir / service_name / digest.removeprefix("sha256:")[:12]
         config = self.images.unpack(spec.image, root)
         if not config.command:
             raise BackendError(f"image {spec.image} has no command (Cmd): build it again")
-        _write_python_shims(root / "bin", self.python)
-        port = free_port()
-        env = _environment(service_name, spec, config, root, port, secrets)
+        write_python_shims(root / "bin", self.python)
+        port = port if port and port_free(port) else free_port()
+        env = container_environment(service_name, revision, spec, config, root, port, secrets)
         command = (
             [self.python, *config.command[1:]] if config.command[0] == "python" else config.command
         )
@@ -249,65 +364,6 @@ def _source_dir(service_name: str, spec: DeploymentSpec) -> Path:
     return directory
 
 
-def _command(files: dict[str, Path]) -> list[str]:
-    if "Procfile" in files:
-        for line in files["Procfile"].read_text().splitlines():
-            if line.startswith("web:") and line[4:].strip():
-                return ["/bin/sh", "-c", line[4:].strip()]
-        raise BackendError("the Procfile has no `web:` line")
-    for main in PYTHON_MAINS:
-        if main in files:
-            return ["python", main]
-    raise BackendError("nothing to run: add a Procfile with a `web:` line, or a main.py")
-
-
 def _health_path(target: Target | None) -> str:
     path = target.health_check.path if target and target.health_check else "/"
     return path if path.startswith("/") else f"/{path}"
-
-
-def _local_secrets(spec: DeploymentSpec) -> dict[str, str]:
-    values: dict[str, str] = {}
-    missing: list[str] = []
-    for secret in spec.secret_environment_vars:
-        host_name = SECRET_PREFIX + secret.name
-        if host_name in os.environ:
-            values[secret.name] = os.environ[host_name]
-        else:
-            missing.append(f"export {host_name}=<value of secret {secret.value_from!r}>")
-    if missing:
-        raise BackendError("Secret Manager is not available locally: " + "; ".join(missing))
-    return values
-
-
-def _environment(
-    service_name: str,
-    spec: DeploymentSpec,
-    config: ImageConfig,
-    root: Path,
-    port: int,
-    secrets: dict[str, str],
-) -> dict[str, str]:
-    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
-    env.update(config.env)
-    env["PATH"] = os.pathsep.join([str(root / "bin"), env.get("PATH", os.defpath)])
-    if (root / "deps").is_dir():
-        env["PYTHONPATH"] = str(root / "deps")
-    env.update(spec.environment_vars)
-    env.update(secrets)
-    # Set last: Cloud Run reserves these and a spec cannot override them.
-    revision = f"{service_name}-{image_digest(spec.image).removeprefix('sha256:')[:12]}"
-    env.update(
-        PORT=str(port), K_SERVICE=service_name, K_REVISION=revision, K_CONFIGURATION=service_name
-    )
-    return env
-
-
-def _write_python_shims(bin_dir: Path, python: str) -> None:
-    # Scripts rather than symlinks: a venv's interpreter finds its venv by the path it runs from.
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("python", "python3"):
-        staging = bin_dir / f".{name}.{os.getpid()}.{threading.get_ident()}"
-        staging.write_text(f'#!/bin/sh\nexec {shlex.quote(python)} "$@"\n')
-        staging.chmod(0o755)
-        os.replace(staging, bin_dir / name)

@@ -45,6 +45,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_free(port: int) -> bool:
+    """Whether loopback `port` is free now (a rolled-back service asks for its old one).
+
+    Connections of the port's last owner in TIME_WAIT do not count, as for a server that
+    sets SO_REUSEADDR (http.server, uvicorn and gunicorn all do).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Spawned:
     pid: int  # the monitor: alive exactly as long as the service

@@ -2,8 +2,9 @@
 
 The store is an OCI image layout (image-layout 1.0.0) under `root`: `oci-layout`,
 `index.json` (one entry per service, named by `org.opencontainers.image.ref.name`) and
-`blobs/sha256/<hex>`. archdeploy keeps its own `cache/` (requirements layers, keyed by
-the requirements file's sha256), `tmp/` and `index.lock` beside them.
+`blobs/sha256/<hex>`. archdeploy keeps its own `cache/` beside them: `requirements/`
+(layers, keyed by the requirements file's sha256) and `inputs/<service>/` (the image built
+from each input digest, see `shared.adapters.input_digest`), plus `tmp/` and `index.lock`.
 
 Layers are reproducible: sorted workspace-relative paths, mtime 0, uid/gid 0, mode 0755
 or 0644 from the file's exec bit, gzip mtime 0. The same source therefore always gives
@@ -45,6 +46,7 @@ MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 ALWAYS_IGNORED = (".git", "__pycache__", "*.pyc", ".venv", ".archdeploy")
 IGNORE_FILES = (".dockerignore", ".gcloudignore")
+GITIGNORE = ".gitignore"  # read when there is no .gcloudignore, as gcloud does
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
@@ -76,8 +78,9 @@ def image_digest(reference: str) -> str:
 def collect_files(directory: Path, templates: Mapping[str, str] | None = None) -> dict[str, Path]:
     """Workspace-relative POSIX path -> file, for everything an image of `directory` holds.
 
-    Skips ALWAYS_IGNORED and the fnmatch patterns of `.dockerignore`/`.gcloudignore`;
-    `templates` (source file -> name inside the build dir) are added on top.
+    Skips ALWAYS_IGNORED and the fnmatch patterns of `.dockerignore`/`.gcloudignore` (and
+    of `.gitignore` when there is no `.gcloudignore`: gcloud's default); `templates`
+    (source file -> name inside the build dir) are added on top.
     """
     patterns = [*ALWAYS_IGNORED, *_ignore_patterns(directory)]
     files: dict[str, Path] = {}
@@ -158,6 +161,24 @@ class OciImageStore:
         self._tag(f"{REPOSITORY}/{service}", descriptor)
         return f"{REPOSITORY}/{service}@{descriptor['digest']}"
 
+    def remember_input(self, service: str, input_digest: str, image: str) -> None:
+        """Record that `image` was built for `service` from `input_digest`."""
+        path = self._input_path(service, input_digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"image": image, "input_digest": input_digest})
+
+    def image_for_input(self, service: str, input_digest: str) -> str | None:
+        """The image built for `service` from `input_digest`, if its manifest is still here."""
+        try:
+            image = str(json.loads(self._input_path(service, input_digest).read_text())["image"])
+            manifest = self.blob_path(image_digest(image))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, BackendError) as exc:
+            log.warning("ignoring unreadable input record of %s: %s", service, exc)
+            return None
+        return image if manifest.is_file() else None
+
     def manifest(self, reference: str) -> dict[str, Any]:
         return self._read_json_blob(image_digest(reference))
 
@@ -222,6 +243,11 @@ class OciImageStore:
     def _commit_blob(self, staging: Path, digest: str) -> None:
         # Same name means same bytes, so whichever concurrent writer lands last is fine.
         os.replace(staging, self.blob_path(digest))
+
+    def _input_path(self, service: str, input_digest: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{64}", input_digest):
+            raise BackendError(f"input digest {input_digest!r} is not 64 hex digits")
+        return self.root / "cache" / "inputs" / service / f"{input_digest}.json"
 
     def _tag(self, ref_name: str, descriptor: Mapping[str, Any]) -> None:
         with self._lock, file_lock(self.root / "index.lock"):
@@ -303,7 +329,8 @@ def _extract(tar: tarfile.TarFile, dest: Path) -> None:
 
 def _ignore_patterns(directory: Path) -> list[str]:
     patterns: list[str] = []
-    for name in IGNORE_FILES:
+    gcloudignore = (directory / ".gcloudignore").is_file()
+    for name in IGNORE_FILES if gcloudignore else (*IGNORE_FILES, GITIGNORE):
         path = directory / name
         lines = path.read_text().splitlines() if path.is_file() else []
         for line in (raw.strip() for raw in lines):

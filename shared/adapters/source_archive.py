@@ -7,8 +7,9 @@ the same tree twice therefore uploads the same object, named by its sha256.
 
 What is left out: `.git`, `__pycache__` and `.venv` directories anywhere, plus the patterns
 of the root `.gcloudignore` (gitignore rules: a pattern without `/` matches at any depth;
-`#!include:FILE` pulls in another file's patterns) and of `.dockerignore` at the root and
-in the build directory (Docker rules: patterns are anchored to the file's directory).
+`#!include:FILE` pulls in another file's patterns), or of the root `.gitignore` when there
+is no `.gcloudignore` (what gcloud's generated default does), and of `.dockerignore` at the
+root and in the build directory (Docker rules: patterns are anchored to the file's directory).
 Rules are applied in order, the last match wins and `!` re-includes, also below an
 excluded directory (as Docker does; gitignore would not).
 """
@@ -68,6 +69,18 @@ def pack_source(
         ValueError: the source is not a directory, a template is missing, or a template
             name is not a relative path inside the build directory.
     """
+    entries = source_entries(source_dir, config_templates, build_dir=build_dir)
+    data = _tar_gz(sorted(entries.items()))
+    return SourceArchive(data, hashlib.sha256(data).hexdigest(), tuple(sorted(entries)))
+
+
+def source_entries(
+    source_dir: str | Path,
+    config_templates: Mapping[str, str] | None = None,
+    *,
+    build_dir: str = "",
+) -> dict[str, Path]:
+    """Archive path -> local file, for what `pack_source` packs. Raises as it does."""
     if not str(source_dir):  # Path("") would be the working directory
         raise ValueError("the spec has no source_path (set deployment.source_path)")
     root = Path(source_dir)
@@ -77,8 +90,19 @@ def pack_source(
     entries: dict[str, Path] = dict(_walk(root, _rules(root, build)))
     for source, name in sorted((config_templates or {}).items()):
         entries[_join(build, _template_name(name))] = _template_source(source)
-    data = _tar_gz(sorted(entries.items()))
-    return SourceArchive(data, hashlib.sha256(data).hexdigest(), tuple(sorted(entries)))
+    return entries
+
+
+def build_context(entries: Mapping[str, Path], build_dir: str) -> dict[str, Path]:
+    """The entries under `build_dir` (docker's context, pack's path), relative to it: all
+    that a build reads, so all that its input digest needs."""
+    build = normalize_dir(build_dir)
+    if not build:
+        return dict(entries)
+    prefix = build + "/"
+    return {
+        name.removeprefix(prefix): path for name, path in entries.items() if name.startswith(prefix)
+    }
 
 
 def archive_names(data: bytes, object_name: str) -> tuple[str, ...]:
@@ -139,7 +163,8 @@ def _excluded(rel: str, is_dir: bool, rules: list[_Rule]) -> bool:
 
 
 def _rules(root: Path, build_dir: str) -> list[_Rule]:
-    rules = _gitignore_rules(root, root / ".gcloudignore")
+    gcloudignore = root / ".gcloudignore"
+    rules = _gitignore_rules(root, gcloudignore if gcloudignore.is_file() else root / ".gitignore")
     rules += _pattern_rules(_read_lines(root / ".dockerignore"), base="", anywhere=False)
     if build_dir:
         lines = _read_lines(root / build_dir / ".dockerignore")

@@ -5,10 +5,16 @@ would not parse fails here too. Every request is kept in `requests` for assertio
 build finishes `latency` seconds after it is created (on a timer, so `submit_build` can
 return before it does) and then calls `on_terminal(build)`, which a test can use to
 publish what Cloud Build publishes on the `cloud-builds` topic (see `notification`).
+
+ListBuilds serves the build history newest first, paged, and understands the filters
+archdeploy sends: `field="value"` terms on `tags` and `status` joined by `AND` (values
+double-quoted, as Cloud Build wants). Any other filter is refused with INVALID_ARGUMENT,
+so a filter the fake cannot check never passes silently.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -27,6 +33,7 @@ from shared.adapters.gcp_build import task_parts_from_tags
 CLOUD_BUILD = "google.devtools.cloudbuild.v1.CloudBuild"
 OPERATIONS = "google.longrunning.Operations"
 PROJECT_NUMBER = "123456789012"
+_FILTER_TERM = re.compile(r'(tags|status)="([^"]*)"')
 _TERMINAL_CODES = {
     "FAILURE": code_pb2.UNKNOWN,
     "INTERNAL_ERROR": code_pb2.INTERNAL,
@@ -113,6 +120,9 @@ class FakeCloudBuild:
             "CancelBuild": grpc.unary_unary_rpc_method_handler(
                 self._cancel_build, cb.CancelBuildRequest.deserialize, cb.Build.serialize
             ),
+            "ListBuilds": grpc.unary_unary_rpc_method_handler(
+                self._list_builds, cb.ListBuildsRequest.deserialize, cb.ListBuildsResponse.serialize
+            ),
         }
 
     def _operation_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
@@ -177,6 +187,29 @@ class FakeCloudBuild:
             self._finish(request.id, BuildBehaviour(status="CANCELLED"))
         return self.builds[request.id]
 
+    def _list_builds(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._lock:
+            self.requests.append(("ListBuilds", request))
+            builds = list(self.builds.values())
+        try:
+            wanted = _parse_filter(request.filter)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        location = request.parent or f"projects/{request.project_id}/locations/global"
+        matching = [
+            b
+            for b in builds
+            if b.project_id == request.project_id
+            and b.name.startswith(location + "/builds/")
+            and all(_matches(b, field, value) for field, value in wanted)
+        ]
+        matching.sort(key=lambda b: b.create_time, reverse=True)
+        start = int(request.page_token or 0)
+        size = request.page_size or 50
+        page = matching[start : start + size]
+        more = start + size < len(matching)
+        return cb.ListBuildsResponse(builds=page, next_page_token=str(start + size) if more else "")
+
     def _get_operation(self, request: Any, context: grpc.ServicerContext) -> Any:
         with self._lock:
             self.requests.append(("GetOperation", request))
@@ -227,6 +260,25 @@ class FakeCloudBuild:
             op.done = True
         if self.on_terminal is not None:
             self.on_terminal(build)
+
+
+def _parse_filter(text: str) -> list[tuple[str, str]]:
+    """`tags="a" AND status="SUCCESS"` -> [("tags", "a"), ("status", "SUCCESS")]."""
+    if not text.strip():
+        return []
+    terms = []
+    for term in text.split(" AND "):
+        match = _FILTER_TERM.fullmatch(term.strip())
+        if match is None:
+            raise ValueError(f"the fake does not understand the filter term {term!r} in {text!r}")
+        terms.append((match[1], match[2]))
+    return terms
+
+
+def _matches(build: Any, field: str, value: str) -> bool:
+    if field == "tags":
+        return value in build.tags
+    return bool(cb.Build.Status(build.status).name == value)
 
 
 def _location(request: Any) -> str:

@@ -5,11 +5,20 @@ service's `latency`, and records every request. A service configured with
 `readiness_failure` ends with a FAILED Ready condition: by default as Cloud Run reports it
 (the operation fails and its metadata holds the service), or, with
 `readiness_as_operation_error=False`, as a successful operation whose service is not ready.
+
+Revisions and traffic as Cloud Run keeps them: a create, or an update whose template
+differs from the current one, makes a revision `<service>-0000N-xyz` (`latest_created_revision`,
+and `latest_ready_revision` when it is ready). `traffic` (empty: all to the latest ready
+revision) is checked against the service's revisions, so a revision that is not there, or
+not ready, is refused with INVALID_ARGUMENT, and it is reported in `traffic_statuses`.
+An update that only moves traffic makes no revision and is ready when its targets are.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
+import string
 import threading
 import time
 import uuid
@@ -28,6 +37,19 @@ OPERATIONS = "google.longrunning.Operations"
 _MUTATIONS = ("CreateService", "UpdateService", "DeleteService")
 _READY = run_v2.Condition.State.CONDITION_SUCCEEDED
 _FAILED = run_v2.Condition.State.CONDITION_FAILED
+_LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+_BY_REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+
+
+@dataclass
+class Revision:
+    name: str  # full resource name
+    template: Any  # run_v2.RevisionTemplate
+    ready: bool
+
+    @property
+    def id(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -47,6 +69,7 @@ class FakeCloudRun:
     def __init__(self) -> None:
         self.requests: list[tuple[str, Any]] = []
         self.services: dict[str, Any] = {}  # full name -> run_v2.Service
+        self.revisions: dict[str, list[Revision]] = {}  # service full name -> oldest first
         self.behaviours: dict[str, RunBehaviour] = {}
         self.default = RunBehaviour()
         self.address = ""
@@ -61,6 +84,11 @@ class FakeCloudRun:
     def calls(self, method: str) -> list[Any]:
         with self._lock:
             return [request for name, request in self.requests if name == method]
+
+    def serving(self, name: str) -> dict[str, int]:
+        """Revision id -> percent of the traffic of the service `name` (full name)."""
+        with self._lock:
+            return {t.revision: t.percent for t in self.services[name].traffic_statuses}
 
     def start(self) -> str:
         operation = operations_pb2.Operation.SerializeToString
@@ -119,7 +147,7 @@ class FakeCloudRun:
             service.create_time = datetime.now(UTC)
             service.uri = _uri(name)
             service.urls = [service.uri]
-            return self._settle(service, behaviour)
+            return self._settle(service, behaviour, None, context)
 
     def _update(self, request: Any, context: grpc.ServicerContext) -> Any:
         name = request.service.name
@@ -134,12 +162,13 @@ class FakeCloudRun:
             service.create_time = current.create_time if current else datetime.now(UTC)
             service.uri = _uri(name)
             service.urls = [service.uri]
-            return self._settle(service, behaviour)
+            return self._settle(service, behaviour, current, context)
 
     def _delete(self, request: Any, context: grpc.ServicerContext) -> Any:
         behaviour = self._mutation("DeleteService", request, request.name, context)
         with self._lock:
             service = self.services.pop(request.name, None)
+            self.revisions.pop(request.name, None)
             if service is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"Resource '{request.name}' was not found")
             op = self._operation(request.name)
@@ -176,32 +205,63 @@ class FakeCloudRun:
             context.abort(behaviour.error_code, behaviour.error_message)
         return behaviour
 
-    def _settle(self, service: Any, behaviour: RunBehaviour) -> Any:
+    def _settle(
+        self, service: Any, behaviour: RunBehaviour, previous: Any, context: grpc.ServicerContext
+    ) -> Any:
         """Store `service` as it ends up, and answer with its operation (lock held)."""
-        revision = f"{service.name}/revisions/{service.name.rsplit('/', 1)[-1]}"
-        service.latest_created_revision = f"{revision}-{service.generation:05d}"
+        revisions = self.revisions.setdefault(service.name, [])
+        known = {r.id: r for r in revisions}
+        targets = list(service.traffic) or [run_v2.TrafficTarget(type_=_LATEST, percent=100)]
+        problem = _traffic_problem(targets, known)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        # Output-only fields come from what Cloud Run knows, never from the request.
+        service.latest_created_revision = previous.latest_created_revision if previous else ""
+        service.latest_ready_revision = previous.latest_ready_revision if previous else ""
+        failed = False
+        if previous is None or _changed(previous.template, service.template):
+            failed = bool(behaviour.readiness_failure)
+            revision = self._new_revision(service, revisions, ready=not failed)
+            service.latest_created_revision = revision.name
+            if revision.ready:
+                service.latest_ready_revision = revision.name
+        latest_ready = service.latest_ready_revision.rsplit("/", 1)[-1]
+        service.traffic_statuses = [
+            run_v2.TrafficTargetStatus(
+                type_=t.type_,
+                revision=latest_ready if t.type_ == _LATEST else t.revision,
+                percent=t.percent,
+            )
+            for t in targets
+        ]
         condition = run_v2.Condition(type_="Ready", state=_READY)
-        if behaviour.readiness_failure:
+        if failed:
             condition = run_v2.Condition(
                 type_="Ready",
                 state=_FAILED,
                 message=behaviour.readiness_failure,
                 revision_reason=run_v2.Condition.RevisionReason.HEALTH_CHECK_CONTAINER_ERROR,
             )
-        else:
-            service.latest_ready_revision = service.latest_created_revision
         service.terminal_condition = condition
         service.conditions = [condition]
         service.observed_generation = service.generation
         self.services[service.name] = service
         op = self._operation(service.name)
         op.metadata.Pack(run_v2.Service.pb(service))
-        if behaviour.readiness_failure and behaviour.readiness_as_operation_error:
+        if failed and behaviour.readiness_as_operation_error:
             error = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=_why(service))
             op.error.CopyFrom(error)
         else:
             op.response.Pack(run_v2.Service.pb(service))
         return self._store(op, behaviour)
+
+    def _new_revision(self, service: Any, revisions: list[Revision], *, ready: bool) -> Revision:
+        service_id = service.name.rsplit("/", 1)[-1]
+        suffix = "".join(random.choices(string.ascii_lowercase, k=3))
+        name = f"{service.name}/revisions/{service_id}-{len(revisions) + 1:05d}-{suffix}"
+        revision = Revision(name, run_v2.RevisionTemplate(service.template), ready)
+        revisions.append(revision)
+        return revision
 
     def _operation(self, name: str) -> operations_pb2.Operation:
         location = name.split("/services/")[0]
@@ -214,6 +274,25 @@ class FakeCloudRun:
             answer.done = False
             answer.ClearField("result")
         return answer
+
+
+def _changed(old: Any, new: Any) -> bool:
+    return bool(run_v2.RevisionTemplate.serialize(old) != run_v2.RevisionTemplate.serialize(new))
+
+
+def _traffic_problem(targets: list[Any], revisions: dict[str, Revision]) -> str:
+    """Why Cloud Run would refuse `targets`, or ""."""
+    if sum(t.percent for t in targets) != 100:
+        return f"traffic percentages add up to {sum(t.percent for t in targets)}, not 100"
+    for target in targets:
+        if target.type_ != _BY_REVISION:
+            continue
+        revision = revisions.get(target.revision)
+        if revision is None:
+            return f"Revision '{target.revision}' referenced in traffic not found"
+        if not revision.ready:
+            return f"Revision '{target.revision}' referenced in traffic is not ready"
+    return ""
 
 
 def _uri(name: str) -> str:

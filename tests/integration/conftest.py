@@ -1,4 +1,3 @@
-"""Integration fixtures: the Pub/Sub and Firestore emulators, the fake Google APIs."""
+"""Integration fixtures: the fake Google APIs (the emulators are in tests/conftest.py)."""
 
 from tests.fakes_google.fixtures import *  # noqa: F403
-from tests.integration.emulators import *  # noqa: F403

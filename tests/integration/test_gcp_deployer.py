@@ -90,16 +90,25 @@ def test_a_service_with_a_dockerfile_is_built_by_docker_from_its_staged_source(
     assert request.project_id == FAKE_PROJECT
     build = request.build
     source = build.source.storage_source
-    sha = source.object_.removeprefix("sources/ingest/").removesuffix(".tar.gz")
-    tagged = f"{FAKE_REGION}-docker.pkg.dev/{FAKE_PROJECT}/archdeploy/ingest:{sha[:12]}"
+    assert source.object_.startswith("sources/ingest/") and source.object_.endswith(".tar.gz")
+    # The image is tagged by the build input's digest, which the build's tags carry too.
+    (src_tag,) = [t for t in build.tags if t.startswith("ad-src-")]
+    tagged = f"{FAKE_REGION}-docker.pkg.dev/{FAKE_PROJECT}/archdeploy/ingest:src-{src_tag[7:19]}"
     (step,) = build.steps
     assert step.name == "gcr.io/cloud-builders/docker"
     assert step.args[:3] == ["build", "-t", tagged] and step.args[-1] == "."
     assert step.dir_ == ""
     assert list(build.images) == [tagged]
-    assert list(build.tags) == ["archdeploy", "ad-run-run-1", "ad-phase-build", "ad-svc-ingest"]
+    assert list(build.tags) == [
+        "archdeploy",
+        "ad-run-run-1",
+        "ad-phase-build",
+        "ad-svc-ingest",
+        src_tag,
+    ]
     assert build.timeout.total_seconds() == gcp_deployer.build_timeout
     # And the source is in the bucket, content-addressed, holding the tree plus the template
+    sha = source.object_.removeprefix("sources/ingest/").removesuffix(".tar.gz")
     assert source.bucket == SOURCE_BUCKET and len(sha) == 64
     files = _members(fake_gcs.object(SOURCE_BUCKET, source.object_).data)
     assert files == {

@@ -1,0 +1,30 @@
+"""Fault-injection fixtures: the seed, the session's tally (printed as a table at the
+end of the session). The emulators come from tests/conftest.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults.harness import Tally, suite_seed
+
+TALLY = pytest.StashKey[Tally]()
+
+
+@pytest.fixture(scope="session")
+def tally(request: pytest.FixtureRequest) -> Tally:
+    """The session's tally; its seed drives every scenario."""
+    stash = request.config.stash
+    if TALLY not in stash:
+        stash[TALLY] = Tally(seed=suite_seed())
+    return stash[TALLY]
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    tally = config.stash.get(TALLY, None)
+    if tally is None or not tally.runs:
+        return
+    terminalreporter.write_sep("=", "fault injection")
+    for line in tally.lines():
+        terminalreporter.write_line(line)
