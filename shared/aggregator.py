@@ -8,6 +8,7 @@ between them; calling it again when nothing is due changes nothing.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from shared.logs import log_context
 from shared.messages import (
@@ -50,7 +51,32 @@ def record_completion(completion: TaskCompletion, rt: Runtime) -> None:
             stored = applied or rt.store.get_task(completion.task_id)
             if stored is None or stored.status is not TaskStatus.SUCCEEDED:
                 on_build_failed(completion, rt)
-        advance_run(completion.run_id, rt)
+        advance_soon(completion.run_id, rt)
+
+
+def advance_soon(run_id: str, rt: Runtime) -> None:
+    """`advance_run`, coalesced within this process: while one thread advances a run,
+    completions of that run arriving on other threads only ask it to go once more.
+
+    A burst of 300 build completions then costs a handful of state-machine steps, not
+    300; each step reads the store afresh, so none of them is missed."""
+    with rt.advancing_lock:
+        if run_id in rt.advancing:
+            rt.advancing[run_id] = True
+            return
+        rt.advancing[run_id] = False
+    try:
+        while True:
+            advance_run(run_id, rt)
+            with rt.advancing_lock:
+                if not rt.advancing[run_id]:
+                    del rt.advancing[run_id]
+                    return
+                rt.advancing[run_id] = False
+    except BaseException:
+        with rt.advancing_lock:
+            rt.advancing.pop(run_id, None)
+        raise
 
 
 def on_build_failed(completion: TaskCompletion, rt: Runtime) -> None:
@@ -258,25 +284,34 @@ def close_tasks(tasks: list[TaskRecord], status: TaskStatus, reason: str, rt: Ru
 
 
 def release(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> None:
-    """Move waiting tasks to pending with the run's outputs filled in, and publish them."""
-    released: list[TaskRecord] = []
-    for task in tasks:
-        updates = _spec_updates(run, task, rt)
-        won = rt.store.release_task(task.task_id, spec_updates=updates, now=rt.clock())
-        if won is not None:
-            released.append(won)
-    publish_tasks(run, released, rt)
+    """Move waiting tasks to pending with the run's outputs filled in, and publish them.
+
+    One store call for all of them (one transaction on SQLite), and the build images read
+    once: opening a phase of 300 deploys used to cost 600 store round trips."""
+    if not tasks:
+        return
+    images = _built_images(run, tasks, rt)
+    releases = [(t.task_id, _spec_updates(run, t, images)) for t in tasks]
+    publish_tasks(run, rt.store.release_tasks(releases, now=rt.clock()), rt)
 
 
-def _spec_updates(run: RunRecord, task: TaskRecord, rt: Runtime) -> dict[str, object]:
+def _built_images(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> dict[str, str]:
+    if all(t.phase is Phase.BUILD for t in tasks):
+        return {}
+    if len(tasks) == 1:  # a single release (the director, a dependency chain): one read
+        build = rt.store.get_task(task_id_for(run.run_id, Phase.BUILD, tasks[0].service))
+        return {build.service: build.image} if build and build.image else {}
+    builds = rt.store.get_tasks(run.run_id, Phase.BUILD)
+    return {b.service: b.image for b in builds if b.image}
+
+
+def _spec_updates(run: RunRecord, task: TaskRecord, images: dict[str, str]) -> dict[str, Any]:
     if task.phase is Phase.BUILD or task.spec is None:
         return {}
-    build = rt.store.get_task(task_id_for(run.run_id, Phase.BUILD, task.service))
     env = dict(task.spec.environment_vars)
     if task.phase is Phase.DEPLOY:
         env["SERVICE_DIRECTOR_URL"] = run.director_url or ""
-    image = build.image if build and build.image else task.spec.image
-    return {"image": image, "environment_vars": env}
+    return {"image": images.get(task.service, task.spec.image), "environment_vars": env}
 
 
 def publish_tasks(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> None:

@@ -85,7 +85,9 @@ class Deployed:
     url: str
     image: str
     fingerprint: str  # `config_fingerprint` of what was deployed
-    revision: str = ""  # what a rollback returns to (Cloud Run revision; local: the image)
+    revision: str = (
+        ""  # what a rollback returns to (a Cloud Run revision; locally a saved deployment)
+    )
 
 
 def config_fingerprint(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +62,10 @@ class Runtime:
     deploy_concurrency: int | None = None
     cancel_builds_on_failure: bool = False
     cancel_build: Callable[[str], None] | None = None  # cancels a submitted build by id
+    # Runs an aggregator thread of this process is advancing now, and whether another
+    # completion arrived meanwhile (see `shared.aggregator.advance_soon`).
+    advancing: dict[str, bool] = field(default_factory=dict, repr=False)
+    advancing_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def run_view(store: RunStore, run_id: str) -> RunResult | None:

@@ -142,6 +142,10 @@ def _execute(
         raise UsageError("this runtime has no container deployer: only workers run tasks")
     target = _target(message)
     log.info("%s started (attempt %d)", message.phase.value, claimed.attempt)
+    # Noted before deploying, and kept even if the deploy fails: a failed rollout may
+    # already have replaced what served, and a rollback must know where to return.
+    deploying = message.phase in (Phase.DIRECTOR, Phase.DEPLOY)
+    kept = {"previous": previous} if deploying and (previous := _serving(message, rt)) else {}
     try:
         if message.phase is Phase.BUILD:
             spec = rt.sources.localize(message.spec) if rt.sources else message.spec
@@ -150,19 +154,17 @@ def _execute(
         elif message.phase is Phase.ROLLBACK:
             done = _roll_back(message, claimed, rt, started)
         else:
-            previous = _serving(message, rt)
             url = rt.deployer.deploy_service(
                 message.service, message.service_account, message.spec, target=target
             )
-            outputs = {"url": url, "previous": previous} if previous else {"url": url}
-            done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, **outputs)
+            done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, url=url, **kept)
     except ArchdeployError as exc:  # the adapters have retried what was transient
         log.info("%s failed: %s", message.phase.value, exc)
-        return _completion(message, claimed, TaskStatus.FAILED, started, error=str(exc))
+        return _completion(message, claimed, TaskStatus.FAILED, started, error=str(exc), **kept)
     except Exception as exc:  # a deployer bug must fail this task, not hang the run
         log.error("%s failed unexpectedly", message.phase.value, exc_info=True)
         error = f"{type(exc).__name__}: {exc}"
-        return _completion(message, claimed, TaskStatus.FAILED, started, error=error)
+        return _completion(message, claimed, TaskStatus.FAILED, started, error=error, **kept)
     log.info("%s succeeded", message.phase.value)
     return done
 
