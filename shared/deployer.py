@@ -78,6 +78,20 @@ class ContainerDeployer(Protocol):
         ...
 
 
+def build_then_deploy(
+    deployer: ContainerDeployer,
+    service_name: str,
+    service_account_email: str,
+    spec: DeploymentSpec,
+    *,
+    target: Target | None = None,
+) -> str:
+    """What every deployer's `build_and_deploy` does: build, then deploy that image."""
+    image = deployer.build(service_name, spec, target=target)
+    built = spec.model_copy(update={"image": image})
+    return deployer.deploy_service(service_name, service_account_email, built, target=target)
+
+
 @dataclass(frozen=True)
 class Deployed:
     """What serves a service now, as its deployer recorded it."""

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from shared import store_rules as rules
 from shared.architecture import DeploymentSpec
-from shared.deployer import Target
+from shared.deployer import Target, build_then_deploy
 from shared.errors import BackendError
 from shared.messages import (
     Phase,
@@ -247,13 +247,7 @@ class FakeDeployer:
         *,
         target: Target | None = None,
     ) -> str:
-        image = self.build(service_name, spec, target=target)
-        return self.deploy_service(
-            service_name,
-            service_account_email,
-            spec.model_copy(update={"image": image}),
-            target=target,
-        )
+        return build_then_deploy(self, service_name, service_account_email, spec, target=target)
 
     def teardown(self, service_name: str, *, target: Target | None = None) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from benchmarks.harness.workload import Mode
 from shared.architecture import DeploymentSpec
-from shared.deployer import Target
+from shared.deployer import Target, build_then_deploy
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,7 @@ class BenchDeployer:
         *,
         target: Target | None = None,
     ) -> str:
-        self.build(service_name, spec, target=target)
-        return self.deploy_service(service_name, service_account_email, spec, target=target)
+        return build_then_deploy(self, service_name, service_account_email, spec, target=target)
 
     def teardown(self, service_name: str, *, target: Target | None = None) -> None:
         return None

@@ -48,7 +48,7 @@ from shared.adapters.gcp_run import (
 from shared.adapters.gcp_run import service_account_email as full_account_email
 from shared.adapters.source_archive import SourceStager, normalize_dir
 from shared.architecture import DeploymentSpec
-from shared.deployer import Deployed, Target, config_fingerprint
+from shared.deployer import Deployed, Target, build_then_deploy, config_fingerprint
 from shared.errors import BackendError
 
 __all__ = ["BuildNotification", "GcpDeployer", "parse_build_notification", "task_id_from_build"]
@@ -280,9 +280,7 @@ class GcpDeployer:
         *,
         target: Target | None = None,
     ) -> str:
-        image = self.build(service_name, spec, target=target)
-        built = spec.model_copy(update={"image": image})
-        return self.deploy_service(service_name, service_account_email, built, target=target)
+        return build_then_deploy(self, service_name, service_account_email, spec, target=target)
 
     def deployed(self, service_name: str, *, target: Target | None = None) -> Deployed | None:
         """What the Cloud Run service serves (GetService), or None: not there, not Ready,

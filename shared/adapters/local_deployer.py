@@ -52,7 +52,7 @@ from shared.adapters.local_processes import (
 )
 from shared.adapters.oci_images import OciImageStore, collect_files, image_digest
 from shared.architecture import DeploymentSpec
-from shared.deployer import Deployed, Target, config_fingerprint
+from shared.deployer import Deployed, Target, build_then_deploy, config_fingerprint
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -237,9 +237,7 @@ class LocalDeployer:
         *,
         target: Target | None = None,
     ) -> str:
-        image = self.build(service_name, spec, target=target)
-        deployable = spec.model_copy(update={"image": image})
-        return self.deploy_service(service_name, service_account_email, deployable, target=target)
+        return build_then_deploy(self, service_name, service_account_email, spec, target=target)
 
     def teardown(self, service_name: str, *, target: Target | None = None) -> None:
         """Stop the service's process group and forget it, history included; an unknown

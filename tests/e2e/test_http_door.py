@@ -4,7 +4,6 @@ CLI send, and every bad input answered with a 4xx naming the field, line and fix
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from shared import function_runtime
 from shared.handlers import Runtime
 from shared.messages import TOPIC_TASKS, RunStatus
+from tests.e2e.dispatcher_runtime import fresh_dispatcher_runtime
 
 MAIN = Path(__file__).resolve().parents[2] / "functions" / "dispatcher" / "main.py"
 TOKEN = "http-token-7c1e-never-echoed"
@@ -40,16 +40,7 @@ INGEST = "dataflows.orders.services.ingest"
 @pytest.fixture
 def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("ARCHDEPLOY_STATE_DIR", str(tmp_path / "state"))
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
-    runtime = function_runtime.runtime("dispatcher")
-    runtime.bus.record = True
-    logging.getLogger("shared").propagate = True  # so caplog sees what the function logs
-    yield runtime
-    runtime.bus.close()
-    runtime.store.close()
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
+    yield from fresh_dispatcher_runtime()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ from typing import Any
 import functions_framework
 import pytest
 
-from shared import function_runtime
 from shared.handlers import Runtime, run_id_for
 from shared.messages import TOPIC_TASKS, DeployRequest, RunStatus, TaskMessage
+from tests.e2e.dispatcher_runtime import fresh_dispatcher_runtime
 from tests.fakes_github import FakeGitHub, fake_github
 from tests.fakes_google.gcs_server import FakeGcs
 
@@ -49,16 +48,7 @@ def rt(tmp_path: Path, fake_github: FakeGitHub, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ARCHDEPLOY_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("ARCHDEPLOY_GITHUB_API_URL", fake_github.url)
     monkeypatch.setenv("ARCHDEPLOY_GITHUB_TOKEN", fake_github.token or "")
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
-    runtime = function_runtime.runtime("dispatcher")
-    runtime.bus.record = True
-    logging.getLogger("shared").propagate = True  # so caplog sees what the function logs
-    yield runtime
-    runtime.bus.close()
-    runtime.store.close()
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
+    yield from fresh_dispatcher_runtime()
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from shared.entrypoints import on_task
 from shared.errors import BackendError
 from shared.handlers import Runtime, run_id_for
 from shared.messages import TOPIC_REQUESTS, TOPIC_TASKS, DeployRequest, RunStatus, TaskMessage
+from tests.e2e.dispatcher_runtime import fresh_dispatcher_runtime
 from tests.fakes import FakeBus, FakeDeployer
 from tests.fakes_github import FakeGitHub, entry, fake_github, tarball
 
@@ -74,16 +75,7 @@ def rt(tmp_path: Path, fake_github: FakeGitHub, monkeypatch: pytest.MonkeyPatch)
     }
     for name, value in env.items():
         monkeypatch.setenv(f"ARCHDEPLOY_{name}", value)
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
-    runtime = function_runtime.runtime("dispatcher")
-    runtime.bus.record = True
-    logging.getLogger("shared").propagate = True  # so caplog sees what the function logs
-    yield runtime
-    runtime.bus.close()
-    runtime.store.close()
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
+    yield from fresh_dispatcher_runtime()
 
 
 @pytest.fixture
