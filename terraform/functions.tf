@@ -78,6 +78,16 @@ locals {
       identity    = "aggregator"
       secrets     = {}
     }
+    dead-letters = {
+      name        = "archdeploy-dead-letters"
+      description = "Messages Pub/Sub gave up on: their tasks fail, so their runs finish."
+      source      = "aggregator"
+      entry_point = "dead_letters"
+      trigger     = "dead-letter"
+      topic       = null
+      identity    = "aggregator"
+      secrets     = {}
+    }
     sweep = {
       name        = "archdeploy-sweep"
       description = "Fails tasks past their deadline so every run finishes; called by Cloud Scheduler."
@@ -99,6 +109,7 @@ locals {
     worker       = { memory = "1Gi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 20, concurrency = 8 }
     aggregator   = { memory = "512M", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 10, concurrency = 8 }
     build-events = { memory = "512M", cpu = "1", timeout_seconds = 120, min_instances = 0, max_instances = 10, concurrency = 8 }
+    dead-letters = { memory = "512M", cpu = "1", timeout_seconds = 120, min_instances = 0, max_instances = 2, concurrency = 8 }
     sweep        = { memory = "512M", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 1, concurrency = 1 }
   }
 

@@ -167,6 +167,14 @@ resource "google_cloud_run_service_iam_member" "pubsub_push" {
   member   = local.sa_member["pubsub-push"]
 }
 
+# Pub/Sub pushes dead-lettered task and completion messages to the dead-letters function.
+resource "google_cloud_run_service_iam_member" "pubsub_push_dead_letters" {
+  location = var.region
+  service  = google_cloudfunctions2_function.fn["dead-letters"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = local.sa_member["pubsub-push"]
+}
+
 resource "google_cloud_run_service_iam_member" "scheduler_sweep" {
   location = var.region
   service  = google_cloudfunctions2_function.fn["sweep"].service_config[0].service
@@ -307,4 +315,19 @@ resource "google_artifact_registry_repository_iam_member" "fn_builder" {
   repository = google_artifact_registry_repository.functions.name
   role       = "roles/artifactregistry.writer"
   member     = local.sa_member["fn-builder"]
+}
+
+# Dead-lettering from the dead-letter handlers' own subscriptions into the parking topic.
+resource "google_pubsub_topic_iam_member" "parking_publisher" {
+  topic  = google_pubsub_topic.dead_letter_parking.name
+  role   = "roles/pubsub.publisher"
+  member = local.pubsub_service_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "dead_letter_handler_subscriber" {
+  for_each = local.dead_letter_handled
+
+  subscription = google_pubsub_subscription.dead_letter_push[each.key].name
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_service_agent
 }

@@ -126,3 +126,60 @@ resource "google_pubsub_subscription" "push" {
     google_pubsub_topic_iam_member.dead_letter_publisher,
   ]
 }
+
+# Task and completion messages that exhausted their deliveries are also pushed to the
+# dead-letters function, which fails the task (or moves the run on), so a dead-lettered
+# task fails its run instead of hanging it. The pull subscriptions above keep a copy.
+locals {
+  dead_letter_handled = { for k in ["worker", "aggregator", "build-events"] : k => local.consumers[k] }
+}
+
+resource "google_pubsub_topic" "dead_letter_parking" {
+  name = "archdeploy-dead-letters-parking"
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_subscription" "dead_letter_parking" {
+  name                       = "archdeploy-dead-letters-parking"
+  topic                      = google_pubsub_topic.dead_letter_parking.id
+  message_retention_duration = "${var.dead_letter_retention_days * 86400}s"
+
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+resource "google_pubsub_subscription" "dead_letter_push" {
+  for_each = local.dead_letter_handled
+
+  name                 = "${each.value.name}-dead-letter-handler"
+  topic                = google_pubsub_topic.dead_letter[each.key].id
+  ack_deadline_seconds = 120
+
+  push_config {
+    push_endpoint = "${google_cloudfunctions2_function.fn["dead-letters"].service_config[0].uri}/projects/${var.project_id}/topics/${google_pubsub_topic.dead_letter[each.key].name}"
+
+    oidc_token {
+      service_account_email = google_service_account.sa["pubsub-push"].email
+      audience              = google_cloudfunctions2_function.fn["dead-letters"].service_config[0].uri
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = "${var.retry_minimum_backoff_seconds}s"
+    maximum_backoff = "${var.retry_maximum_backoff_seconds}s"
+  }
+
+  # What even the dead-letters function cannot handle is parked for a person.
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter_parking.id
+    max_delivery_attempts = var.max_delivery_attempts
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  depends_on = [google_cloud_run_service_iam_member.pubsub_push_dead_letters]
+}

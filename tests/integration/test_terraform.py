@@ -41,8 +41,9 @@ EXPECTED_FUNCTIONS = {
     "archdeploy-aggregator": ("aggregator", "aggregate", "pubsub"),
     "archdeploy-build-events": ("aggregator", "build_events", "pubsub"),
     "archdeploy-sweep": ("aggregator", "sweep", "http"),
+    "archdeploy-dead-letters": ("aggregator", "dead_letters", "dead-letter"),
 }
-DECORATOR_FOR_TRIGGER = {"pubsub": "cloud_event", "http": "http"}
+DECORATOR_FOR_TRIGGER = {"pubsub": "cloud_event", "http": "http", "dead-letter": "cloud_event"}
 PUBLIC_MEMBERS = {"allUsers", "allAuthenticatedUsers"}
 FORBIDDEN_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 
@@ -155,7 +156,7 @@ def test_terraform_files_are_formatted() -> None:
 # --- functions and entry points ----------------------------------------------------------
 
 
-def test_the_seven_functions_are_wired_to_the_entry_points_the_code_names() -> None:
+def test_the_eight_functions_are_wired_to_the_entry_points_the_code_names() -> None:
     wired = {
         f["name"]: (f["source"], f["entry_point"], f["trigger"]) for f in _functions().values()
     }
@@ -404,7 +405,17 @@ def test_each_function_is_invoked_only_by_the_identity_that_feeds_it() -> None:
     assert invokers["api_invokers"]["service"].startswith(
         '${google_cloudfunctions2_function.fn["api"].'
     )
-    assert set(invokers) == {"pubsub_push", "scheduler_sweep", "api_invokers", "webhook_public"}
+    assert invokers["pubsub_push_dead_letters"]["service"].startswith(
+        '${google_cloudfunctions2_function.fn["dead-letters"].'
+    )
+    assert invokers["pubsub_push_dead_letters"]["member"] == '${local.sa_member["pubsub-push"]}'
+    assert set(invokers) == {
+        "pubsub_push",
+        "pubsub_push_dead_letters",
+        "scheduler_sweep",
+        "api_invokers",
+        "webhook_public",
+    }
 
 
 def test_the_scheduler_calls_the_sweep_with_an_oidc_token_of_its_own_account() -> None:
@@ -428,7 +439,21 @@ def _push_subscriptions() -> dict[str, Any]:
 def test_every_event_function_has_a_push_subscription() -> None:
     consumers = _locals()["consumers"]
     assert consumers == '${{for k, f in local.functions : k => f if f.trigger == "pubsub"}}'
-    assert {b["for_each"] for b in _push_subscriptions().values()} == {"${local.consumers}"}
+    feeds = {name: b["for_each"] for name, b in _push_subscriptions().items()}
+    assert feeds == {
+        "push": "${local.consumers}",
+        "dead_letter_push": "${local.dead_letter_handled}",
+    }
+
+
+def test_dead_lettered_tasks_and_completions_reach_the_dead_letters_function() -> None:
+    handled = _locals()["dead_letter_handled"]
+    for consumer in ("worker", "aggregator", "build-events"):
+        assert f'"{consumer}"' in handled
+    body = _push_subscriptions()["dead_letter_push"]
+    assert body["topic"] == "${google_pubsub_topic.dead_letter[each.key].id}"
+    endpoint = _block(body, "push_config")["push_endpoint"]
+    assert endpoint.startswith('${google_cloudfunctions2_function.fn["dead-letters"].')
 
 
 PUSH_SUBSCRIPTIONS = sorted(_push_subscriptions())
@@ -439,7 +464,10 @@ def test_every_push_subscription_retries_with_backoff_and_dead_letters(name: str
     body = _push_subscriptions()[name]
     dead_letter = _block(body, "dead_letter_policy")
     assert dead_letter["max_delivery_attempts"] == "${var.max_delivery_attempts}"
-    assert dead_letter["dead_letter_topic"] == "${google_pubsub_topic.dead_letter[each.key].id}"
+    assert dead_letter["dead_letter_topic"] in {
+        "${google_pubsub_topic.dead_letter[each.key].id}",
+        "${google_pubsub_topic.dead_letter_parking.id}",  # the dead-letter handlers' own
+    }
     retry = _block(body, "retry_policy")
     assert retry["minimum_backoff"] and retry["maximum_backoff"]
     assert _block(body, "expiration_policy")["ttl"] == "", "a push subscription must never expire"
