@@ -27,6 +27,7 @@ down: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check shared functions tests examples $(wildcard benchmarks)
 	$(BIN)/ruff format --check shared functions tests examples $(wildcard benchmarks)
+	$(BIN)/mypy shared
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

@@ -8,6 +8,7 @@ between them; calling it again when nothing is due changes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from shared.logs import log_context
@@ -166,7 +167,7 @@ def _halt_on_stored_failure(run: RunRecord, rt: Runtime) -> RunRecord:
 
 
 def _admit(
-    run: RunRecord, phase: Phase, counts: dict[TaskStatus, int], cap: int | None, rt: Runtime
+    run: RunRecord, phase: Phase, counts: Mapping[TaskStatus, int], cap: int | None, rt: Runtime
 ) -> None:
     """Release waiting tasks while the run has fewer than `cap` of them in flight."""
     in_flight = counts.get(TaskStatus.PENDING, 0) + counts.get(TaskStatus.RUNNING, 0)

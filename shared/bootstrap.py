@@ -257,6 +257,6 @@ def embedded(
         **knobs(settings),
     )
     if callable(clock):
-        rt.clock = clock  # type: ignore[assignment]
+        rt.clock = clock
     subscribe_all(bus, rt)
     return Embedded(rt=rt, bus=bus)

@@ -56,9 +56,10 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
         elif (reused := _reusable(message, rt)) is not None:
             completion = _completion(message, claimed, TaskStatus.SUCCEEDED, now, **reused)
         elif message.phase is Phase.BUILD and rt.async_builds:
-            completion = _submit_build(message, claimed, rt)
-            if completion is None:
+            failed = _submit_build(message, claimed, rt)
+            if failed is None:
                 return None
+            completion = failed
         else:
             completion = _execute(message, claimed, rt, now)
         report(completion, rt)
@@ -182,7 +183,8 @@ def _roll_back(
 ) -> TaskCompletion:
     deploy = rt.store.get_task(task_id_for(message.run_id, Phase.DEPLOY, message.service))
     director = rt.store.get_task(task_id_for(message.run_id, Phase.DIRECTOR, message.service))
-    previous = (deploy or director).previous if (deploy or director) else None
+    replaced = deploy or director
+    previous = replaced.previous if replaced else None
     if not previous or not isinstance(rt.deployer, IncrementalDeployer):
         error = "nothing to roll back to"
         return _completion(message, claimed, TaskStatus.SKIPPED, started, error=error)
