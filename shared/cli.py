@@ -223,6 +223,9 @@ def up(
         request = DeployRequest(architecture=loaded.text, **options)
         _report(up_over_http(endpoint, request, _settings(ctx).http_token), as_json)
     settings = _settings(ctx, parallelism=parallelism)
+    if settings.bus_kind == "pubsub":
+        request = DeployRequest(architecture=loaded.text, **options)
+        _report(_up_over_pubsub(settings, request), as_json)
     system = embedded(settings)
     request = DeployRequest(architecture_uri=str(Path(file).resolve()), **options)
     try:
@@ -240,6 +243,41 @@ def up(
     finally:
         system.close()
     _report(result, as_json)
+
+
+def _up_over_pubsub(settings: Any, request: DeployRequest) -> RunResult:
+    """Publish the request on the requests topic and follow the run in the store, as the
+    deployed functions (or `archdeploy dev`'s) run it. Sources must be readable by the
+    workers: a pushed commit, `gs://`, or a filesystem they share (dev)."""
+    import uuid
+
+    from shared.bootstrap import make_bus, make_store
+    from shared.handlers import run_id_for
+    from shared.messages import TOPIC_REQUESTS
+    from shared.progress import follow
+
+    key = request.idempotency_key or f"cli-{uuid.uuid4().hex}"
+    request = request.model_copy(update={"idempotency_key": key})
+    make_bus(settings).publish(TOPIC_REQUESTS, request, attributes={"kind": "request"})
+    run_id = run_id_for(key)
+    err.print(f"run {run_id} published to {settings.topic_requests} ({settings.project})")
+    store = make_store(settings)
+    _await_run(store, run_id)
+    return follow(store, run_id, stream=sys.stderr, timeout=settings.run_deadline_seconds)
+
+
+def _await_run(store: Any, run_id: str, timeout: float = 60.0) -> None:
+    """The dispatcher creates the run when it gets the message: wait for it to appear."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while store.get_run(run_id) is None:
+        if time.monotonic() > deadline:
+            raise UsageError(
+                f"run {run_id} was published but no dispatcher created it in "
+                f"{timeout:g}s: is the dispatcher function subscribed?"
+            )
+        time.sleep(0.2)
 
 
 def _wait(system: Any, run_id: str) -> None:

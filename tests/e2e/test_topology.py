@@ -280,3 +280,28 @@ def test_the_sweep_function_answers_as_cloud_scheduler_calls_it(topology: DevTop
     with opener.open(topology.urls["sweep"], timeout=60) as response:
         assert response.status == 200
         assert isinstance(json.loads(response.read()), dict)
+
+
+def test_archdeploy_up_on_the_pubsub_bus_publishes_the_request_and_follows_the_store(
+    topology: DevTopology,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    record_timeline: Callable[[str, str], None],
+) -> None:
+    architecture = _architecture(tmp_path, "hello", {"hello-pubsub": None})
+    monkeypatch.setenv("ARCHDEPLOY_BUS", "pubsub")
+    monkeypatch.setenv("ARCHDEPLOY_STORE", "firestore")
+    monkeypatch.setenv("ARCHDEPLOY_DEPLOYER", "local")
+    monkeypatch.setenv("ARCHDEPLOY_PROJECT", topology.project)
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", topology.pubsub_host)
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", topology.firestore_host)
+    monkeypatch.setenv("ARCHDEPLOY_FIRESTORE_COLLECTION", topology.settings.firestore_collection)
+    for name, topic in topology.topics.items():
+        monkeypatch.setenv(f"ARCHDEPLOY_TOPIC_{name.upper()}", topic)
+    done = CliRunner().invoke(cli, ["up", str(architecture), "--json"], catch_exceptions=False)
+    assert done.exit_code == 0, done.stderr
+    result = RunResult.model_validate_json(done.stdout)
+    record_timeline(result.run_id, "archdeploy up on the Pub/Sub bus")
+    assert result.status is RunStatus.SUCCEEDED
+    assert set(result.urls) == {"hello-pubsub"}
+    assert f"run {result.run_id} published to" in done.stderr
