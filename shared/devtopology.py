@@ -140,12 +140,15 @@ class DevTopology:
             self._ticker = None
         functions = [c for c in self._children if not c.name.endswith("-emulator")]
         emulators = [c for c in self._children if c.name.endswith("-emulator")]
-        _stop_all(functions)
-        self._teardown_services()
-        if self._client is not None:
-            self._client.close()
-            self._client = self._store = None
-        _stop_all(emulators)
+        # Each step runs even if one before it fails: the emulators must never outlive us.
+        try:
+            _stop_all(functions)
+            self._teardown_services()
+            if self._client is not None:
+                self._client.close()
+                self._client = self._store = None
+        finally:
+            _stop_all(emulators)
         self._children.clear()
         for directory in self._temp_dirs:
             shutil.rmtree(directory, ignore_errors=True)
