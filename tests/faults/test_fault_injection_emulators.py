@@ -149,7 +149,9 @@ class Pump:
                 with self._lock:
                     self.active -= 1
 
-        self.futures.append(self.subscriber.subscribe(path, callback=callback))
+        # Shutting down waits for handlers in flight: they publish, and the bus closes next.
+        pull = self.subscriber.subscribe(path, callback=callback, await_callbacks_on_shutdown=True)
+        self.futures.append(pull)
 
     def _handle(self, handler: Handler, message: Any) -> None:
         attributes = dict(message.attributes)

@@ -52,7 +52,9 @@ class Pump:
                 return
             message.ack()
 
-        self.futures.append(self.subscriber.subscribe(path, callback=callback))
+        # Shutting down waits for handlers in flight: they publish, and the bus closes next.
+        pull = self.subscriber.subscribe(path, callback=callback, await_callbacks_on_shutdown=True)
+        self.futures.append(pull)
 
     def close(self) -> None:
         for future in self.futures:
@@ -88,6 +90,7 @@ def cloud(
     pump.route("completions", entrypoints.on_completion, rt)
     pump.route("builds", entrypoints.on_build_event, rt)
     yield rt, pump
+    fake_cloudbuild.on_terminal = None  # builds still finishing publish nothing now
     pump.close()
     publisher.stop()
     bus.close()
