@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shared.architecture import Architecture, DeploymentSpec, ServiceSpec
 from shared.errors import Problem
+from shared.plan import INJECTED_ENV
 from shared.yaml_source import FieldPath, line_of, render_path
 
 PROJECT_ID_FIX = "add `project_id: my-gcp-project` (your Google Cloud project id) at the top"
@@ -63,7 +64,7 @@ _SECRET_LIKE = re.compile(
     r"(?:^|_)(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_KEY|CREDENTIALS)(?:_|$)", re.I
 )
 _RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"})
-_INJECTED_ENV = frozenset({"SERVICE_DIRECTOR_URL", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME"})
+_INJECTED_ENV = frozenset(INJECTED_ENV)
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _DIRECTOR: FieldPath = ("service_manager_spec",)
 

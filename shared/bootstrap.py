@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.adapters.inprocess_bus import InProcessBus
@@ -196,16 +196,13 @@ class Embedded:
 
     rt: Runtime
     bus: InProcessBus
-    started: dict[str, float] = field(default_factory=dict)
 
     @property
     def store(self) -> RunStore:
         return self.rt.store
 
     def submit(self, request: DeployRequest, *, record_invalid: bool = False) -> RunRecord:
-        run = dispatch_request(request, self.rt, record_invalid=record_invalid)
-        self.started[run.run_id] = time.monotonic()
-        return run
+        return dispatch_request(request, self.rt, record_invalid=record_invalid)
 
     def wait(
         self, run_id: str, *, timeout: float | None = None, sweep_every: float = 5.0

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
@@ -25,10 +25,9 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 from pydantic import SecretStr
 from rich.console import Console
-from rich.live import Live
 
 from shared.errors import BackendError, UsageError
-from shared.messages import DeployRequest, RunResult, RunStatus
+from shared.messages import DeployRequest, RunResult
 
 if TYPE_CHECKING:
     from shared.devtopology import DevTopology
@@ -173,6 +172,8 @@ def follow_http(
 ) -> RunResult:
     """Show the run, polling `GET endpoint/runs/RUN_ID`, until it ends (or `timeout`)."""
     url = f"{endpoint.rstrip('/')}/runs/{urllib.parse.quote(run_id)}"
+    from shared.progress import follow_view
+
     return follow_view(
         lambda: fetch_run(url, token), stream=stream, interval=interval, timeout=timeout
     )
@@ -193,47 +194,6 @@ def fetch_run(url: str, token: str | None = None) -> RunResult:
                 raise BackendError(f"GET {url}: HTTP {status}: {_why(body)}")
         time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
-
-
-def follow_view(
-    fetch: Callable[[], RunResult],
-    *,
-    stream: IO[str],
-    interval: float = 0.3,
-    timeout: float | None = None,
-) -> RunResult:
-    """Show what `fetch()` answers until the run ends: a live table on a terminal, else lines."""
-    from shared.progress import result_table
-
-    console = Console(file=stream, highlight=False)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    seen: dict[str, str] = {}
-    with Live(console=console, transient=False) if console.is_terminal else _nothing() as live:
-        while True:
-            view = fetch()
-            if live is not None:
-                live.update(result_table(view))
-            else:
-                _print_changes(console, view, seen)
-            expired = deadline is not None and time.monotonic() > deadline
-            if view.status is not RunStatus.RUNNING or expired:
-                return view
-            time.sleep(interval)
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
-
-
-def _print_changes(console: Console, view: RunResult, seen: dict[str, str]) -> None:
-    from shared.progress import short_image
-
-    for svc in view.services.values():
-        if seen.get(svc.service) != svc.status:
-            seen[svc.service] = svc.status
-            detail = svc.error or svc.url or short_image(svc.image)
-            console.print(f"  {svc.service:<24} {svc.status:<12} {detail}", highlight=False)
 
 
 def _call(url: str, method: str, token: str | None, data: bytes | None = None) -> tuple[int, Any]:

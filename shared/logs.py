@@ -36,18 +36,6 @@ def log_context(**labels: str | None) -> Iterator[None]:
         _context.reset(token)
 
 
-def current_context() -> dict[str, str]:
-    return dict(_context.get())
-
-
-def trace_from_header(header: str | None, project_id: str) -> str | None:
-    """`projects/P/traces/T` from an `X-Cloud-Trace-Context: T/SPAN;o=1` header."""
-    if not header or not project_id:
-        return None
-    trace = header.split("/", 1)[0].strip()
-    return f"projects/{project_id}/traces/{trace}" if trace else None
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: `severity`, `message`, labels, trace, and the error."""
 

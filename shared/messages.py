@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -144,7 +143,6 @@ class TaskMessage(_Message):
     labels: dict[str, str] = Field(default_factory=dict)
     health_check: HealthCheck | None = None
     no_cache: bool = False
-    rollback_to: str | None = None  # rollback tasks: the revision (or image) to return to
 
 
 class TaskCompletion(_Message):
@@ -284,6 +282,3 @@ class RunFinished(_Message):
     run_id: str
     status: RunStatus
     result: RunResult
-
-
-Topic = Literal["requests", "tasks", "completions", "results"]

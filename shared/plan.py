@@ -34,10 +34,6 @@ class Plan:
     def phase(self, phase: Phase) -> list[TaskRecord]:
         return [t for t in self.tasks if t.phase is phase]
 
-    @property
-    def deploys_director(self) -> bool:
-        return bool(self.phase(Phase.DIRECTOR))
-
 
 def enrich_environment(
     spec: DeploymentSpec,

@@ -6,7 +6,7 @@ may reorder, so handlers rely on the store, not on delivery, to do each thing on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -21,8 +21,6 @@ from shared.messages import (
     TaskRecord,
     TaskStatus,
 )
-
-Handler = Callable[[bytes, Mapping[str, str]], None]
 
 
 class MessageBus(Protocol):

@@ -80,57 +80,68 @@ def follow(
     interval: float = 0.1,
     timeout: float | None = None,
 ) -> RunResult:
-    """Show the run until it has a final result (or `done()` says the work is over)."""
+    """Show the run, read from the store, until it has a final result (or `done()` says
+    the work is over)."""
+    return follow_view(
+        lambda: current(store, run_id),
+        stream=stream,
+        done=done,
+        interval=interval,
+        timeout=timeout,
+    )
+
+
+def follow_view(
+    fetch: Callable[[], RunResult | None],
+    *,
+    stream: IO[str],
+    done: Callable[[], bool] | None = None,
+    interval: float = 0.1,
+    timeout: float | None = None,
+) -> RunResult:
+    """Show what `fetch()` answers (a store read, an HTTP GET) until the run ends."""
     console = Console(file=stream, highlight=False)
     deadline = None if timeout is None else time.monotonic() + timeout
 
-    def finished() -> RunResult | None:
-        view = current(store, run_id)
-        over = view is not None and view.status is not RunStatus.RUNNING
+    def poll() -> tuple[RunResult | None, bool]:
+        # `done()` first: once the work is over, the view read after it is final.
         out = done is not None and done()
         expired = deadline is not None and time.monotonic() > deadline
-        return view if (over or out or expired) and view is not None else None
+        view = fetch()
+        over = view is not None and view.status is not RunStatus.RUNNING
+        return view, view is not None and (over or out or expired)
 
     if console.is_terminal:
-        return _follow_live(store, run_id, console, finished, interval)
-    return _follow_lines(store, run_id, console, finished, interval)
+        # Transient: the final table is printed once, by the caller, when the run ends.
+        with Live(console=console, refresh_per_second=10, transient=True) as live:
+            return _until_over(poll, lambda view: live.update(result_table(view)), interval)
+    return _until_over(poll, _line_printer(console), interval)
 
 
-def _follow_live(
-    store: RunStore,
-    run_id: str,
-    console: Console,
-    finished: Callable[[], RunResult | None],
+def _until_over(
+    poll: Callable[[], tuple[RunResult | None, bool]],
+    show: Callable[[RunResult], None],
     interval: float,
 ) -> RunResult:
-    # Transient: the final table is printed once, by the caller, when the run ends.
-    with Live(console=console, refresh_per_second=10, transient=True) as live:
-        while True:
-            end = finished()
-            view = end or current(store, run_id)
-            if view is not None:
-                live.update(result_table(view))
-            if end is not None:
-                return end
-            time.sleep(interval)
-
-
-def _follow_lines(
-    store: RunStore,
-    run_id: str,
-    console: Console,
-    finished: Callable[[], RunResult | None],
-    interval: float,
-) -> RunResult:
-    seen: dict[str, str] = {}
+    """One store read per tick: show it, and stop when it is the last."""
     while True:
-        end = finished()
-        view = end or current(store, run_id)
-        for svc in view.services.values() if view else ():
+        view, over = poll()
+        if view is not None:
+            show(view)
+        if over and view is not None:
+            return view
+        time.sleep(interval)
+
+
+def _line_printer(console: Console) -> Callable[[RunResult], None]:
+    """A line each time a service changes status: for logs and pipes."""
+    seen: dict[str, str] = {}
+
+    def show(view: RunResult) -> None:
+        for svc in view.services.values():
             if seen.get(svc.service) != svc.status:
                 seen[svc.service] = svc.status
                 detail = svc.error or svc.url or short_image(svc.image)
                 console.print(f"  {svc.service:<24} {svc.status:<12} {detail}", highlight=False)
-        if end is not None:
-            return end
-        time.sleep(interval)
+
+    return show
