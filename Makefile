@@ -1,17 +1,40 @@
 # Everything a fresh machine needs is installed here: `make test` and `make demo` are the two entry points.
+# What gets installed is decided by uv.lock (every dependency, transitive ones included,
+# resolved once); `make lock` refreshes it on purpose.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv itself, pinned, in its own folder: `uv sync` makes .venv exactly the lock, so uv
+# can't live there.
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+FUNCTIONS := aggregator dispatcher worker
 
-.PHONY: install demo test lint unit integration e2e bench clean down
+.PHONY: install demo test lint unit integration e2e bench clean down lock
 
-$(STAMP): pyproject.toml
+$(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11 (or run: make PYTHON=python3)"; exit 2; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# --locked: refuse a lock that no longer matches pyproject.toml, rather than install
+# something no one tested.
+$(STAMP): $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --all-extras --python $(PYTHON) --quiet
 	touch $(STAMP)
+
+# Re-resolve every dependency to the newest allowed versions, then pin each function's
+# requirements.txt (what terraform ships) to those same versions.
+lock: $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+	$(UV) export --frozen --all-extras --no-hashes --no-emit-project --no-header --quiet -o $(TOOLS)/constraints.txt
+	for f in $(FUNCTIONS); do \
+	  $(UV) pip compile --quiet --universal --python-version 3.11 --no-annotate \
+	    --constraints $(TOOLS)/constraints.txt --custom-compile-command "make lock" \
+	    functions/$$f/requirements.in -o functions/$$f/requirements.txt || exit 1; \
+	done
 
 install: $(STAMP)
 
@@ -56,4 +79,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .archdeploy .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .archdeploy .pytest_cache

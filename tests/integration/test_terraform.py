@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import typing
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -631,27 +632,37 @@ def _third_party_closure(source: str) -> dict[str, str]:
     return needed
 
 
-def _requirements(source: str) -> set[str]:
-    names = set()
-    for line in (FUNCTIONS / source / "requirements.txt").read_text().splitlines():
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirements(source: str, file: str = "requirements.in") -> dict[str, str]:
+    """name -> pinned version ("" when unpinned) of a function's requirements file."""
+    names = {}
+    for line in (FUNCTIONS / source / file).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            match = re.match(r"[A-Za-z0-9._-]+", line)
+            match = re.match(r"([A-Za-z0-9._-]+)(?:==([^ ;]+))?", line)
             assert match, f"cannot read requirement {line!r}"
-            names.add(re.sub(r"[-_.]+", "-", match.group(0)).lower())
+            names[_normalized(match.group(1))] = match.group(2) or ""
     return names
+
+
+def _locked() -> dict[str, str]:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    return {_normalized(p["name"]): p["version"] for p in lock["package"] if "version" in p}
 
 
 SOURCES = sorted({f["source"] for f in _functions().values()})
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=SOURCES)
-def test_each_requirements_txt_lists_what_its_function_imports(source: str) -> None:
+def test_each_requirements_in_lists_what_its_function_imports(source: str) -> None:
     needed = _third_party_closure(source)
     listed = _requirements(source)
     missing = {dist: module for dist, module in needed.items() if dist not in listed}
     assert not missing, (
-        f"functions/{source}/requirements.txt misses {sorted(missing)} "
+        f"functions/{source}/requirements.in misses {sorted(missing)} "
         f"(imported by {sorted(set(missing.values()))})"
     )
 
@@ -661,4 +672,16 @@ def test_no_function_needs_or_installs_the_cli_only_packages(source: str) -> Non
     needed = _third_party_closure(source)
     pulled = {dist: module for dist, module in needed.items() if dist in CLI_ONLY}
     assert not pulled, f"functions/{source} reaches CLI-only packages: {pulled}"
-    assert not _requirements(source) & CLI_ONLY
+    # click comes with functions-framework itself; rich would only be ours to drop.
+    assert "rich" not in _requirements(source, "requirements.txt")
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=SOURCES)
+def test_each_requirements_txt_pins_what_ci_tested(source: str) -> None:
+    """What terraform ships is what the lock installed for the tests: every package of the
+    function's requirements.in and all they need, at uv.lock's version (`make lock`)."""
+    pinned = _requirements(source, "requirements.txt")
+    locked = _locked()
+    assert set(_requirements(source)) <= set(pinned), "run `make lock`"
+    drifted = {name: (v, locked.get(name)) for name, v in pinned.items() if locked.get(name) != v}
+    assert not drifted, f"functions/{source}/requirements.txt differs from uv.lock: {drifted}"
