@@ -204,6 +204,27 @@ def _check_shape(text: str, file: str) -> None:
     loader = _Loader(text)
     try:
         _walk_events(loader, file)
+    except yaml.MarkedYAMLError as exc:
+        _recheck_before(text, exc, file)
+        raise
+    finally:
+        loader.dispose()
+
+
+def _recheck_before(text: str, exc: yaml.MarkedYAMLError, file: str) -> None:
+    """libyaml scans far ahead of the events it hands out, and newer releases refuse deep
+    flow nesting themselves, in their own words, before our walk reaches MAX_DEPTH. So
+    when it fails, walk the text up to its error with the pure-Python parser (which looks
+    at most 1024 characters ahead): if our limits are what the text breaks, say so in our
+    words; otherwise the original error stands."""
+    mark = exc.problem_mark or exc.context_mark
+    if mark is None or not yaml.__with_libyaml__:
+        return
+    loader = yaml.SafeLoader(text[: mark.index])
+    try:
+        _walk_events(loader, file)  # type: ignore[arg-type]
+    except yaml.YAMLError:
+        return  # the prefix ends mid-document: nothing of ours was broken before it
     finally:
         loader.dispose()
 
