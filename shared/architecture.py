@@ -192,3 +192,14 @@ class Architecture(_Model):
         override = self.deployment_environments[environment]
         changes = {k: v for k, v in override.model_dump().items() if v is not None}
         return self.model_copy(update=changes)
+
+
+# The Go seed's type names, so code ported from it reads naturally.
+MicroserviceArchitecture = Architecture
+ResourceGroup = Dataflow
+Environment = EnvironmentOverride
+HealthCheckSpec = HealthCheck
+LifecyclePolicy = Lifecycle
+CloudResourcesSpec = Resources
+TopicConfig = TopicResource
+SubscriptionConfig = SubscriptionResource

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -28,18 +31,39 @@ class Target:
     no_cache: bool = False
 
 
+# The task being worked on. The seed's deployer methods take no `target`, so a deployer
+# written to that contract works unchanged; ours read where and for whom from here.
+_CURRENT_TARGET: ContextVar[Target | None] = ContextVar("archdeploy_target", default=None)
+
+
+def current_target() -> Target:
+    """The target of the build or deploy this thread is doing (empty outside a task)."""
+    return _CURRENT_TARGET.get() or Target()
+
+
+@contextmanager
+def targeting(target: Target) -> Iterator[None]:
+    """Run the enclosed deployer calls for `target` (see `current_target`)."""
+    token = _CURRENT_TARGET.set(target)
+    try:
+        yield
+    finally:
+        _CURRENT_TARGET.reset(token)
+
+
 @runtime_checkable
 class ContainerDeployer(Protocol):
-    """Builds container images and runs them as services.
+    """Builds container images and runs them as services: the Go seed's four methods.
 
-    Every method raises `shared.errors.BackendError` (with `retryable` set for transient
-    causes such as 429 or 503) when the backend refuses or fails; the message names the
-    service and what the backend answered.
+    The core calls exactly these signatures, with no keyword arguments, so a deployer
+    written to the seed's contract works unchanged; the task's `Target` is available to
+    deployers that want it through `current_target()`. A method that raises has failed
+    that service: the error is recorded on the task. Ours raise
+    `shared.errors.BackendError` (with `retryable` set for transient causes such as 429
+    or 503), naming the service and what the backend answered.
     """
 
-    def build(
-        self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
-    ) -> str:
+    def build(self, service_name: str, spec: DeploymentSpec) -> str:
         """Build the service's image from `spec.source_path` and return its URI.
 
         The URI is pinned by digest where the builder reports one. Building the same
@@ -48,12 +72,7 @@ class ContainerDeployer(Protocol):
         ...
 
     def deploy_service(
-        self,
-        service_name: str,
-        service_account_email: str,
-        spec: DeploymentSpec,
-        *,
-        target: Target | None = None,
+        self, service_name: str, service_account_email: str, spec: DeploymentSpec
     ) -> str:
         """Deploy `spec.image` as `service_name` and return its URL once it is healthy.
 
@@ -63,17 +82,12 @@ class ContainerDeployer(Protocol):
         ...
 
     def build_and_deploy(
-        self,
-        service_name: str,
-        service_account_email: str,
-        spec: DeploymentSpec,
-        *,
-        target: Target | None = None,
+        self, service_name: str, service_account_email: str, spec: DeploymentSpec
     ) -> str:
         """`build`, then `deploy_service` with the built image; returns the URL."""
         ...
 
-    def teardown(self, service_name: str, *, target: Target | None = None) -> None:
+    def teardown(self, service_name: str) -> None:
         """Stop and delete the service. Idempotent: a service that is not there is fine."""
         ...
 
@@ -87,9 +101,10 @@ def build_then_deploy(
     target: Target | None = None,
 ) -> str:
     """What every deployer's `build_and_deploy` does: build, then deploy that image."""
-    image = deployer.build(service_name, spec, target=target)
-    built = spec.model_copy(update={"image": image})
-    return deployer.deploy_service(service_name, service_account_email, built, target=target)
+    with targeting(target or current_target()):
+        image = deployer.build(service_name, spec)
+        built = spec.model_copy(update={"image": image})
+        return deployer.deploy_service(service_name, service_account_email, built)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.aggregator import attributes
-from shared.deployer import IncrementalDeployer, Target, config_fingerprint
+from shared.deployer import IncrementalDeployer, Target, config_fingerprint, targeting
 from shared.errors import ArchdeployError, BackendError, UsageError
 from shared.logs import log_context
 from shared.messages import (
@@ -61,7 +61,8 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
                 return None
             completion = failed
         else:
-            completion = _execute(message, claimed, rt, now)
+            with targeting(_target(message)):
+                completion = _execute(message, claimed, rt, now)
         report(completion, rt)
         return completion
 
@@ -141,7 +142,6 @@ def _execute(
 ) -> TaskCompletion:
     if rt.deployer is None:
         raise UsageError("this runtime has no container deployer: only workers run tasks")
-    target = _target(message)
     log.info("%s started (attempt %d)", message.phase.value, claimed.attempt)
     # Noted before deploying, and kept even if the deploy fails: a failed rollout may
     # already have replaced what served, and a rollback must know where to return.
@@ -150,24 +150,29 @@ def _execute(
     try:
         if message.phase is Phase.BUILD:
             spec = rt.sources.localize(message.spec) if rt.sources else message.spec
-            image = rt.deployer.build(message.service, spec, target=target)
+            image = rt.deployer.build(message.service, spec)
             done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, image=image)
         elif message.phase is Phase.ROLLBACK:
             done = _roll_back(message, claimed, rt, started)
         else:
-            url = rt.deployer.deploy_service(
-                message.service, message.service_account, message.spec, target=target
-            )
+            url = rt.deployer.deploy_service(message.service, message.service_account, message.spec)
             done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, url=url, **kept)
     except ArchdeployError as exc:  # the adapters have retried what was transient
         log.info("%s failed: %s", message.phase.value, exc)
         return _completion(message, claimed, TaskStatus.FAILED, started, error=str(exc), **kept)
-    except Exception as exc:  # a deployer bug must fail this task, not hang the run
-        log.error("%s failed unexpectedly", message.phase.value, exc_info=True)
+    except Exception as exc:  # any deployer's failure fails this task, never the run
         error = f"{type(exc).__name__}: {exc}"
+        if _ours(rt.deployer):  # our adapters raise BackendError: anything else is our bug
+            log.error("%s failed unexpectedly", message.phase.value, exc_info=True)
+        else:  # the seed's contract: a user's deployer fails a service by raising
+            log.warning("%s failed: %s", message.phase.value, error)
         return _completion(message, claimed, TaskStatus.FAILED, started, error=error, **kept)
     log.info("%s succeeded", message.phase.value)
     return done
+
+
+def _ours(deployer: object) -> bool:
+    return type(deployer).__module__.split(".")[0] == "shared"
 
 
 def _serving(message: TaskMessage, rt: Runtime) -> str | None:

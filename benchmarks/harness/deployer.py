@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from benchmarks.harness.workload import Mode
 from shared.architecture import DeploymentSpec
-from shared.deployer import Target, build_then_deploy
+from shared.deployer import Target, build_then_deploy, current_target
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class BenchDeployer:
     def build(
         self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
     ) -> str:
-        self._work("build", service_name, target)
+        self._work("build", service_name, target or current_target())
         return f"bench.registry/{service_name}@sha256:{'0' * 64}"
 
     def deploy_service(
@@ -50,6 +50,7 @@ class BenchDeployer:
         *,
         target: Target | None = None,
     ) -> str:
+        target = target or current_target()
         self._work(_phase(target, "deploy"), service_name, target)
         return f"https://{service_name}.bench.run"
 

@@ -48,7 +48,13 @@ from shared.adapters.gcp_run import (
 from shared.adapters.gcp_run import service_account_email as full_account_email
 from shared.adapters.source_archive import SourceStager, normalize_dir
 from shared.architecture import DeploymentSpec
-from shared.deployer import Deployed, Target, build_then_deploy, config_fingerprint
+from shared.deployer import (
+    Deployed,
+    Target,
+    build_then_deploy,
+    config_fingerprint,
+    current_target,
+)
 from shared.errors import BackendError
 
 __all__ = ["BuildNotification", "GcpDeployer", "parse_build_notification", "task_id_from_build"]
@@ -114,7 +120,7 @@ class GcpDeployer:
             BackendError: the source cannot be staged, an API call failed, or the build
                 ended other than SUCCESS (naming its id, status, detail and log URL).
         """
-        target = target or Target()
+        target = target or current_target()
         context = f"building {service_name}"
         operation = self._create_build(service_name, spec, target, context)
         return self._await_build(operation, context)
@@ -188,7 +194,7 @@ class GcpDeployer:
         A `gs://` source is never cached. Never raises: a source it cannot read, or an API
         that does not answer, is a miss (logged), and `build` follows.
         """
-        target = target or Target()
+        target = target or current_target()
         project, region = self._where(spec, target)
         context = f"looking for a cached image of {service_name}"
         try:
@@ -254,7 +260,7 @@ class GcpDeployer:
             BackendError: an API call failed, or the new revision did not become ready
                 (with Cloud Run's reason).
         """
-        target = target or Target()
+        target = target or current_target()
         context = f"deploying {service_name}"
         project, region = self._where(spec, target)
         try:
@@ -285,7 +291,7 @@ class GcpDeployer:
     def deployed(self, service_name: str, *, target: Target | None = None) -> Deployed | None:
         """What the Cloud Run service serves (GetService), or None: not there, not Ready,
         or Cloud Run did not answer (logged)."""
-        target = target or Target()
+        target = target or current_target()
         name = service_path(*self._service_where(target), service_name)
         return self._run.deployed(name, f"looking up {service_name}")
 
@@ -297,7 +303,7 @@ class GcpDeployer:
             BackendError: naming the service and revision: Cloud Run refused (an unknown
                 revision, say) or the service did not become ready.
         """
-        target = target or Target()
+        target = target or current_target()
         name = service_path(*self._service_where(target), service_name)
         context = f"rolling back {service_name} to {revision}"
         return self._run.route_all_traffic(name, revision, context)
@@ -305,7 +311,7 @@ class GcpDeployer:
     def teardown(self, service_name: str, *, target: Target | None = None) -> None:
         """Delete the Cloud Run service, its revisions and annotations with it; one that is
         not there is fine."""
-        target = target or Target()
+        target = target or current_target()
         name = service_path(*self._service_where(target), service_name)
         self._run.delete(name, f"tearing down {service_name}")
 

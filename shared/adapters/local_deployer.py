@@ -52,7 +52,13 @@ from shared.adapters.local_processes import (
 )
 from shared.adapters.oci_images import OciImageStore, collect_files, image_digest
 from shared.architecture import DeploymentSpec
-from shared.deployer import Deployed, Target, build_then_deploy, config_fingerprint
+from shared.deployer import (
+    Deployed,
+    Target,
+    build_then_deploy,
+    config_fingerprint,
+    current_target,
+)
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -145,7 +151,8 @@ class LocalDeployer:
         _check_name(service_name)
         if not spec.image:
             raise BackendError(f"deploying {service_name}: no image: build it first")
-        health = target.health_check if target else None
+        target = target or current_target()
+        health = target.health_check
         fingerprint = config_fingerprint(service_account_email, spec, health)
         saved = {
             "service": service_name,

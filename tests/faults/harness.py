@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from shared.adapters.gcp_retry import RetryPolicy
 from shared.architecture import Architecture, DeploymentSpec
 from shared.control import sweep
-from shared.deployer import Target
+from shared.deployer import Target, current_target
 from shared.dispatcher import dispatch_request, run_id_for
 from shared.entrypoints import subscribe_all
 from shared.errors import BackendError
@@ -470,7 +470,7 @@ class FaultyDeployer(FakeDeployer):
     def build(
         self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
     ) -> str:
-        return self._call(Phase.BUILD, service_name, spec, target or Target())
+        return self._call(Phase.BUILD, service_name, spec, target or current_target())
 
     def deploy_service(
         self,
@@ -480,7 +480,7 @@ class FaultyDeployer(FakeDeployer):
         *,
         target: Target | None = None,
     ) -> str:
-        target = target or Target()
+        target = target or current_target()
         phase = Phase(target.task_id.split(":")[1]) if target.task_id else Phase.DEPLOY
         return self._call(phase, service_name, spec, target)
 

@@ -19,11 +19,23 @@ def test_the_public_names_are_pinned() -> None:
         "DeploymentError",
         "DeploymentManager",
         "DeploymentSpec",
+        "MicroserviceArchitecture",
         "RunResult",
         "ServiceSpec",
+        "Target",
+        "current_target",
         "load_architecture",
         "parse_architecture",
     ]
+
+
+def test_the_seed_type_names_are_the_models() -> None:
+    from shared import architecture
+
+    assert shared.MicroserviceArchitecture is shared.Architecture
+    assert architecture.ResourceGroup is architecture.Dataflow
+    assert architecture.HealthCheckSpec is architecture.HealthCheck
+    assert architecture.TopicConfig is architecture.TopicResource
 
 
 def test_every_public_name_resolves() -> None:
