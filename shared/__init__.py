@@ -10,10 +10,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Architecture": "shared.architecture",
-    "DeploymentSpec": "shared.architecture",
-    "ServiceSpec": "shared.architecture",
-    "MicroserviceArchitecture": "shared.architecture",
+    "Architecture": "shared.architecture.model",
+    "DeploymentSpec": "shared.architecture.model",
+    "ServiceSpec": "shared.architecture.model",
+    "MicroserviceArchitecture": "shared.architecture.model",
     "ContainerDeployer": "shared.deployer",
     "current_target": "shared.deployer",
     "Target": "shared.deployer",
@@ -24,8 +24,8 @@ _EXPORTS = {
     "DeploymentError": "shared.errors",
     "DeployRequest": "shared.messages",
     "RunResult": "shared.messages",
-    "load_architecture": "shared.validation",
-    "parse_architecture": "shared.validation",
+    "load_architecture": "shared.architecture.loading",
+    "parse_architecture": "shared.architecture.loading",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,19 +8,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared.adapters.inprocess_bus import InProcessBus
+from shared.adapters.local.inprocess_bus import InProcessBus
+from shared.core.entrypoints import subscribe_all
+from shared.core.handlers import Runtime, dispatch_request, sweep
+from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
-from shared.entrypoints import subscribe_all
 from shared.errors import UsageError
-from shared.handlers import Runtime, dispatch_request, sweep
 from shared.messages import DeployRequest, Phase, RunRecord, RunResult
 from shared.ports import MessageBus, RunStore, SourceProvider
 from shared.settings import Settings
-from shared.state import assemble_result
 
 if TYPE_CHECKING:
     from shared.adapters.github_source import GitHubClient
-    from shared.validation import LoadedArchitecture
+    from shared.architecture.loading import LoadedArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,11 @@ DEPLOYERS = ("local", "gcp")
 def make_store(settings: Settings) -> RunStore:
     kind = settings.store_kind
     if kind == "sqlite":
-        from shared.adapters.sqlite_store import SqliteRunStore
+        from shared.adapters.local.sqlite_store import SqliteRunStore
 
         return SqliteRunStore(settings.state_dir / "runs.db")
     if kind == "firestore":
-        from shared.adapters.firestore_store import FirestoreRunStore
+        from shared.adapters.gcp.firestore_store import FirestoreRunStore
 
         return FirestoreRunStore(
             project_id=settings.project,
@@ -51,7 +51,7 @@ def make_bus(settings: Settings) -> MessageBus:
     if kind == "inprocess":
         return InProcessBus(parallelism=settings.parallelism)
     if kind == "pubsub":
-        from shared.adapters.pubsub_bus import PubSubBus
+        from shared.adapters.gcp.pubsub_bus import PubSubBus
 
         return PubSubBus(settings.project, settings.topics)
     raise UsageError(f"unknown bus {kind!r}: choose one of {', '.join(BUSES)}")
@@ -60,11 +60,11 @@ def make_bus(settings: Settings) -> MessageBus:
 def make_deployer(settings: Settings) -> ContainerDeployer:
     kind = settings.deployer_kind
     if kind == "local":
-        from shared.adapters.local_deployer import LocalDeployer
+        from shared.adapters.local.deployer import LocalDeployer
 
         return LocalDeployer(settings.state_dir, health_timeout=settings.health_timeout_seconds)
     if kind == "gcp":
-        from shared.adapters.gcp_deployer import GcpDeployer
+        from shared.adapters.gcp.deployer import GcpDeployer
 
         return GcpDeployer(
             settings.project,
@@ -85,7 +85,7 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
     the in-process bus the requests topic is dispatched here too, so a request the
     webhook queues is handled without Pub/Sub.
     """
-    from shared.entrypoints import on_request
+    from shared.core.entrypoints import on_request
     from shared.messages import TOPIC_REQUESTS
 
     deployer = make_deployer(settings) if with_deployer else None
@@ -170,7 +170,7 @@ def _github_sources(settings: Settings) -> SourceProvider:
 
 
 def _remote_architectures(settings: Settings) -> Callable[[str], LoadedArchitecture]:
-    from shared.adapters.gcs_source import GcsArchitectures
+    from shared.adapters.gcp.gcs_source import GcsArchitectures
     from shared.adapters.github_source import GitHubArchitectures
 
     readers: dict[str, Callable[[str], LoadedArchitecture]] = {

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from shared.architecture import DeploymentSpec, HealthCheck
+from shared.architecture.model import DeploymentSpec, HealthCheck
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from shared.adapters.sqlite_store import SqliteRunStore
-from shared.architecture import Architecture
+from shared.adapters.local.sqlite_store import SqliteRunStore
+from shared.architecture.model import Architecture
 from shared.bootstrap import Embedded, embedded
 from shared.deployer import ContainerDeployer
 from shared.errors import DeploymentError, ServiceFailure

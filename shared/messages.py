@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.architecture import DeploymentSpec, HealthCheck
+from shared.architecture.model import DeploymentSpec, HealthCheck
 
 MESSAGE_VERSION = 1
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from shared.architecture import DeploymentSpec
+from shared.architecture.model import DeploymentSpec
 from shared.messages import (
     Phase,
     RunRecord,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.architecture import Architecture
+from shared.architecture.model import Architecture
 
 
 def service(name: str, *deps: str, **deployment: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared import store_rules as rules
-from shared.architecture import DeploymentSpec
+from shared.architecture.model import DeploymentSpec
 from shared.deployer import Target, build_then_deploy
 from shared.errors import BackendError
 from shared.messages import (

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.workload import Durations, Workload
-from shared.adapters.inprocess_bus import InProcessBus
-from shared.adapters.sqlite_store import SqliteRunStore
-from shared.handlers import Runtime, dispatch_request, record_completion
+from shared.adapters.local.inprocess_bus import InProcessBus
+from shared.adapters.local.sqlite_store import SqliteRunStore
+from shared.core.handlers import Runtime, dispatch_request, record_completion
 from shared.messages import DeployRequest, Phase, RunStatus, TaskCompletion, TaskStatus, utcnow
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from benchmarks.harness.workload import Mode
-from shared.architecture import DeploymentSpec
+from shared.architecture.model import DeploymentSpec
 from shared.deployer import Target, build_then_deploy, current_target
 
 

@@ -28,10 +28,10 @@ THREADS = 64  # gunicorn threads per function: room for every task of N=30 at on
 def available() -> str | None:
     """None if the dev topology can be started here, else why not."""
     try:
-        from shared.devtopology import DevTopology  # noqa: F401
+        from shared.devserver.topology import DevTopology  # noqa: F401
     except ImportError as exc:
-        return f"shared.devtopology is not importable: {exc}"
-    from shared.dev_emulators import emulator_command
+        return f"shared.devserver.topology is not importable: {exc}"
+    from shared.devserver.emulators import emulator_command
 
     try:
         emulator_command("pubsub", "127.0.0.1:1", "p", Path(tempfile.gettempdir()))
@@ -45,7 +45,7 @@ def run_cases(
 ) -> list[dict[str, Any]]:
     """Start the topology once, run one deployment per entry of `services`, stop it.
     With `keep`, the state (the functions' logs among it) stays there for a look."""
-    from shared.devtopology import DevTopology
+    from shared.devserver.topology import DevTopology
 
     with tempfile.TemporaryDirectory(prefix="archdeploy-bench-dev-") as tmp:
         root = keep or Path(tmp)

@@ -16,7 +16,7 @@ from benchmarks.harness.deployer import BenchDeployer
 from benchmarks.harness.stats import p50_p99, ratio
 from benchmarks.harness.timing_store import TimingStore
 from benchmarks.harness.workload import Workload, bounds
-from shared.adapters.sqlite_store import SqliteRunStore
+from shared.adapters.local.sqlite_store import SqliteRunStore
 from shared.bootstrap import embedded
 from shared.messages import DeployRequest, Phase, RunStatus, TaskRecord
 from shared.ports import RunStore

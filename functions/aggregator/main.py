@@ -8,8 +8,9 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from shared import entrypoints, function_runtime
-from shared.handlers import sweep as sweep_runs
+from shared.core import entrypoints
+from shared.core.handlers import sweep as sweep_runs
+from shared.doors import function_runtime
 
 
 @functions_framework.cloud_event

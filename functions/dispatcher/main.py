@@ -8,8 +8,9 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from shared import entrypoints, function_runtime, http_api
-from shared import webhook as github_webhook
+from shared.core import entrypoints
+from shared.doors import function_runtime, http_api
+from shared.doors import webhook as github_webhook
 
 
 @functions_framework.cloud_event

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from shared import entrypoints, function_runtime
+from shared.core import entrypoints
+from shared.doors import function_runtime
 
 
 @functions_framework.cloud_event

@@ -27,9 +27,13 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from shared.architecture import DeploymentSpec
+from shared.architecture.loading import (
+    MAX_ARCHITECTURE_BYTES,
+    LoadedArchitecture,
+    parse_architecture,
+)
+from shared.architecture.model import DeploymentSpec
 from shared.errors import ArchitectureError, BackendError, Problem
-from shared.validation import MAX_ARCHITECTURE_BYTES, LoadedArchitecture, parse_architecture
 
 PREFIX = "github://"
 MAX_TARBALL_BYTES = 256 * 1024 * 1024  # compressed, as downloaded

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from shared.adapters.gcp_retry import RetryPolicy
-from shared.architecture import DeploymentSpec
+from shared.adapters.gcp.retry import RetryPolicy
+from shared.architecture.model import DeploymentSpec
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)

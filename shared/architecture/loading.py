@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.architecture import Architecture
-from shared.architecture_checks import PROJECT_ID_FIX, Report, check_architecture
+from shared.architecture.checks import PROJECT_ID_FIX, Report, check_architecture
+from shared.architecture.model import Architecture
+from shared.architecture.yaml_source import FieldPath, conform, decode, read_document, render_path
 from shared.errors import ArchitectureError, Problem
-from shared.yaml_source import FieldPath, conform, decode, read_document, render_path
 
 logger = logging.getLogger(__name__)
 

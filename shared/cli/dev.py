@@ -30,7 +30,7 @@ from shared.errors import BackendError, UsageError
 from shared.messages import DeployRequest, RunResult
 
 if TYPE_CHECKING:
-    from shared.devtopology import DevTopology
+    from shared.devserver.topology import DevTopology
 
 err = Console(stderr=True, highlight=False)
 HTTP_TIMEOUT = 30.0  # seconds per request
@@ -51,7 +51,7 @@ def dev(ctx: click.Context, project: str, logs_dir: Path | None) -> None:
 
     Ctrl-C stops the functions, the services they deployed and the emulators.
     """
-    from shared.devtopology import DevTopology
+    from shared.devserver.topology import DevTopology
 
     state_dir = (ctx.meta.get("state_dir") or Path(".archdeploy")) / "dev"
     topo = DevTopology(state_dir=state_dir, project=project, logs_dir=logs_dir)
@@ -172,7 +172,7 @@ def follow_http(
 ) -> RunResult:
     """Show the run, polling `GET endpoint/runs/RUN_ID`, until it ends (or `timeout`)."""
     url = f"{endpoint.rstrip('/')}/runs/{urllib.parse.quote(run_id)}"
-    from shared.progress import follow_view
+    from shared.cli.progress import follow_view
 
     return follow_view(
         lambda: fetch_run(url, token), stream=stream, interval=interval, timeout=timeout

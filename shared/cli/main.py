@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from shared.cli_dev import dev
+from shared.cli.dev import dev
 from shared.errors import (
     EXIT_OK,
     EXIT_RUN_FAILED,
@@ -74,7 +74,7 @@ def _settings(ctx: click.Context, **overrides: Any) -> Any:
 
 
 def _load(file: str, strict: bool, environment: str | None, check_paths: bool) -> Any:
-    from shared.validation import load_architecture
+    from shared.architecture.loading import load_architecture
 
     loaded = load_architecture(
         file, strict=strict, check_paths_exist=check_paths, environment=environment
@@ -108,7 +108,7 @@ def validate(file: str, strict: bool, environment: str | None) -> None:
 @cli.command()
 def schema() -> None:
     """Print the architecture file's JSON Schema (for editor completion)."""
-    from shared.validation import architecture_json_schema
+    from shared.architecture.loading import architecture_json_schema
 
     click.echo(json.dumps(architecture_json_schema(), indent=2))
 
@@ -129,7 +129,7 @@ def plan(
     as_json: bool,
 ) -> None:
     """Show what `up` would do: tasks by phase and the env each deploy gets."""
-    from shared.plan import plan_run
+    from shared.core.plan import plan_run
 
     loaded = _load(file, strict, environment, check_paths=False)
     result = plan_run(
@@ -205,7 +205,7 @@ def up(
     Unchanged services are neither rebuilt nor redeployed (`--no-cache` forces both).
     """
     from shared.bootstrap import embedded
-    from shared.progress import follow
+    from shared.cli.progress import follow
 
     loaded = _load(file, strict, environment, check_paths=True)
     options: dict[str, Any] = {
@@ -218,7 +218,7 @@ def up(
         "rollback_on_failure": rollback_on_failure,
     }
     if endpoint:
-        from shared.cli_dev import up_over_http
+        from shared.cli.dev import up_over_http
 
         request = DeployRequest(architecture=loaded.text, **options)
         _report(up_over_http(endpoint, request, _settings(ctx).http_token), as_json)
@@ -252,9 +252,9 @@ def _up_over_pubsub(settings: Any, request: DeployRequest) -> RunResult:
     import uuid
 
     from shared.bootstrap import make_bus, make_store
-    from shared.handlers import run_id_for
+    from shared.cli.progress import follow
+    from shared.core.handlers import run_id_for
     from shared.messages import TOPIC_REQUESTS
-    from shared.progress import follow
 
     key = request.idempotency_key or f"cli-{uuid.uuid4().hex}"
     request = request.model_copy(update={"idempotency_key": key})
@@ -288,7 +288,7 @@ def _wait(system: Any, run_id: str) -> None:
 
 
 def _report(result: RunResult, as_json: bool) -> None:
-    from shared.progress import print_errors, result_table
+    from shared.cli.progress import print_errors, result_table
 
     out = Console(highlight=False)
     if as_json:
@@ -307,7 +307,7 @@ def _report(result: RunResult, as_json: bool) -> None:
 def status(ctx: click.Context, run_id: str | None, as_json: bool) -> None:
     """Show a run (the latest by default)."""
     from shared.bootstrap import make_store
-    from shared.handlers import run_view as current
+    from shared.core.handlers import run_view as current
 
     store = make_store(_settings(ctx))
     if run_id is None:
@@ -330,7 +330,7 @@ def cancel(ctx: click.Context, run_id: str) -> None:
     import getpass
 
     from shared.bootstrap import runtime
-    from shared.handlers import cancel_run
+    from shared.core.handlers import cancel_run
 
     run = cancel_run(run_id, runtime(_settings(ctx)), by=getpass.getuser())
     if run is None:
@@ -371,7 +371,7 @@ def down(
 ) -> None:
     """Stop and delete the deployed services of the architecture (or some dataflows)."""
     from shared.bootstrap import make_deployer
-    from shared.plan import select_dataflows
+    from shared.core.plan import select_dataflows
 
     arch = _load(file, strict, environment, check_paths=False).architecture
     if arch.teardown_protection and not force:

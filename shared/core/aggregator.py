@@ -11,6 +11,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from shared.core.runtime import Runtime
+from shared.core.state import all_succeeded, all_terminal, assemble_result, next_deploys, outcome
 from shared.logs import log_context
 from shared.messages import (
     TOPIC_RESULTS,
@@ -25,8 +27,6 @@ from shared.messages import (
     TaskStatus,
     task_id_for,
 )
-from shared.runtime import Runtime
-from shared.state import all_succeeded, all_terminal, assemble_result, next_deploys, outcome
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,15 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from shared.aggregator import (
+from shared.core.aggregator import (
     advance_run,
     cancel_submitted_builds,
     close_tasks,
     publish_tasks,
 )
+from shared.core.runtime import Runtime
 from shared.logs import log_context
 from shared.messages import RunRecord, TaskRecord, TaskStatus
-from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

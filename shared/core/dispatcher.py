@@ -8,14 +8,14 @@ import logging
 import uuid
 from pathlib import Path
 
-from shared.aggregator import advance_run, finish_run, publish_tasks
-from shared.control import cancel_run
+from shared.architecture.loading import LoadedArchitecture, load_architecture, parse_architecture
+from shared.core.aggregator import advance_run, finish_run, publish_tasks
+from shared.core.control import cancel_run
+from shared.core.plan import plan_run
+from shared.core.runtime import Runtime
 from shared.errors import ArchdeployError, ArchitectureError, UsageError
 from shared.logs import log_context
 from shared.messages import DeployRequest, RunRecord, RunStatus, TaskRecord, TaskStatus
-from shared.plan import plan_run
-from shared.runtime import Runtime
-from shared.validation import LoadedArchitecture, load_architecture, parse_architecture
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from shared.dispatcher import record_refused
-from shared.errors import ArchdeployError
-from shared.handlers import (
+from shared.core.dispatcher import record_refused
+from shared.core.handlers import (
     Runtime,
     advance_run,
     dispatch_request,
@@ -23,6 +22,7 @@ from shared.handlers import (
     record_completion,
     run_task,
 )
+from shared.errors import ArchdeployError
 from shared.messages import (
     TOPIC_COMPLETIONS,
     TOPIC_REQUESTS,
@@ -110,7 +110,7 @@ def on_build_event(
 ) -> None:
     """A Cloud Build status change from the `cloud-builds` topic: terminal statuses of
     archdeploy's builds complete their build task; everything else is ignored."""
-    from shared.adapters.gcp_build import parse_build_notification
+    from shared.adapters.gcp.cloud_build import parse_build_notification
 
     try:
         note = parse_build_notification(data, attributes)

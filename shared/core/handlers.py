@@ -8,11 +8,11 @@ compare-and-set writes decide who acts. They live in `shared.dispatcher`,
 
 from __future__ import annotations
 
-from shared.aggregator import advance_run, record_completion, task_message
-from shared.control import SweepReport, cancel_run, fail_task, sweep
-from shared.dispatcher import dispatch_request, load_request, run_id_for
-from shared.runtime import Runtime, run_view
-from shared.worker import run_task
+from shared.core.aggregator import advance_run, record_completion, task_message
+from shared.core.control import SweepReport, cancel_run, fail_task, sweep
+from shared.core.dispatcher import dispatch_request, load_request, run_id_for
+from shared.core.runtime import Runtime, run_view
+from shared.core.worker import run_task
 
 __all__ = [
     "Runtime",

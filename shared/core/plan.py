@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from shared.architecture import Architecture, DeploymentSpec, ServiceSpec
+from shared.architecture.model import Architecture, DeploymentSpec, ServiceSpec
 from shared.errors import UsageError
 from shared.messages import Phase, TaskRecord, TaskStatus, task_id_for
 

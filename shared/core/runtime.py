@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
 from shared.messages import Phase, RunResult, utcnow
 from shared.ports import MessageBus, RunStore, SourceProvider
-from shared.state import assemble_result
 
 if TYPE_CHECKING:
-    from shared.validation import LoadedArchitecture
+    from shared.architecture.loading import LoadedArchitecture
 
 # How long a worker's claim holds before another may take the task over (a crashed
 # worker's task is reclaimed after this), and how long a task may run before the sweep

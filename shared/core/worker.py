@@ -12,7 +12,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from shared.aggregator import attributes
+from shared.core.aggregator import attributes
+from shared.core.runtime import Runtime
 from shared.deployer import IncrementalDeployer, Target, config_fingerprint, targeting
 from shared.errors import ArchdeployError, BackendError, UsageError
 from shared.logs import log_context
@@ -27,7 +28,6 @@ from shared.messages import (
     task_id_for,
     utcnow,
 )
-from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

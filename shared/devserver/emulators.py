@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.adapters.local_processes import stop_group, tail
+from shared.adapters.local.processes import stop_group, tail
 from shared.errors import UsageError
 
 START_TIMEOUT = 60.0  # seconds; the emulators take 3-5 s, a cold JVM on a busy CI longer

@@ -42,8 +42,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from shared.adapters.local_processes import free_port, processes_in, start_time, stop_group
-from shared.dev_emulators import (
+from shared.adapters.local.processes import free_port, processes_in, start_time, stop_group
+from shared.devserver.emulators import (
     Child,
     DeliveryPolicy,
     PushRoute,
@@ -59,11 +59,11 @@ from shared.errors import UsageError
 from shared.settings import load_settings
 
 if TYPE_CHECKING:
-    from shared.adapters.firestore_store import FirestoreRunStore
+    from shared.adapters.gcp.firestore_store import FirestoreRunStore
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PROJECT = "archdeploy-dev"
 
 
@@ -166,7 +166,7 @@ class DevTopology:
         """The run store the functions use, on the Firestore emulator; `stop()` closes it."""
         from google.cloud import firestore
 
-        from shared.adapters.firestore_store import FirestoreRunStore
+        from shared.adapters.gcp.firestore_store import FirestoreRunStore
 
         if self._store is None:
             with emulator_env(FIRESTORE_EMULATOR_HOST=self.firestore_host):
@@ -286,7 +286,7 @@ class DevTopology:
     # --- stopping -----------------------------------------------------------------------
 
     def _teardown_services(self) -> None:
-        from shared.adapters.local_deployer import LocalDeployer
+        from shared.adapters.local.deployer import LocalDeployer
 
         run_dir = self.state_dir / "run"
         if not run_dir.is_dir():

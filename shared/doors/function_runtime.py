@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from shared.core.handlers import Runtime
 from shared.errors import ArchdeployError, BackendError
-from shared.handlers import Runtime
 from shared.logs import configure, log_context
 
 if TYPE_CHECKING:

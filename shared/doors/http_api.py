@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.core.handlers import Runtime, cancel_run, dispatch_request, run_view
 from shared.errors import ArchitectureError, BackendError, UsageError
-from shared.handlers import Runtime, cancel_run, dispatch_request, run_view
 from shared.messages import DeployRequest
 
 log = logging.getLogger(__name__)

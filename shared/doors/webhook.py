@@ -27,9 +27,9 @@ from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from shared.core.handlers import Runtime, run_id_for
+from shared.doors.http_api import Refused, problem, read_body
 from shared.errors import BackendError
-from shared.handlers import Runtime, run_id_for
-from shared.http_api import Refused, problem, read_body
 from shared.messages import TOPIC_REQUESTS, DeployRequest
 
 if TYPE_CHECKING:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.local_deployer import LocalDeployer
-from shared.adapters.local_processes import processes_in
-from shared.cli_dev import fetch_run
-from shared.devtopology import DevTopology
+from shared.adapters.local.deployer import LocalDeployer
+from shared.adapters.local.processes import processes_in
+from shared.cli.dev import fetch_run
+from shared.devserver.topology import DevTopology
 from shared.errors import UsageError
 from shared.messages import DeployRequest, RunResult, RunStatus
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from shared import function_runtime
-from shared.handlers import Runtime
+from shared.core.handlers import Runtime
+from shared.doors import function_runtime
 
 
 def fresh_dispatcher_runtime() -> Iterator[Runtime]:

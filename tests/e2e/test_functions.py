@@ -12,10 +12,10 @@ from typing import Any
 import functions_framework
 import pytest
 
-from shared import function_runtime
-from shared.adapters.local_deployer import LocalDeployer
-from shared.adapters.sqlite_store import SqliteRunStore
-from shared.handlers import Runtime, dispatch_request
+from shared.adapters.local.deployer import LocalDeployer
+from shared.adapters.local.sqlite_store import SqliteRunStore
+from shared.core.handlers import Runtime, dispatch_request
+from shared.doors import function_runtime
 from shared.messages import DeployRequest, Phase, TaskCompletion, TaskStatus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def _start_run(state_dir: Path) -> str:
 
 
 def _task_message(state_dir: Path, run_id: str, service: str) -> bytes:
-    from shared.handlers import task_message
+    from shared.core.handlers import task_message
 
     store = SqliteRunStore(state_dir / "runs.db")
     run = store.get_run(run_id)

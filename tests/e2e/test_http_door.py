@@ -11,8 +11,8 @@ from typing import Any
 import functions_framework
 import pytest
 
-from shared import function_runtime
-from shared.handlers import Runtime
+from shared.core.handlers import Runtime
+from shared.doors import function_runtime
 from shared.messages import TOPIC_TASKS, RunStatus
 from tests.e2e.dispatcher_runtime import fresh_dispatcher_runtime
 

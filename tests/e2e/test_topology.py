@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from click.testing import CliRunner
 
-from shared.adapters.local_deployer import LocalDeployer
-from shared.adapters.pubsub_bus import PubSubBus
-from shared.cli import cli
-from shared.devtopology import DevTopology
-from shared.handlers import run_id_for
+from shared.adapters.gcp.pubsub_bus import PubSubBus
+from shared.adapters.local.deployer import LocalDeployer
+from shared.cli.main import cli
+from shared.core.handlers import run_id_for
+from shared.devserver.topology import DevTopology
 from shared.messages import DeployRequest, Phase, RunResult, RunStatus, TaskStatus, task_id_for
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ def test_archdeploy_dev_serves_until_ctrl_c_and_then_leaves_nothing_running(
 ) -> None:
     # Given `archdeploy dev`, up and listening
     out, errors = tmp_path / "dev.out", tmp_path / "dev.err"
-    command = [sys.executable, "-m", "shared.cli", "--state-dir", str(tmp_path), "dev"]
+    command = [sys.executable, "-m", "shared.cli.main", "--state-dir", str(tmp_path), "dev"]
     with out.open("w") as stdout, errors.open("w") as stderr:
         dev = subprocess.Popen(command, stdout=stdout, stderr=stderr, start_new_session=True)
     try:

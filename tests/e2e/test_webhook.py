@@ -21,12 +21,12 @@ from urllib.parse import urlencode
 import functions_framework
 import pytest
 
-from shared import function_runtime
 from shared.adapters.github_source import GitHubClient, GitHubSource
-from shared.architecture import DeploymentSpec
-from shared.entrypoints import on_task
+from shared.architecture.model import DeploymentSpec
+from shared.core.entrypoints import on_task
+from shared.core.handlers import Runtime, run_id_for
+from shared.doors import function_runtime
 from shared.errors import BackendError
-from shared.handlers import Runtime, run_id_for
 from shared.messages import TOPIC_REQUESTS, TOPIC_TASKS, DeployRequest, RunStatus, TaskMessage
 from tests.e2e.dispatcher_runtime import fresh_dispatcher_runtime
 from tests.fakes import FakeBus, FakeDeployer

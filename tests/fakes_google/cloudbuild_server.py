@@ -28,7 +28,7 @@ from google.cloud.devtools import cloudbuild_v1 as cb
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2, status_pb2
 
-from shared.adapters.gcp_build import task_parts_from_tags
+from shared.adapters.gcp.cloud_build import task_parts_from_tags
 
 CLOUD_BUILD = "google.devtools.cloudbuild.v1.CloudBuild"
 OPERATIONS = "google.longrunning.Operations"

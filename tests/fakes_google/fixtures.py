@@ -22,7 +22,7 @@ from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import 
 )
 from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
 
-from shared.adapters.gcp_deployer import GcpDeployer
+from shared.adapters.gcp.deployer import GcpDeployer
 from tests.fakes_google.cloudbuild_server import FakeCloudBuild
 from tests.fakes_google.cloudrun_server import FakeCloudRun
 from tests.fakes_google.gcs_server import FakeGcs

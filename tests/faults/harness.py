@@ -28,12 +28,14 @@ from typing import Any, cast
 from google.api_core.exceptions import ServiceUnavailable
 from pydantic import BaseModel
 
-from shared.adapters.gcp_retry import RetryPolicy
-from shared.architecture import Architecture, DeploymentSpec
-from shared.control import sweep
+from shared.adapters.gcp.retry import RetryPolicy
+from shared.architecture.model import Architecture, DeploymentSpec
+from shared.core.control import sweep
+from shared.core.dispatcher import dispatch_request, run_id_for
+from shared.core.entrypoints import subscribe_all
+from shared.core.plan import plan_run
+from shared.core.runtime import Runtime
 from shared.deployer import Target, current_target
-from shared.dispatcher import dispatch_request, run_id_for
-from shared.entrypoints import subscribe_all
 from shared.errors import BackendError
 from shared.messages import (
     MESSAGE_VERSION,
@@ -49,9 +51,7 @@ from shared.messages import (
     TaskRecord,
     TaskStatus,
 )
-from shared.plan import plan_run
 from shared.ports import RunStore
-from shared.runtime import Runtime
 from tests.builders import architecture, service
 from tests.fakes import FakeDeployer
 

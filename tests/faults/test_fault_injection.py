@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.sqlite_store import SqliteRunStore
-from shared.dispatcher import run_id_for
+from shared.adapters.local.sqlite_store import SqliteRunStore
+from shared.core.dispatcher import run_id_for
+from shared.core.plan import plan_run
 from shared.messages import (
     TOPIC_COMPLETIONS,
     TOPIC_TASKS,
@@ -24,7 +25,6 @@ from shared.messages import (
     TaskStatus,
     task_id_for,
 )
-from shared.plan import plan_run
 from tests.builders import architecture
 from tests.fakes import FakeRunStore
 from tests.faults.harness import (

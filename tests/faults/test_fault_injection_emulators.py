@@ -22,11 +22,11 @@ import pytest
 from google.cloud import pubsub_v1
 from pydantic import BaseModel
 
-from shared import entrypoints
-from shared.adapters.firestore_store import FirestoreRunStore
-from shared.adapters.pubsub_bus import PubSubBus
+from shared.adapters.gcp.firestore_store import FirestoreRunStore
+from shared.adapters.gcp.pubsub_bus import PubSubBus
+from shared.core import entrypoints
+from shared.core.handlers import Runtime, dispatch_request
 from shared.errors import BackendError
-from shared.handlers import Runtime, dispatch_request
 from shared.messages import TOPIC_COMPLETIONS, TOPIC_RESULTS, TOPIC_TASKS
 from tests.faults.harness import (
     SEED_ENV,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from shared.cli import cli
+from shared.cli.main import cli
 
 VALID = """\
 project_id: acme-dev
@@ -119,7 +119,7 @@ def test_schema_prints_a_json_schema() -> None:
 def test_the_installed_command_never_prints_a_traceback(tmp_path: Path) -> None:
     path = _write(tmp_path, "project_id: [unclosed\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "validate", str(path)],
+        [sys.executable, "-m", "shared.cli.main", "validate", str(path)],
         capture_output=True,
         text=True,
         check=False,

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.local_deployer import LocalDeployer
+from shared.adapters.local.deployer import LocalDeployer
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "architecture.yaml"
 
 
 def _archdeploy(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "shared.cli", "--state-dir", str(state), *args]
+    command = [sys.executable, "-m", "shared.cli.main", "--state-dir", str(state), *args]
     return subprocess.run(command, capture_output=True, text=True, check=False, timeout=180)
 
 
@@ -73,7 +73,7 @@ def test_a_failed_run_exits_1_and_keeps_what_succeeded(state: Path, tmp_path: Pa
     command = [
         sys.executable,
         "-m",
-        "shared.cli",
+        "shared.cli.main",
         "--state-dir",
         str(state),
         "up",

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.adapters.local_deployer import LocalDeployer
-from shared.adapters.local_processes import processes_in
-from shared.architecture import Architecture, DeploymentSpec, ServiceSpec
+from shared.adapters.local.deployer import LocalDeployer
+from shared.adapters.local.processes import processes_in
+from shared.architecture.model import Architecture, DeploymentSpec, ServiceSpec
 from shared.deployer import Target
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

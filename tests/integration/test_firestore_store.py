@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from google.api_core import exceptions as gexc
 
-from shared.adapters.firestore_store import CHUNK_BYTES, FirestoreRunStore, _translated
+from shared.adapters.gcp.firestore_store import CHUNK_BYTES, FirestoreRunStore, _translated
 from shared.errors import BackendError
 from shared.messages import (
     Phase,

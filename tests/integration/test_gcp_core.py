@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1
 
-from shared import entrypoints
-from shared.adapters.firestore_store import FirestoreRunStore
-from shared.adapters.pubsub_bus import PubSubBus
-from shared.handlers import Runtime, dispatch_request
+from shared.adapters.gcp.firestore_store import FirestoreRunStore
+from shared.adapters.gcp.pubsub_bus import PubSubBus
+from shared.core import entrypoints
+from shared.core.handlers import Runtime, dispatch_request
 from shared.messages import DeployRequest, RunResult, RunStatus
 from tests.fakes_google.cloudbuild_server import FakeCloudBuild, notification
 from tests.fakes_google.cloudrun_server import FakeCloudRun

@@ -16,10 +16,10 @@ import grpc
 import pytest
 from google.cloud.devtools import cloudbuild_v1
 
-from shared.adapters.gcp_build import task_id_from_build
-from shared.adapters.gcp_deployer import GcpDeployer, parse_build_notification
+from shared.adapters.gcp.cloud_build import task_id_from_build
+from shared.adapters.gcp.deployer import GcpDeployer, parse_build_notification
 from shared.adapters.source_archive import pack_source
-from shared.architecture import DeploymentSpec, HealthCheck, SecretEnvVar
+from shared.architecture.model import DeploymentSpec, HealthCheck, SecretEnvVar
 from shared.deployer import ContainerDeployer, Target
 from shared.errors import BackendError
 from tests.fakes_google.cloudbuild_server import FakeCloudBuild, notification
@@ -672,7 +672,7 @@ def test_build_and_deploy_runs_the_image_it_built(
 def test_importing_and_constructing_the_deployer_loads_no_google_sdk() -> None:
     code = (
         "import sys\n"
-        "from shared.adapters.gcp_deployer import GcpDeployer\n"
+        "from shared.adapters.gcp.deployer import GcpDeployer\n"
         "GcpDeployer('p', 'europe-west1', source_bucket='b')\n"
         "namespaces = {'google', 'google.cloud'}  # created by the SDKs' *-nspkg.pth files\n"
         "print([m for m in sys.modules if m.startswith(('google', 'grpc', 'proto'))\n"

@@ -16,8 +16,8 @@ from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import 
     CloudBuildGrpcTransport,
 )
 
-from shared.adapters.gcp_deployer import GcpDeployer
-from shared.architecture import DeploymentSpec, HealthCheck
+from shared.adapters.gcp.deployer import GcpDeployer
+from shared.architecture.model import DeploymentSpec, HealthCheck
 from shared.deployer import IncrementalDeployer, Target, config_fingerprint
 from shared.errors import BackendError
 from tests.fakes_google.cloudbuild_server import FakeCloudBuild

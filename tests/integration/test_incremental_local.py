@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.local_deployer import LocalDeployer
-from shared.adapters.local_processes import processes_in
-from shared.architecture import DeploymentSpec
+from shared.adapters.local.deployer import LocalDeployer
+from shared.adapters.local.processes import processes_in
+from shared.architecture.model import DeploymentSpec
 from shared.bootstrap import embedded
 from shared.deployer import IncrementalDeployer, config_fingerprint
 from shared.errors import BackendError

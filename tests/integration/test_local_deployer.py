@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.local_deployer import LocalDeployer
-from shared.adapters.local_processes import processes_in, start_time
-from shared.architecture import DeploymentSpec, HealthCheck, SecretEnvVar
+from shared.adapters.local.deployer import LocalDeployer
+from shared.adapters.local.processes import processes_in, start_time
+from shared.architecture.model import DeploymentSpec, HealthCheck, SecretEnvVar
 from shared.deployer import ContainerDeployer, Target
 from shared.errors import BackendError
 

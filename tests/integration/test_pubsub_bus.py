@@ -11,7 +11,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from shared.adapters.pubsub_bus import PubSubBus, _translated
+from shared.adapters.gcp.pubsub_bus import PubSubBus, _translated
 from shared.errors import BackendError
 from shared.messages import Phase, TaskCompletion, TaskStatus
 from tests.integration.emulators import Emulator

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from shared.architecture import DeploymentSpec
+from shared.architecture.model import DeploymentSpec
 from shared.messages import (
     Phase,
     RunRecord,
@@ -36,13 +36,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunStore]:
 
         yield FakeRunStore()
     elif request.param == "sqlite":
-        from shared.adapters.sqlite_store import SqliteRunStore
+        from shared.adapters.local.sqlite_store import SqliteRunStore
 
         sqlite = SqliteRunStore(tmp_path / "runs.db")
         yield sqlite
         sqlite.close()
     else:
-        from shared.adapters.firestore_store import FirestoreRunStore
+        from shared.adapters.gcp.firestore_store import FirestoreRunStore
 
         client = request.getfixturevalue("firestore_client")
         collection = f"runs-{uuid.uuid4().hex[:12]}"

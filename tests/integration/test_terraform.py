@@ -26,7 +26,7 @@ import hcl2
 import pytest
 from pydantic import ValidationError
 
-from shared.adapters import gcp_build
+from shared.adapters.gcp import cloud_build
 from shared.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -496,7 +496,7 @@ def test_the_pubsub_service_agent_can_move_messages_to_every_dead_letter_topic()
 
 def test_the_build_events_filter_lets_every_finished_build_through() -> None:
     statuses = set(_locals()["terminal_build_statuses"])
-    assert statuses == {gcp_build.SUCCESS, *gcp_build.FAILED_STATUSES}
+    assert statuses == {cloud_build.SUCCESS, *cloud_build.FAILED_STATUSES}
     push = _resources("google_pubsub_subscription")["push"]
     assert push["filter"] == '${each.key == "build-events" ? local.build_status_filter : null}'
 
@@ -532,17 +532,17 @@ CLI_ONLY = {"click", "rich"}
 
 # bootstrap.py picks adapters from settings. With ARCHDEPLOY_BACKEND=gcp the local ones are
 # never loaded, and only the worker builds a deployer (`with_deployer=role == "worker"`).
-_LOCAL_ADAPTERS = {"shared.adapters.sqlite_store", "shared.adapters.local_deployer"}
+_LOCAL_ADAPTERS = {"shared.adapters.local.sqlite_store", "shared.adapters.local.deployer"}
 NOT_LOADED = {
-    "dispatcher": {*_LOCAL_ADAPTERS, "shared.adapters.gcp_deployer"},
-    "aggregator": {*_LOCAL_ADAPTERS, "shared.adapters.gcp_deployer"},
+    "dispatcher": {*_LOCAL_ADAPTERS, "shared.adapters.gcp.deployer"},
+    "aggregator": {*_LOCAL_ADAPTERS, "shared.adapters.gcp.deployer"},
     "worker": _LOCAL_ADAPTERS,
 }
 # Functions whose lazy imports a folder never runs: build_resource makes a Cloud Build
 # request, which only the worker's GcpDeployer does (the aggregator only parses builds).
 NOT_CALLED = {
-    "dispatcher": {("shared.adapters.gcp_build", "build_resource")},
-    "aggregator": {("shared.adapters.gcp_build", "build_resource")},
+    "dispatcher": {("shared.adapters.gcp.cloud_build", "build_resource")},
+    "aggregator": {("shared.adapters.gcp.cloud_build", "build_resource")},
     "worker": set(),
 }
 

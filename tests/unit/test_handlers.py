@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from shared.architecture import Architecture
-from shared.entrypoints import subscribe_all
-from shared.handlers import Runtime, dispatch_request, run_id_for
+from shared.architecture.model import Architecture
+from shared.core.entrypoints import subscribe_all
+from shared.core.handlers import Runtime, dispatch_request, run_id_for
 from shared.messages import (
     TOPIC_RESULTS,
     DeployRequest,

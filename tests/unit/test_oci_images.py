@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.local_deployer import LocalDeployer
-from shared.adapters.oci_images import (
+from shared.adapters.local.deployer import LocalDeployer
+from shared.adapters.local.oci_images import (
     MEDIA_CONFIG,
     MEDIA_INDEX,
     MEDIA_LAYER,
@@ -25,7 +25,7 @@ from shared.adapters.oci_images import (
     OciImageStore,
     image_digest,
 )
-from shared.architecture import DeploymentSpec
+from shared.architecture.model import DeploymentSpec
 from shared.errors import BackendError
 
 SOURCE = {
@@ -269,8 +269,8 @@ def test_the_index_keeps_one_entry_per_service_pointing_at_its_latest_build(tmp_
 BUILD_IN_ANOTHER_PROCESS = """
 import sys
 from pathlib import Path
-from shared.adapters.local_deployer import LocalDeployer
-from shared.architecture import DeploymentSpec
+from shared.adapters.local.deployer import LocalDeployer
+from shared.architecture.model import DeploymentSpec
 state, source, prefix = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 for i in range(6):
     LocalDeployer(state).build(f"{prefix}{i}", DeploymentSpec(source_path=source))

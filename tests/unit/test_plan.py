@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from shared.core.plan import enrich_environment, plan_run
 from shared.errors import UsageError
 from shared.messages import Phase, TaskStatus
-from shared.plan import enrich_environment, plan_run
 from tests.builders import architecture, service
 
 

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.errors import ArchitectureError, Problem
-from shared.validation import (
+from shared.architecture.loading import (
     MAX_ARCHITECTURE_BYTES,
     LoadedArchitecture,
     architecture_json_schema,
     load_architecture,
     parse_architecture,
 )
+from shared.errors import ArchitectureError, Problem
 
 DATA = Path(__file__).parent.parent / "data" / "architectures"
 EXAMPLE = DATA / "schema_example.yaml"

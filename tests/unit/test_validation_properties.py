@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shared.architecture.loading import LoadedArchitecture, parse_architecture
 from shared.errors import ArchitectureError
-from shared.validation import LoadedArchitecture, parse_architecture
 
 EXAMPLE = (
     Path(__file__).parent.parent / "data" / "architectures" / "schema_example.yaml"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shared.adapters.gcp_build import (
+from shared.adapters.gcp.cloud_build import (
     BUILDPACKS_BUILDER,
     DOCKER_STEP,
     PACK_STEP,
@@ -26,10 +26,10 @@ from shared.adapters.gcp_build import (
     newest_pinned_image,
     source_tag,
 )
-from shared.adapters.gcp_retry import RetryPolicy
+from shared.adapters.gcp.retry import RetryPolicy
 from shared.adapters.input_digest import input_digest
 from shared.adapters.source_archive import build_context, source_entries
-from shared.architecture import DeploymentSpec
+from shared.architecture.model import DeploymentSpec
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)

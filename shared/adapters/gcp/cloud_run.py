@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from shared.adapters.gcp_retry import RetryPolicy, describe_api_error
-from shared.architecture import DeploymentSpec
+from shared.adapters.gcp.retry import RetryPolicy, describe_api_error
+from shared.architecture.model import DeploymentSpec
 from shared.deployer import Deployed, Target
 from shared.errors import BackendError
 

@@ -25,7 +25,8 @@ import logging
 import threading
 from typing import Any
 
-from shared.adapters.gcp_build import (
+from shared.adapters.gcp.build_cache import CloudBuildCache, build_input
+from shared.adapters.gcp.cloud_build import (
     BuildNotification,
     build_resource,
     build_tags,
@@ -37,17 +38,16 @@ from shared.adapters.gcp_build import (
     task_id_from_build,
     task_parts,
 )
-from shared.adapters.gcp_build_cache import CloudBuildCache, build_input
-from shared.adapters.gcp_retry import RetryPolicy, describe_api_error
-from shared.adapters.gcp_run import (
+from shared.adapters.gcp.cloud_run import (
     CloudRunServices,
     check_service_id,
     service_path,
     service_resource,
 )
-from shared.adapters.gcp_run import service_account_email as full_account_email
+from shared.adapters.gcp.cloud_run import service_account_email as full_account_email
+from shared.adapters.gcp.retry import RetryPolicy, describe_api_error
 from shared.adapters.source_archive import SourceStager, normalize_dir
-from shared.architecture import DeploymentSpec
+from shared.architecture.model import DeploymentSpec
 from shared.deployer import (
     Deployed,
     Target,

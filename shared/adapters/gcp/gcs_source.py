@@ -10,8 +10,12 @@ import re
 import threading
 from typing import Any
 
+from shared.architecture.loading import (
+    MAX_ARCHITECTURE_BYTES,
+    LoadedArchitecture,
+    parse_architecture,
+)
 from shared.errors import ArchdeployError, ArchitectureError, BackendError, Problem
-from shared.validation import MAX_ARCHITECTURE_BYTES, LoadedArchitecture, parse_architecture
 
 PREFIX = "gs://"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")

@@ -16,8 +16,8 @@ import shlex
 import threading
 from pathlib import Path
 
-from shared.adapters.oci_images import ImageConfig
-from shared.architecture import DeploymentSpec
+from shared.adapters.local.oci_images import ImageConfig
+from shared.architecture.model import DeploymentSpec
 from shared.errors import BackendError
 
 SECRET_PREFIX = "ARCHDEPLOY_SECRET_"

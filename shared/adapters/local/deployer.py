@@ -29,15 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters.input_digest import input_digest
-from shared.adapters.local_container import (
+from shared.adapters.local.container import (
     IMAGE_ENV,
     container_environment,
     image_command,
     local_secrets,
     write_python_shims,
 )
-from shared.adapters.local_history import DeploymentHistory, revision_id
-from shared.adapters.local_processes import (
+from shared.adapters.local.history import DeploymentHistory, revision_id
+from shared.adapters.local.oci_images import OciImageStore, collect_files, image_digest
+from shared.adapters.local.processes import (
     Spawned,
     file_lock,
     free_port,
@@ -50,8 +51,7 @@ from shared.adapters.local_processes import (
     wait_healthy,
     write_json_atomic,
 )
-from shared.adapters.oci_images import OciImageStore, collect_files, image_digest
-from shared.architecture import DeploymentSpec
+from shared.architecture.model import DeploymentSpec
 from shared.deployer import (
     Deployed,
     Target,

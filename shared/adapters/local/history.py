@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from shared.adapters.local_processes import write_json_atomic
+from shared.adapters.local.processes import write_json_atomic
 from shared.errors import BackendError
 
 Record = dict[str, Any]

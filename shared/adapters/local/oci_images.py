@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
-from shared.adapters.local_processes import file_lock, pip_install, write_json_atomic
+from shared.adapters.local.processes import file_lock, pip_install, write_json_atomic
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)

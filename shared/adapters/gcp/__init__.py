@@ -1,0 +1,1 @@
+"""Adapters for Google Cloud: Pub/Sub, Firestore, Cloud Storage, Cloud Build, Cloud Run."""

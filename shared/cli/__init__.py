@@ -1,0 +1,1 @@
+"""The `archdeploy` command (`shared.cli.main`), its progress view and `archdeploy dev`."""

@@ -1,0 +1,1 @@
+"""The serverless topology on one machine: emulators, push subscriptions, the functions."""
