@@ -1,7 +1,7 @@
 """The container deployer port, as the Go seed's `ContainerDeployer` defined it.
 
-Implementations: `shared.adapters.local_deployer.LocalDeployer` (embedded default: a local
-OCI image store and local processes) and `shared.adapters.gcp_deployer.GcpDeployer`
+Implementations: `shared.adapters.local.deployer.LocalDeployer` (embedded default: a local
+OCI image store and local processes) and `shared.adapters.gcp.deployer.GcpDeployer`
 (Cloud Build + Cloud Run). Tests use `tests.fakes.FakeDeployer`.
 """
 

@@ -1,5 +1,5 @@
 """Runs through the dev topology: the Pub/Sub and Firestore emulators, push subscriptions,
-and the three functions under functions-framework (`shared.devtopology.DevTopology`),
+and the three functions under functions-framework (`shared.devserver.topology.DevTopology`),
 with a worker whose builds and deploys sleep (the shim in benchmarks/devfunctions)."""
 
 from __future__ import annotations

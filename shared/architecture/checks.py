@@ -4,7 +4,7 @@
 everything the model's types cannot say about a validated `Architecture`: names,
 references between services, dependency cycles, formats (project id, region, cpu,
 memory, environment variables, secret references) and source paths. Used by
-`shared.validation`, which parses the file and reports type errors first.
+`shared.architecture.loading`, which parses the file and reports type errors first.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `parse_architecture` (text) and `load_architecture` (a path) return a `LoadedArchitecture`
 or raise one `ArchitectureError` listing every problem found, each with the file, the
 dotted field path, the line, and a fix. Unknown keys are warnings (errors with
-`strict=True`), with a did-you-mean. Reading YAML lives in `shared.yaml_source`.
+`strict=True`), with a did-you-mean. Reading YAML lives in `shared.architecture.yaml_source`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Models are frozen: planning derives enriched copies with `model_copy(update=...)` and
 never mutates what the caller loaded. Unknown keys are ignored by the models and
-reported (with a did-you-mean) by `shared.validation`, which is also where files are
+reported (with a did-you-mean) by `shared.architecture.loading`, which is also where files are
 read and checked.
 """
 

@@ -1,7 +1,7 @@
 """`archdeploy dev`, and `archdeploy up --endpoint`: the serverless topology from the CLI.
 
 `dev` runs the three functions under functions-framework, fed by the Pub/Sub emulator's
-push subscriptions, with the run store on the Firestore emulator (`shared.devtopology`),
+push subscriptions, with the run store on the Firestore emulator (`shared.devserver.topology`),
 until Ctrl-C or SIGTERM, which stop everything it started. `up FILE --endpoint URL`
 POSTs the architecture to a dispatcher's HTTP function and follows the run by polling
 `GET URL/runs/RUN_ID`, which answers the run's current record wherever the run lives.

@@ -2,8 +2,8 @@
 completion; and the hands-on ones, cancel and sweep.
 
 Each is safe to call again with the same input (Pub/Sub redelivers): the store's
-compare-and-set writes decide who acts. They live in `shared.dispatcher`,
-`shared.worker`, `shared.aggregator` and `shared.control`.
+compare-and-set writes decide who acts. They live in `shared.core.dispatcher`,
+`shared.core.worker`, `shared.core.aggregator` and `shared.core.control`.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ class Runtime:
     cancel_builds_on_failure: bool = False
     cancel_build: Callable[[str], None] | None = None  # cancels a submitted build by id
     # Runs an aggregator thread of this process is advancing now, and whether another
-    # completion arrived meanwhile (see `shared.aggregator.advance_soon`).
+    # completion arrived meanwhile (see `shared.core.aggregator.advance_soon`).
     advancing: dict[str, bool] = field(default_factory=dict, repr=False)
     advancing_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

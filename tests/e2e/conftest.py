@@ -1,7 +1,7 @@
 """E2E fixtures: the serverless topology on this machine, started once for the session.
 
 The Pub/Sub and Firestore emulators, push subscriptions, and the dispatcher, worker and
-aggregator under functions-framework (`shared.devtopology`). Each test's run timeline
+aggregator under functions-framework (`shared.devserver.topology`). Each test's run timeline
 (when every task was released, started and finished, and when the aggregator closed the
 run) is printed in the terminal summary.
 """

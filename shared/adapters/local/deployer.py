@@ -9,7 +9,7 @@ set, then waits for its health check. What runs is recorded in
 Repeated runs skip unchanged work (`IncrementalDeployer`): `cached_image` finds the image
 built from the same input digest (`shared.adapters.input_digest`); `deployed` reports the
 running deploy's config fingerprint when its process is alive and healthy; `rollback`
-starts a saved deployment again (`shared.adapters.local_history`).
+starts a saved deployment again (`shared.adapters.local.history`).
 
 What an image runs, and the environment and secrets it gets, follow `local_container`.
 `python` is the deployer's configured interpreter (`python=`, default: the one running
