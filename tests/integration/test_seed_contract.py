@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from shared.architecture import DeploymentSpec
+from shared.architecture.model import DeploymentSpec
 from shared.bootstrap import embedded
 from shared.deployer import ContainerDeployer, current_target
 from shared.errors import DeploymentError
