@@ -61,15 +61,17 @@ def _header(view: RunView) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(view.counts.items()))
     t = view.trigger
     source = f" {t.repository}@{t.branch}" if t.repository else ""
+    who = f" ({t.who})" if t.who and t.who.lower() != t.kind.lower() else ""
     return (
         f"run {view.run_id}  {view.status}  ({view.phase})  {view.seconds:.1f}s  "
-        f"by {t.kind}{source} {t.who}  [{counts}]"
+        f"by {t.kind}{source}{who}  [{counts}]"
     )
 
 
 def _paint(cells: list[str], bar: Bar, scale: float, track: int) -> None:
-    first = min(track - 1, int(bar.start * scale))
-    last = max(first, min(track - 1, int(bar.end * scale + 0.5) - 1))
+    # At least two cells (letter and outcome), so a skipped mark still says what it was.
+    first = min(track - 2, int(bar.start * scale))
+    last = max(first + 1, min(track - 1, int(bar.end * scale + 0.5) - 1))
     fill = OUTCOME_FILLS.get(bar.status, "?")
     for i in range(first, last + 1):
         cells[i] = fill

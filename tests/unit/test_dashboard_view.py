@@ -130,7 +130,7 @@ def test_an_unchanged_service_is_not_redeployed() -> None:
     [
         ("cli", None, "/a.yaml", ("CLI", "cli", "", "", "")),
         ("http", None, "", ("HTTP", "http", "", "", "")),
-        ("", None, "", ("Pub/Sub", "(not given)", "", "", "")),
+        ("", None, "", ("Pub/Sub", "", "", "", "")),
         (
             "github:alice",
             "github:acme/shop:main",

@@ -62,7 +62,10 @@ def _slug(word: str) -> str:
 
 def _trigger(t: Trigger) -> str:
     if t.kind != "push":
-        return f"{escape(t.kind)} <span class=who>({escape(t.who)})</span>"
+        who = (
+            f" <span class=who>({escape(t.who)})</span>" if t.who.lower() != t.kind.lower() else ""
+        )
+        return f"{escape(t.kind)}{who}" if t.who else escape(t.kind)
     commit = f" <code>{escape(t.commit[:12])}</code>" if t.commit else ""
     return (
         f"push to <b>{escape(t.repository)}</b> <code>{escape(t.branch)}</code>{commit} "
@@ -103,7 +106,7 @@ def runs_live(runs: list[RunSummary], prefix: str) -> str:
 
 
 def run_page(view: RunView, prefix: str) -> str:
-    back = f"<p><a href='{escape(prefix)}/'>← all runs</a></p>"
+    back = f"<p class=back><a href='{escape(prefix)}/'>← all runs</a></p>"
     return page(_title(view), back + run_live(view, prefix), prefix)
 
 
@@ -172,8 +175,11 @@ def _bar(bar: Bar, span: float) -> str:
     width = max(0.0, 100 * (bar.end - bar.start) / span)
     symbol = _SYMBOL.get(bar.status, "?")
     took = _secs(bar.end - bar.start)
+    marker = " marker" if width < 6 and bar.status in ("skipped", "cancelled") else ""
+    if marker and left > 70:
+        marker += " marker-end"  # drawn leftwards from its moment, inside the track
     return (
-        f"<div class='bar p-{escape(bar.phase)} o-{escape(bar.status)}' "
+        f"<div class='bar p-{escape(bar.phase)} o-{escape(bar.status)}{marker}' "
         f"data-phase='{escape(bar.phase)}' data-outcome='{escape(bar.status)}' "
         f"style='left:{min(left, 99.5):.3f}%;width:{min(width, 100 - left):.3f}%' "
         f"title='{escape(bar.label)} {took}'>{symbol} {escape(bar.label)}</div>"

@@ -90,7 +90,7 @@ def trigger_of(run: RunRecord) -> Trigger:
         return Trigger("CLI", who)
     if who.startswith("http"):
         return Trigger("HTTP", who)
-    return Trigger("Pub/Sub", who or "(not given)")
+    return Trigger("Pub/Sub", who)
 
 
 def build_view(run: RunRecord, tasks: Sequence[TaskRecord], now: datetime | None = None) -> RunView:
@@ -142,7 +142,7 @@ def _row(
     up: Mapping[str, TaskStatus],
 ) -> Row:
     bars = [bar for task in tasks if (bar := _bar(run, task, end)) is not None]
-    failed = [t for t in tasks if t.error and t.status is not TaskStatus.SUCCEEDED]
+    failed = [t for t in tasks if t.error and t.status in (TaskStatus.FAILED, TaskStatus.TIMED_OUT)]
     build = next((t for t in tasks if t.phase is Phase.BUILD), None)
     out = next((t for t in reversed(tasks) if t.phase is not Phase.ROLLBACK), None)
     durations = [t.duration_seconds for t in tasks if t.duration_seconds is not None]
