@@ -78,7 +78,8 @@ def test_a_build_held_back_by_the_cap_and_deploys_waiting_say_so() -> None:
     view = build_view(run(), tasks, now=at(5))
     assert note(view, "enrich") == "held by the build cap"
     assert note(view, "ingest") == ""  # building: its bar says so
-    assert view.rows[0].bars[0].end == 5.0  # a running bar reaches now
+    ingest = next(r for r in view.rows if r.service == "ingest")
+    assert ingest.bars[0].end == 5.0  # a running bar reaches now
     assert not view.finished
 
 
@@ -209,3 +210,27 @@ def test_the_runs_list_counts_services_by_outcome() -> None:
     [summary] = load_runs(store)
     assert summary.counts == {"built": 1, "waiting": 1}
     assert summary.seconds is None  # still running
+
+
+def test_rows_keep_their_place_as_a_run_goes_on_director_first_then_by_name() -> None:
+    tasks = [
+        done(Phase.BUILD, "zeta", 0, 1),
+        task(Phase.BUILD, "alpha", TaskStatus.WAITING),
+        task(Phase.BUILD, "director", TaskStatus.WAITING),
+        task(Phase.DIRECTOR, "director", TaskStatus.WAITING),
+    ]
+    view = build_view(run(), tasks, now=at(2))
+    assert [r.service for r in view.rows] == ["director", "alpha", "zeta"]
+
+
+def test_the_runs_list_names_a_push_s_repository_branch_commit_and_who_asked() -> None:
+    store = FakeRunStore()
+    pushed = run(
+        requested_by="github:alice",
+        supersede_key="github:acme/shop:main",
+        architecture_file="github://acme/shop/arch.yaml@0123456789abcdef",
+    )
+    store.create_run(pushed, [done(Phase.BUILD, "a", 0, 1)], "")
+    body = route("GET", "/", store)[0]
+    assert "push to <b>acme/shop</b> <code>main</code> <code>0123456789ab</code>" in body
+    assert "<td>alice</td>" in body

@@ -6,6 +6,7 @@ is in progress; the page around it never reloads.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from html import escape
 from importlib.resources import files
@@ -60,17 +61,17 @@ def _slug(word: str) -> str:
     return escape(word.replace(" ", "-"))
 
 
-def _trigger(t: Trigger) -> str:
+def _trigger(t: Trigger, with_who: bool = True) -> str:
+    if not with_who:
+        t = replace(t, who="")
     if t.kind != "push":
-        who = (
-            f" <span class=who>({escape(t.who)})</span>" if t.who.lower() != t.kind.lower() else ""
+        same = t.who.lower() == t.kind.lower()
+        return escape(t.kind) + (
+            "" if same or not t.who else f" <span class=who>({escape(t.who)})</span>"
         )
-        return f"{escape(t.kind)}{who}" if t.who else escape(t.kind)
     commit = f" <code>{escape(t.commit[:12])}</code>" if t.commit else ""
-    return (
-        f"push to <b>{escape(t.repository)}</b> <code>{escape(t.branch)}</code>{commit} "
-        f"<span class=who>by {escape(t.who)}</span>"
-    )
+    by = f" <span class=who>by {escape(t.who)}</span>" if t.who else ""
+    return f"push to <b>{escape(t.repository)}</b> <code>{escape(t.branch)}</code>{commit}{by}"
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -86,14 +87,15 @@ def runs_page(runs: list[RunSummary], prefix: str) -> str:
 def runs_live(runs: list[RunSummary], prefix: str) -> str:
     """The runs list (the `#live` part of the runs page)."""
     head = (
-        "<tr><th>Run</th><th>Status</th><th>Trigger</th><th>Environment</th>"
+        "<tr><th>Run</th><th>Status</th><th>Trigger</th><th>Who asked</th><th>Environment</th>"
         "<th>Started</th><th class=num>Duration</th><th>Services</th></tr>"
     )
     rows = "".join(
         f"<tr class=run><td><a href='{escape(prefix)}/runs/{quote(r.run_id)}'>"
         f"<code>{escape(r.run_id)}</code></a></td>"
         f"<td><span class='badge st-{_slug(r.status)}'>{escape(r.status)}</span></td>"
-        f"<td>{_trigger(r.trigger)}</td><td>{escape(r.environment)}</td>"
+        f"<td>{_trigger(r.trigger, with_who=False)}</td><td>{escape(r.trigger.who)}</td>"
+        f"<td>{escape(r.environment)}</td>"
         f"<td>{_when(r.created_at)}</td><td class=num>{_secs(r.seconds) or 'running'}</td>"
         f"<td>{_counts(r.counts)}</td></tr>"
         for r in runs

@@ -107,7 +107,9 @@ def build_view(run: RunRecord, tasks: Sequence[TaskRecord], now: datetime | None
         entry = result.services.get(service)
         status = entry.status if entry else _rollback_status(own)
         rows.append(_row(run, own, status, end, up))
-    rows.sort(key=_row_order)
+    # The director first, then by name: rows stay put while a live page refreshes.
+    directors = {t.service for t in tasks if t.phase is Phase.DIRECTOR}
+    rows.sort(key=lambda row: (row.service not in directors, row.service))
     return RunView(
         run_id=run.run_id,
         status=run.status.value,
@@ -127,11 +129,6 @@ def build_view(run: RunRecord, tasks: Sequence[TaskRecord], now: datetime | None
 
 def _rollback_status(tasks: list[TaskRecord]) -> str:
     return tasks[-1].status.value
-
-
-def _row_order(row: Row) -> tuple[float, str]:
-    started = [b.start for b in row.bars]
-    return (min(started) if started else float("inf"), row.service)
 
 
 def _row(
