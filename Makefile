@@ -12,7 +12,7 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 FUNCTIONS := aggregator dispatcher worker
 
-.PHONY: install demo test lint unit integration e2e bench clean down lock
+.PHONY: install demo test lint unit integration e2e bench clean down lock browser
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11 (or run: make PYTHON=python3)"; exit 2; }
@@ -52,8 +52,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check shared functions tests examples $(wildcard benchmarks)
 	$(BIN)/mypy shared
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
+
+# tests/browser drive Debian's Chromium through Playwright (never `playwright install`):
+# install it with apt when it is missing (sudo when not root), or stop saying what to do.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "make: chromium not found: installing it with apt-get (for tests/browser)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; \
+	  else SUDO="none"; fi; \
+	  [ "$$SUDO" != none ] && $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; \
+	} || { echo "make: could not install chromium: the browser tests need it." \
+	  "Install it yourself (Debian/Ubuntu: sudo apt-get install -y chromium) and run make test again."; exit 2; }
+	@command -v chromium >/dev/null 2>&1 || { echo "make: chromium still not found on PATH:" \
+	  "install it (sudo apt-get install -y chromium) and run make test again."; exit 2; }
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

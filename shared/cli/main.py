@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 
 from shared.cli.dev import dev
+from shared.cli.ui import dashboard_link, ui
 from shared.errors import (
     EXIT_OK,
     EXIT_RUN_FAILED,
@@ -234,6 +235,8 @@ def up(
             f"run {run.run_id}: {len(list(loaded.architecture.services()))} services, "
             f"state in {settings.state_dir}"
         )
+        if link := dashboard_link(settings.state_dir, run.run_id):
+            err.print(f"dashboard: {link}", soft_wrap=True)
         waiter = threading.Thread(target=_wait, args=(system, run.run_id), daemon=True)
         waiter.start()
         result = follow(
@@ -303,8 +306,9 @@ def _report(result: RunResult, as_json: bool) -> None:
 @cli.command()
 @click.argument("run_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the RunResult as JSON.")
+@click.option("--timeline", is_flag=True, help="Draw each service's phases as text bars.")
 @click.pass_context
-def status(ctx: click.Context, run_id: str | None, as_json: bool) -> None:
+def status(ctx: click.Context, run_id: str | None, as_json: bool, timeline: bool) -> None:
     """Show a run (the latest by default)."""
     from shared.bootstrap import make_store
     from shared.core.handlers import run_view as current
@@ -318,6 +322,10 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool) -> None:
     result = current(store, run_id)
     if result is None:
         raise RunNotFound(run_id)
+    if timeline:
+        from shared.cli.timeline import print_timeline
+
+        sys.exit(print_timeline(store, run_id))
     _report(result, as_json)
 
 
@@ -391,6 +399,7 @@ def down(
 
 
 cli.add_command(dev)
+cli.add_command(ui)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@
 decides; query parameters `dataflow` (repeatable), `director_url`, `source_root`,
 `environment`, `idempotency_key`, `build_only` complete it): `202 {"run_id": ...}`.
 `GET /runs/RUN_ID` (or `?run_id=`): the run's current record; `GET /`: recent runs.
+`GET /ui/`: the dashboard's pages (`shared.doors.dashboard`).
 
 With `ARCHDEPLOY_HTTP_TOKEN` set, every call needs `Authorization: Bearer <token>`
 (on Google Cloud, IAM guards the function instead). Every refusal is JSON
@@ -24,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.core.handlers import Runtime, cancel_run, dispatch_request, run_view
+from shared.doors.dashboard import app as dashboard
 from shared.errors import ArchitectureError, BackendError, UsageError
 from shared.messages import DeployRequest
 
@@ -117,6 +119,8 @@ def _route(request: Any, rt: Runtime, token: str | None) -> Response:
         fix = "send `Authorization: Bearer <ARCHDEPLOY_HTTP_TOKEN>`"
         bad = problem("Authorization", "missing or wrong bearer token", fix)
         raise Refused(401, "missing or wrong bearer token", [bad], **_BEARER)
+    if request.path == "/ui" or request.path.startswith("/ui/"):  # the dashboard's pages
+        return dashboard.handle(request, rt.store, prefix="/ui")
     if request.method == "GET":
         return _get_run(request, rt)
     if request.method != "POST":
