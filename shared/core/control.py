@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from shared.core.aggregator import (
+from shared.core.run_engine import (
     advance_run,
     cancel_submitted_builds,
     close_tasks,

@@ -9,9 +9,9 @@ import uuid
 from pathlib import Path
 
 from shared.architecture.loading import LoadedArchitecture, load_architecture, parse_architecture
-from shared.core.aggregator import advance_run, finish_run, publish_tasks
 from shared.core.control import cancel_run
 from shared.core.plan import plan_run
+from shared.core.run_engine import advance_run, finish_run, publish_tasks
 from shared.core.runtime import Runtime
 from shared.errors import ArchdeployError, ArchitectureError, UsageError
 from shared.logs import log_context

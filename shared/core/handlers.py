@@ -8,9 +8,10 @@ compare-and-set writes decide who acts. They live in `shared.core.dispatcher`,
 
 from __future__ import annotations
 
-from shared.core.aggregator import advance_run, record_completion, task_message
+from shared.core.aggregator import record_completion
 from shared.core.control import SweepReport, cancel_run, fail_task, sweep
 from shared.core.dispatcher import dispatch_request, load_request, run_id_for
+from shared.core.run_engine import advance_run, task_message
 from shared.core.runtime import Runtime, run_view
 from shared.core.worker import run_task
 

@@ -12,7 +12,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from shared.core.aggregator import attributes
+from shared.core.run_engine import attributes
 from shared.core.runtime import Runtime
 from shared.deployer import IncrementalDeployer, Target, config_fingerprint, targeting
 from shared.errors import ArchdeployError, BackendError, UsageError

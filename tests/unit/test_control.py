@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from shared.architecture.model import Architecture, DeploymentSpec
-from shared.core.aggregator import advance_run, record_completion
+from shared.core.aggregator import record_completion
 from shared.core.control import cancel_run, fail_task, sweep
 from shared.core.dispatcher import dispatch_request
 from shared.core.entrypoints import on_completion, on_dead_letter, on_task, subscribe_all
 from shared.core.handlers import Runtime
+from shared.core.run_engine import advance_run
 from shared.deployer import Target
 from shared.messages import (
     TOPIC_COMPLETIONS,
