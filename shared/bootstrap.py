@@ -88,7 +88,10 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
     from shared.core.entrypoints import on_request
     from shared.messages import TOPIC_REQUESTS
 
-    deployer = make_deployer(settings) if with_deployer else None
+    # On Google Cloud every function cancels builds (cancel, supersede, sweep, a failed
+    # build) through the deployer; constructing a `GcpDeployer` loads no SDK.
+    gcp = settings.deployer_kind == "gcp"
+    deployer = make_deployer(settings) if with_deployer or gcp else None
     bus = make_bus(settings)
     rt = Runtime(
         store=make_store(settings),
@@ -96,7 +99,6 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         deployer=deployer,
         **knobs(settings),
         async_builds=settings.deployer_kind == "gcp" and settings.async_builds,
-        cancel_build=_build_canceller(settings),
         fetch_architecture=_remote_architectures(settings),
         sources=_github_sources(settings),
     )
@@ -135,19 +137,6 @@ def knobs(settings: Settings) -> dict[str, Any]:
         else None,
         "cancel_builds_on_failure": settings.cancel_builds_on_failure,
     }
-
-
-def _build_canceller(settings: Settings) -> Callable[[str], None] | None:
-    """Cancels a submitted Cloud Build; the SDK loads only when a build is cancelled."""
-    if settings.deployer_kind != "gcp":
-        return None
-
-    def cancel(build_id: str) -> None:
-        from google.cloud.devtools import cloudbuild_v1
-
-        cloudbuild_v1.CloudBuildClient().cancel_build(project_id=settings.project, id=build_id)
-
-    return cancel
 
 
 def _github_client(settings: Settings) -> GitHubClient:

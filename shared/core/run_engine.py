@@ -14,6 +14,7 @@ from typing import Any
 
 from shared.core.runtime import Runtime
 from shared.core.state import all_succeeded, all_terminal, assemble_result, next_deploys, outcome
+from shared.deployer import BuildSubmitter
 from shared.messages import (
     TOPIC_RESULTS,
     TOPIC_TASKS,
@@ -41,12 +42,13 @@ def halt_run(run_id: str, why: str, rt: Runtime) -> RunRecord | None:
 
 
 def cancel_submitted_builds(run_id: str, rt: Runtime) -> None:
-    if rt.cancel_build is None:
+    builds = rt.deployer
+    if not isinstance(builds, BuildSubmitter):
         return
     for task in rt.store.get_tasks(run_id, Phase.BUILD):
         if task.status is TaskStatus.RUNNING and task.build_id:
             try:
-                rt.cancel_build(task.build_id)
+                builds.cancel_build(task.build_id)
                 log.info("build %s of %s cancelled", task.build_id, task.service)
             except Exception:  # cancelling saves quota; failing to must not stop the run
                 log.warning("could not cancel build %s", task.build_id, exc_info=True)

@@ -61,7 +61,6 @@ class Runtime:
     build_concurrency: int | None = None
     deploy_concurrency: int | None = None
     cancel_builds_on_failure: bool = False
-    cancel_build: Callable[[str], None] | None = None  # cancels a submitted build by id
     # Runs an aggregator thread of this process is advancing now, and whether another
     # completion arrived meanwhile (see `shared.core.aggregator.advance_soon`).
     advancing: dict[str, bool] = field(default_factory=dict, repr=False)

@@ -14,7 +14,13 @@ from typing import Any
 
 from shared.core.run_engine import attributes
 from shared.core.runtime import Runtime
-from shared.deployer import IncrementalDeployer, Target, config_fingerprint, targeting
+from shared.deployer import (
+    BuildSubmitter,
+    IncrementalDeployer,
+    Target,
+    config_fingerprint,
+    targeting,
+)
 from shared.errors import ArchdeployError, BackendError, UsageError
 from shared.logs import log_context
 from shared.messages import (
@@ -111,12 +117,12 @@ def _submit_build(message: TaskMessage, claimed: TaskRecord, rt: Runtime) -> Tas
     if claimed.build_id:
         log.warning("build %s was submitted before: not submitting again", claimed.build_id)
         return None
-    submit = getattr(rt.deployer, "submit_build", None)
-    if submit is None:
-        raise UsageError("async builds need a deployer with submit_build (the gcp deployer)")
+    builds = rt.deployer
+    if not isinstance(builds, BuildSubmitter):
+        raise UsageError("async builds need a deployer that submits builds (the gcp deployer)")
     try:
         spec = rt.sources.localize(message.spec) if rt.sources else message.spec
-        build_id = submit(message.service, spec, target=_target(message))
+        build_id = builds.submit_build(message.service, spec, target=_target(message))
     except ArchdeployError as exc:
         if isinstance(exc, BackendError) and exc.retryable:
             raise  # redelivered; the lease lets the retry reclaim the task

@@ -53,10 +53,18 @@ class Clock:
 class SubmittingDeployer(FakeDeployer):
     """Submits builds as Cloud Build does; their outcome comes later, as a build event."""
 
+    def __init__(self, cancel: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self.cancel = cancel
+
     def submit_build(
         self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
     ) -> str:
         return f"build-{service_name}"
+
+    def cancel_build(self, build_id: str) -> None:
+        if self.cancel is not None:
+            self.cancel(build_id)
 
 
 class System:
@@ -244,7 +252,7 @@ def test_a_submitted_build_is_not_resent_when_its_lease_runs_out() -> None:
 
 def test_the_run_deadline_times_out_every_open_task_and_cancels_submitted_builds() -> None:
     cancelled: list[str] = []
-    system = System(run_deadline=7200.0, cancel_build=cancelled.append)
+    system = System(SubmittingDeployer(cancelled.append), run_deadline=7200.0)
     run_id = system.dispatch(wide(2))
     claimed = system.claim(run_id, Phase.BUILD, "svc-0000")
     system.store.record_build_id(claimed.task_id, "build-1")
@@ -487,10 +495,9 @@ def test_caps_are_per_run_so_two_runs_may_each_have_that_many_in_flight() -> Non
 def _submitted(cancel_on_failure: bool, cancel_build: Callable[[str], None]) -> tuple[System, str]:
     """A run whose three builds were all submitted and are running."""
     system = System(
-        SubmittingDeployer(),
+        SubmittingDeployer(cancel_build),
         async_builds=True,
         cancel_builds_on_failure=cancel_on_failure,
-        cancel_build=cancel_build,
     )
     run_id = system.dispatch(wide(3))
     system.deliver()
