@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.adapters.local.inprocess_bus import InProcessBus
 from shared.core.entrypoints import subscribe_all
-from shared.core.handlers import Runtime, dispatch_request, sweep
+from shared.core.handlers import dispatch_request, sweep
+from shared.core.runtime import RunPolicy, Runtime
 from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
 from shared.errors import UsageError
+from shared.locations import GITHUB, GS, ArchitecturesByScheme
 from shared.messages import DeployRequest, Phase, RunRecord, RunResult
-from shared.ports import MessageBus, RunStore, SourceProvider
+from shared.ports import ArchitectureReader, MessageBus, RunStore, SourceProvider
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from shared.adapters.github_source import GitHubClient
-    from shared.architecture.loading import LoadedArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
     """What one function needs: the dispatcher and aggregator run no deployer.
 
     Architectures at `gs://` and `github://` locations are read through
-    `fetch_architecture`; build sources at a GitHub commit are fetched by `sources`. On
+    `architectures`; build sources at a GitHub commit are fetched by `sources`. On
     the in-process bus the requests topic is dispatched here too, so a request the
     webhook queues is handled without Pub/Sub.
     """
@@ -97,10 +98,9 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         store=make_store(settings),
         bus=bus,
         deployer=deployer,
-        **knobs(settings),
-        async_builds=settings.deployer_kind == "gcp" and settings.async_builds,
-        fetch_architecture=_remote_architectures(settings),
         sources=_github_sources(settings),
+        architectures=_remote_architectures(settings),
+        policy=run_policy(settings),
     )
     if isinstance(bus, InProcessBus):
 
@@ -111,8 +111,8 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
     return rt
 
 
-def knobs(settings: Settings) -> dict[str, Any]:
-    """The settings that shape a run, as `Runtime` takes them."""
+def run_policy(settings: Settings) -> RunPolicy:
+    """The settings that shape a run."""
     deadlines = {
         Phase.BUILD: settings.build_deadline_seconds,
         Phase.DIRECTOR: settings.deploy_deadline_seconds,
@@ -124,19 +124,20 @@ def knobs(settings: Settings) -> dict[str, Any]:
     # Cloud Build's quota is per project; locally the bus's thread pool is the cap.
     capped = settings.deployer_kind == "gcp"
     explicit = settings.model_fields_set
-    return {
-        "deadlines": deadlines,
-        "leases": leases,
-        "run_deadline": settings.run_deadline_seconds,
-        "republish_after": settings.republish_after_seconds,
-        "build_concurrency": settings.build_concurrency
+    return RunPolicy(
+        deadlines=deadlines,
+        leases=leases,
+        run_deadline=settings.run_deadline_seconds,
+        republish_after=settings.republish_after_seconds,
+        async_builds=capped and settings.async_builds,
+        build_concurrency=settings.build_concurrency
         if capped or "build_concurrency" in explicit
         else None,
-        "deploy_concurrency": settings.deploy_concurrency
+        deploy_concurrency=settings.deploy_concurrency
         if capped or "deploy_concurrency" in explicit
         else None,
-        "cancel_builds_on_failure": settings.cancel_builds_on_failure,
-    }
+        cancel_builds_on_failure=settings.cancel_builds_on_failure,
+    )
 
 
 def _github_client(settings: Settings) -> GitHubClient:
@@ -158,25 +159,16 @@ def _github_sources(settings: Settings) -> SourceProvider:
     return GitHubSource(_github_client(settings), cache)
 
 
-def _remote_architectures(settings: Settings) -> Callable[[str], LoadedArchitecture]:
+def _remote_architectures(settings: Settings) -> ArchitectureReader:
     from shared.adapters.gcp.gcs_source import GcsArchitectures
     from shared.adapters.github_source import GitHubArchitectures
 
-    readers: dict[str, Callable[[str], LoadedArchitecture]] = {
-        "gs": GcsArchitectures(settings.project),
-        "github": GitHubArchitectures(_github_client(settings)),
-    }
-
-    def fetch(uri: str) -> LoadedArchitecture:
-        reader = readers.get(uri.partition("://")[0])
-        if reader is None:
-            raise UsageError(
-                f"cannot read {uri!r}: an architecture location is a local path,"
-                " gs://BUCKET/OBJECT or github://OWNER/REPO/PATH@REF"
-            )
-        return reader(uri)
-
-    return fetch
+    return ArchitecturesByScheme(
+        {
+            GS: GcsArchitectures(settings.project),
+            GITHUB: GitHubArchitectures(_github_client(settings)),
+        }
+    )
 
 
 @dataclass
@@ -240,7 +232,7 @@ def embedded(
         store=store or make_store(settings),
         bus=bus,
         deployer=deployer or make_deployer(settings),
-        **knobs(settings),
+        policy=run_policy(settings),
     )
     if callable(clock):
         rt.clock = clock

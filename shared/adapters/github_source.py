@@ -156,7 +156,7 @@ def _http_error(exc: urllib.error.HTTPError, what: str) -> BackendError:
 
 
 class GitHubArchitectures:
-    """`Runtime.fetch_architecture` for `github://OWNER/REPO/PATH@REF`.
+    """The `ArchitectureReader` for `github://OWNER/REPO/PATH@REF`.
 
     A missing file or a refused token becomes an `ArchitectureError` (the run is recorded
     as failed, with the fix); a transient failure stays a retryable `BackendError`.
@@ -165,7 +165,7 @@ class GitHubArchitectures:
     def __init__(self, client: GitHubClient) -> None:
         self.client = client
 
-    def __call__(self, uri: str) -> LoadedArchitecture:
+    def read(self, uri: str) -> LoadedArchitecture:
         try:
             at = parse_file_uri(uri)
             data = self.client.read_file(at, MAX_ARCHITECTURE_BYTES)

@@ -40,28 +40,8 @@ def record_completion(completion: TaskCompletion, rt: Runtime) -> None:
 
 
 def advance_soon(run_id: str, rt: Runtime) -> None:
-    """`advance_run`, coalesced within this process: while one thread advances a run,
-    completions of that run arriving on other threads only ask it to go once more.
-
-    A burst of 300 build completions then costs a handful of state-machine steps, not
-    300; each step reads the store afresh, so none of them is missed."""
-    with rt.advancing_lock:
-        if run_id in rt.advancing:
-            rt.advancing[run_id] = True
-            return
-        rt.advancing[run_id] = False
-    try:
-        while True:
-            advance_run(run_id, rt)
-            with rt.advancing_lock:
-                if not rt.advancing[run_id]:
-                    del rt.advancing[run_id]
-                    return
-                rt.advancing[run_id] = False
-    except BaseException:
-        with rt.advancing_lock:
-            rt.advancing.pop(run_id, None)
-        raise
+    """`advance_run`, coalesced within this process (see `Coalescer`)."""
+    rt.coalescer.run(run_id, lambda: advance_run(run_id, rt))
 
 
 def on_build_failed(completion: TaskCompletion, rt: Runtime) -> None:

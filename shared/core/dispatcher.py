@@ -35,9 +35,9 @@ def load_request(request: DeployRequest, rt: Runtime) -> LoadedArchitecture:
         )
     uri = request.architecture_uri or ""
     if "://" in uri:
-        if rt.fetch_architecture is None:
+        if rt.architectures is None:
             raise UsageError(f"cannot read {uri!r} here: only local files are supported")
-        return rt.fetch_architecture(uri)
+        return rt.architectures.read(uri)
     return load_architecture(uri, environment=request.environment)
 
 

@@ -36,7 +36,7 @@ def halt_run(run_id: str, why: str, rt: Runtime) -> RunRecord | None:
     """Mark the run so no new task starts; the first caller also cancels submitted builds
     if configured. Returns the halted run, or None if it was halted already."""
     halted = rt.store.update_run(run_id, expect={"halted": None}, changes={"halted": why})
-    if halted is not None and rt.cancel_builds_on_failure:
+    if halted is not None and rt.policy.cancel_builds_on_failure:
         cancel_submitted_builds(run_id, rt)
     return halted
 
@@ -78,7 +78,7 @@ def _after_builds(run: RunRecord, rt: Runtime) -> None:
             waiting = _with_status(rt, run.run_id, Phase.BUILD, TaskStatus.WAITING)
             close_tasks(waiting, TaskStatus.SKIPPED, f"not started: {run.halted}", rt)
         else:
-            _admit(run, Phase.BUILD, counts, rt.build_concurrency, rt)
+            _admit(run, Phase.BUILD, counts, rt.policy.build_concurrency, rt)
         counts = rt.store.count_tasks(run.run_id, Phase.BUILD)
     if not all_terminal(counts):
         return
@@ -169,9 +169,9 @@ def _step_deploys(run: RunRecord, rt: Runtime) -> None:
     for task, reason in step.skip:
         close_tasks([task], TaskStatus.SKIPPED, reason, rt)
     ready = step.release
-    if rt.deploy_concurrency is not None:
+    if rt.policy.deploy_concurrency is not None:
         in_flight = sum(t.status in (TaskStatus.PENDING, TaskStatus.RUNNING) for t in tasks)
-        ready = ready[: max(0, rt.deploy_concurrency - in_flight)]
+        ready = ready[: max(0, rt.policy.deploy_concurrency - in_flight)]
     release(run, ready, rt)
     if step.finished:
         _end_deploys(run, rt)

@@ -49,7 +49,10 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
     ):
         now = rt.clock()
         claimed = rt.store.claim_task(
-            message.task_id, worker=rt.worker_id, lease_seconds=rt.leases[message.phase], now=now
+            message.task_id,
+            worker=rt.worker_id,
+            lease_seconds=rt.policy.leases[message.phase],
+            now=now,
         )
         if claimed is None:
             log.warning("task not claimed (duplicate delivery, or already done): ignored")
@@ -61,7 +64,7 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
             completion = _completion(message, claimed, status, now, error=f"not started: {why}")
         elif (reused := _reusable(message, rt)) is not None:
             completion = _completion(message, claimed, TaskStatus.SUCCEEDED, now, **reused)
-        elif message.phase is Phase.BUILD and rt.async_builds:
+        elif message.phase is Phase.BUILD and rt.policy.async_builds:
             failed = _submit_build(message, claimed, rt)
             if failed is None:
                 return None

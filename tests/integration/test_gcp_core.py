@@ -16,7 +16,8 @@ from google.cloud import pubsub_v1
 from shared.adapters.gcp.firestore_store import FirestoreRunStore
 from shared.adapters.gcp.pubsub_bus import PubSubBus
 from shared.core import entrypoints
-from shared.core.handlers import Runtime, dispatch_request
+from shared.core.handlers import dispatch_request
+from shared.core.runtime import RunPolicy, Runtime
 from shared.messages import DeployRequest, RunResult, RunStatus
 from tests.fakes_google.cloudbuild_server import FakeCloudBuild, notification
 from tests.fakes_google.cloudrun_server import FakeCloudRun
@@ -77,7 +78,7 @@ def cloud(
     store = FirestoreRunStore(
         project_id=pubsub_env.project, collection=f"runs-{suffix}", client=firestore_client
     )
-    rt = Runtime(store=store, bus=bus, deployer=gcp_deployer, async_builds=True)
+    rt = Runtime(store=store, bus=bus, deployer=gcp_deployer, policy=RunPolicy(async_builds=True))
     publisher = pubsub_v1.PublisherClient()
 
     def on_terminal(build: Any) -> None:

@@ -16,8 +16,8 @@ from shared.core.aggregator import record_completion
 from shared.core.control import cancel_run, fail_task, sweep
 from shared.core.dispatcher import dispatch_request
 from shared.core.entrypoints import on_completion, on_dead_letter, on_task, subscribe_all
-from shared.core.handlers import Runtime
 from shared.core.run_engine import advance_run
+from shared.core.runtime import RunPolicy, Runtime
 from shared.deployer import Target
 from shared.messages import (
     TOPIC_COMPLETIONS,
@@ -68,13 +68,17 @@ class SubmittingDeployer(FakeDeployer):
 
 
 class System:
-    def __init__(self, deployer: FakeDeployer | None = None, **knobs: Any) -> None:
+    def __init__(self, deployer: FakeDeployer | None = None, **policy: Any) -> None:
         self.store = FakeRunStore()
         self.bus = FakeBus()
         self.deployer = deployer or FakeDeployer()
         self.clock = Clock()
         self.rt = Runtime(
-            store=self.store, bus=self.bus, deployer=self.deployer, clock=self.clock, **knobs
+            store=self.store,
+            bus=self.bus,
+            deployer=self.deployer,
+            clock=self.clock,
+            policy=RunPolicy(**policy),
         )
         subscribe_all(self.bus, self.rt)
 
@@ -110,7 +114,7 @@ class System:
         task_id = task_id_for(run_id, phase, service_name)
         self.lose(task_id)
         claimed = self.store.claim_task(
-            task_id, worker="w-1", lease_seconds=self.rt.leases[phase], now=self.clock()
+            task_id, worker="w-1", lease_seconds=self.rt.policy.leases[phase], now=self.clock()
         )
         assert claimed is not None
         return claimed
