@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.adapters.local.inprocess_bus import InProcessBus
+from shared.core.control import sweep
+from shared.core.dispatcher import dispatch_request
 from shared.core.entrypoints import subscribe_all
-from shared.core.handlers import dispatch_request, sweep
 from shared.core.runtime import RunPolicy, Runtime
 from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer

@@ -9,7 +9,7 @@ import functions_framework
 from cloudevents.http import CloudEvent
 
 from shared.core import entrypoints
-from shared.core.handlers import sweep as sweep_runs
+from shared.core.control import sweep as sweep_runs
 from shared.doors import function_runtime
 
 

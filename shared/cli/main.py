@@ -253,7 +253,7 @@ def _up_over_pubsub(settings: Any, request: DeployRequest) -> RunResult:
 
     from shared.bootstrap import make_bus, make_store
     from shared.cli.progress import follow
-    from shared.core.handlers import run_id_for
+    from shared.core.dispatcher import run_id_for
     from shared.messages import TOPIC_REQUESTS
 
     key = request.idempotency_key or f"cli-{uuid.uuid4().hex}"
@@ -307,7 +307,7 @@ def _report(result: RunResult, as_json: bool) -> None:
 def status(ctx: click.Context, run_id: str | None, as_json: bool) -> None:
     """Show a run (the latest by default)."""
     from shared.bootstrap import make_store
-    from shared.core.handlers import run_view as current
+    from shared.core.runtime import run_view as current
 
     store = make_store(_settings(ctx))
     if run_id is None:
@@ -330,7 +330,7 @@ def cancel(ctx: click.Context, run_id: str) -> None:
     import getpass
 
     from shared.bootstrap import runtime
-    from shared.core.handlers import cancel_run
+    from shared.core.control import cancel_run
 
     run = cancel_run(run_id, runtime(_settings(ctx)), by=getpass.getuser())
     if run is None:

@@ -13,15 +13,12 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from shared.core.dispatcher import record_refused
-from shared.core.handlers import (
-    Runtime,
-    advance_run,
-    dispatch_request,
-    fail_task,
-    record_completion,
-    run_task,
-)
+from shared.core.aggregator import record_completion
+from shared.core.control import fail_task
+from shared.core.dispatcher import dispatch_request, record_refused
+from shared.core.run_engine import advance_run
+from shared.core.runtime import Runtime
+from shared.core.worker import run_task
 from shared.errors import ArchdeployError
 from shared.messages import (
     TOPIC_COMPLETIONS,

@@ -111,7 +111,7 @@ def plan_run(
     up to the run's build cap; the others when their phase opens).
 
     Deploy specs carry the enriched environment; `SERVICE_DIRECTOR_URL` is filled in
-    when the director's own deploy has reported its URL (see `shared.core.handlers`).
+    when the director's own deploy has reported its URL (see `shared.core.run_engine`).
     `images` are taken as built (their build tasks start succeeded); `build_only` plans
     no deploys; `service_accounts` override the file's accounts.
     """

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from shared.core.handlers import Runtime
+from shared.core.runtime import Runtime
 from shared.errors import ArchdeployError, BackendError
 from shared.logs import configure, log_context
 

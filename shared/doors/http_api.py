@@ -23,7 +23,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.core.handlers import Runtime, cancel_run, dispatch_request, run_view
+from shared.core.control import cancel_run
+from shared.core.dispatcher import dispatch_request
+from shared.core.runtime import Runtime, run_view
 from shared.errors import ArchitectureError, BackendError, UsageError
 from shared.messages import DeployRequest
 

@@ -27,7 +27,8 @@ from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.core.handlers import Runtime, run_id_for
+from shared.core.dispatcher import run_id_for
+from shared.core.runtime import Runtime
 from shared.doors.http_api import Refused, problem, read_body
 from shared.errors import BackendError
 from shared.messages import TOPIC_REQUESTS, DeployRequest

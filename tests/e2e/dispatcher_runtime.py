@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from shared.core.handlers import Runtime
+from shared.core.runtime import Runtime
 from shared.doors import function_runtime
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from shared.adapters.local.deployer import LocalDeployer
 from shared.adapters.local.sqlite_store import SqliteRunStore
-from shared.core.handlers import Runtime, dispatch_request
+from shared.core.dispatcher import dispatch_request
+from shared.core.runtime import Runtime
 from shared.doors import function_runtime
 from shared.messages import DeployRequest, Phase, TaskCompletion, TaskStatus
 
@@ -68,7 +69,7 @@ def _start_run(state_dir: Path) -> str:
 
 
 def _task_message(state_dir: Path, run_id: str, service: str) -> bytes:
-    from shared.core.handlers import task_message
+    from shared.core.run_engine import task_message
 
     store = SqliteRunStore(state_dir / "runs.db")
     run = store.get_run(run_id)

@@ -11,7 +11,7 @@ from typing import Any
 import functions_framework
 import pytest
 
-from shared.core.handlers import Runtime
+from shared.core.runtime import Runtime
 from shared.doors import function_runtime
 from shared.messages import TOPIC_TASKS, RunStatus
 from tests.e2e.dispatcher_runtime import fresh_dispatcher_runtime

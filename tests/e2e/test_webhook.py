@@ -23,8 +23,9 @@ import pytest
 
 from shared.adapters.github_source import GitHubClient, GitHubSource
 from shared.architecture.model import DeploymentSpec
+from shared.core.dispatcher import run_id_for
 from shared.core.entrypoints import on_task
-from shared.core.handlers import Runtime, run_id_for
+from shared.core.runtime import Runtime
 from shared.doors import function_runtime
 from shared.errors import BackendError
 from shared.messages import TOPIC_REQUESTS, TOPIC_TASKS, DeployRequest, RunStatus, TaskMessage

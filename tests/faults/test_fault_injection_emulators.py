@@ -25,7 +25,8 @@ from pydantic import BaseModel
 from shared.adapters.gcp.firestore_store import FirestoreRunStore
 from shared.adapters.gcp.pubsub_bus import PubSubBus
 from shared.core import entrypoints
-from shared.core.handlers import Runtime, dispatch_request
+from shared.core.dispatcher import dispatch_request
+from shared.core.runtime import Runtime
 from shared.errors import BackendError
 from shared.messages import TOPIC_COMPLETIONS, TOPIC_RESULTS, TOPIC_TASKS
 from tests.faults.harness import (

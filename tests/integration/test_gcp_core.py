@@ -16,7 +16,7 @@ from google.cloud import pubsub_v1
 from shared.adapters.gcp.firestore_store import FirestoreRunStore
 from shared.adapters.gcp.pubsub_bus import PubSubBus
 from shared.core import entrypoints
-from shared.core.handlers import dispatch_request
+from shared.core.dispatcher import dispatch_request
 from shared.core.runtime import RunPolicy, Runtime
 from shared.messages import DeployRequest, RunResult, RunStatus
 from tests.fakes_google.cloudbuild_server import FakeCloudBuild, notification
