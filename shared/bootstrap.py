@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from shared.adapters.local.inprocess_bus import InProcessBus
 from shared.core.control import sweep
 from shared.core.dispatcher import dispatch_request
-from shared.core.entrypoints import subscribe_all
+from shared.core.handlers import subscribe_all
 from shared.core.runtime import RunPolicy, Runtime
 from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
@@ -87,7 +87,7 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
     the in-process bus the requests topic is dispatched here too, so a request the
     webhook queues is handled without Pub/Sub.
     """
-    from shared.core.entrypoints import on_request
+    from shared.core.handlers import on_request
     from shared.messages import TOPIC_REQUESTS
 
     # On Google Cloud every function cancels builds (cancel, supersede, sweep, a failed

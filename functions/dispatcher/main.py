@@ -8,24 +8,24 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from shared.core import entrypoints
-from shared.doors import function_runtime, http_api
+from shared.core import handlers
+from shared.doors import http_api, pubsub
 from shared.doors import webhook as github_webhook
 
 
 @functions_framework.cloud_event
 def dispatch(event: CloudEvent) -> None:
-    function_runtime.handle_pubsub(event, "dispatcher", entrypoints.on_request)
+    pubsub.handle_pubsub(event, "dispatcher", handlers.on_request)
 
 
 @functions_framework.http
 def dispatch_http(request: flask.Request) -> Any:
-    rt = function_runtime.runtime("dispatcher")
-    return http_api.handle(request, rt, token=function_runtime.http_token())
+    rt = pubsub.runtime("dispatcher")
+    return http_api.handle(request, rt, token=pubsub.http_token())
 
 
 @functions_framework.http
 def webhook(request: flask.Request) -> Any:
-    rt = function_runtime.runtime("dispatcher")
-    config = github_webhook.WebhookConfig.from_settings(function_runtime.settings())
+    rt = pubsub.runtime("dispatcher")
+    config = github_webhook.WebhookConfig.from_settings(pubsub.settings())
     return github_webhook.handle(request, rt, config)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from shared.core import entrypoints
-from shared.doors import function_runtime
+from shared.core import handlers
+from shared.doors import pubsub
 
 
 @functions_framework.cloud_event
 def run_task(event: CloudEvent) -> None:
-    function_runtime.handle_pubsub(event, "worker", entrypoints.on_task)
+    pubsub.handle_pubsub(event, "worker", handlers.on_task)

@@ -16,7 +16,7 @@ from shared.adapters.local.deployer import LocalDeployer
 from shared.adapters.local.sqlite_store import SqliteRunStore
 from shared.core.dispatcher import dispatch_request
 from shared.core.runtime import Runtime
-from shared.doors import function_runtime
+from shared.doors import pubsub
 from shared.messages import DeployRequest, Phase, TaskCompletion, TaskStatus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,11 +33,11 @@ class _NullBus:
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("ARCHDEPLOY_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("ARCHDEPLOY_HEALTH_TIMEOUT_SECONDS", "20")
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
+    pubsub.settings.cache_clear()
+    pubsub.runtime.cache_clear()
     yield tmp_path
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
+    pubsub.settings.cache_clear()
+    pubsub.runtime.cache_clear()
     LocalDeployer(tmp_path).teardown_all()
 
 

@@ -32,7 +32,7 @@ from shared.adapters.gcp.retry import RetryPolicy
 from shared.architecture.model import Architecture, DeploymentSpec
 from shared.core.control import sweep
 from shared.core.dispatcher import dispatch_request, run_id_for
-from shared.core.entrypoints import subscribe_all
+from shared.core.handlers import subscribe_all
 from shared.core.plan import plan_run
 from shared.core.runtime import RunPolicy, Runtime
 from shared.deployer import Target, current_target

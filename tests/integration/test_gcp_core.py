@@ -15,7 +15,7 @@ from google.cloud import pubsub_v1
 
 from shared.adapters.gcp.firestore_store import FirestoreRunStore
 from shared.adapters.gcp.pubsub_bus import PubSubBus
-from shared.core import entrypoints
+from shared.core import handlers
 from shared.core.dispatcher import dispatch_request
 from shared.core.runtime import RunPolicy, Runtime
 from shared.messages import DeployRequest, RunResult, RunStatus
@@ -87,9 +87,9 @@ def cloud(
 
     fake_cloudbuild.on_terminal = on_terminal
     pump = Pump(pubsub_env.project, bus)
-    pump.route("tasks", entrypoints.on_task, rt)
-    pump.route("completions", entrypoints.on_completion, rt)
-    pump.route("builds", entrypoints.on_build_event, rt)
+    pump.route("tasks", handlers.on_task, rt)
+    pump.route("completions", handlers.on_completion, rt)
+    pump.route("builds", handlers.on_build_event, rt)
     yield rt, pump
     fake_cloudbuild.on_terminal = None  # builds still finishing publish nothing now
     pump.close()

@@ -15,7 +15,7 @@ from shared.architecture.model import Architecture, DeploymentSpec
 from shared.core.aggregator import record_completion
 from shared.core.control import cancel_run, fail_task, sweep
 from shared.core.dispatcher import dispatch_request
-from shared.core.entrypoints import on_completion, on_dead_letter, on_task, subscribe_all
+from shared.core.handlers import on_completion, on_dead_letter, on_task, subscribe_all
 from shared.core.run_engine import advance_run
 from shared.core.runtime import RunPolicy, Runtime
 from shared.deployer import Target

@@ -8,7 +8,7 @@ import pytest
 
 from shared.architecture.model import Architecture
 from shared.core.dispatcher import dispatch_request, run_id_for
-from shared.core.entrypoints import subscribe_all
+from shared.core.handlers import subscribe_all
 from shared.core.runtime import Runtime
 from shared.messages import (
     TOPIC_RESULTS,
