@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
 from shared.errors import UsageError
 from shared.locations import GITHUB, GS, ArchitecturesByScheme
+from shared.logs import configure
 from shared.messages import DeployRequest, Phase, RunRecord, RunResult
 from shared.ports import ArchitectureReader, MessageBus, RunStore, SourceProvider
 from shared.settings import Settings
@@ -79,7 +81,7 @@ def make_deployer(settings: Settings) -> ContainerDeployer:
     raise UsageError(f"unknown deployer {kind!r}: choose one of {', '.join(DEPLOYERS)}")
 
 
-def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
+def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
     """What one function needs: the dispatcher and aggregator run no deployer.
 
     Architectures at `gs://` and `github://` locations are read through
@@ -110,6 +112,27 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
 
         bus.subscribe(TOPIC_REQUESTS, dispatch)
     return rt
+
+
+@functools.cache
+def function_settings() -> Settings:
+    """A function instance's settings, read from its environment once."""
+    from shared.settings import load_settings
+
+    return load_settings()
+
+
+def http_token() -> str | None:
+    token = function_settings().http_token
+    return token.get_secret_value() if token else None
+
+
+@functools.cache
+def for_function(role: str) -> Runtime:
+    """A function instance's runtime: wired once, on first use, so a cold start imports
+    only what its role uses. Only the worker runs tasks with the deployer."""
+    configure(json_lines=True)
+    return wire(function_settings(), with_deployer=role == "worker")
 
 
 def run_policy(settings: Settings) -> RunPolicy:

@@ -329,10 +329,10 @@ def cancel(ctx: click.Context, run_id: str) -> None:
     `cancelled` (listing what had deployed) once what is in flight has finished."""
     import getpass
 
-    from shared.bootstrap import runtime
+    from shared.bootstrap import wire
     from shared.core.control import cancel_run
 
-    run = cancel_run(run_id, runtime(_settings(ctx)), by=getpass.getuser())
+    run = cancel_run(run_id, wire(_settings(ctx)), by=getpass.getuser())
     if run is None:
         raise RunNotFound(run_id)
     state = run.status.value if run.status.terminal else "cancelling (tasks in flight finish)"

@@ -25,11 +25,9 @@ from shared.messages import (
     TOPIC_REQUESTS,
     TOPIC_TASKS,
     DeployRequest,
-    Phase,
     RunRecord,
     TaskCompletion,
     TaskMessage,
-    TaskStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -100,34 +98,6 @@ def on_dead_letter(
         fail_task(run_id, task_id, "its message was dead-lettered after repeated failures", rt)
     elif run_id:
         advance_run(run_id, rt)
-
-
-def on_build_event(
-    data: bytes, attributes: Mapping[str, str], rt: Runtime, message_id: str = ""
-) -> None:
-    """A Cloud Build status change from the `cloud-builds` topic: terminal statuses of
-    archdeploy's builds complete their build task; everything else is ignored."""
-    from shared.adapters.gcp.cloud_build import parse_build_notification
-
-    try:
-        note = parse_build_notification(data, attributes)
-    except ValueError as exc:
-        log.error("build event %s is not a build (%s): acknowledged and dropped", message_id, exc)
-        return
-    if note is None:
-        return
-    completion = TaskCompletion(
-        run_id=note.run_id,
-        task_id=note.task_id,
-        phase=Phase.BUILD,
-        service=note.service,
-        status=TaskStatus.SUCCEEDED if note.status == "succeeded" else TaskStatus.FAILED,
-        image=note.image or None,
-        error=note.error or None,
-        build_id=note.build_id,
-        worker="cloud-build",
-    )
-    record_completion(completion, rt)
 
 
 def subscribe_all(bus: object, rt: Runtime) -> None:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+from shared import bootstrap
 from shared.core.runtime import Runtime
-from shared.doors import pubsub
 
 
 def fresh_dispatcher_runtime() -> Iterator[Runtime]:
     """Yield the runtime the dispatcher function will use, recording what it publishes;
     close it and forget the cached settings afterwards."""
-    pubsub.settings.cache_clear()
-    pubsub.runtime.cache_clear()
-    runtime = pubsub.runtime("dispatcher")
+    bootstrap.function_settings.cache_clear()
+    bootstrap.for_function.cache_clear()
+    runtime = bootstrap.for_function("dispatcher")
     runtime.bus.record = True  # type: ignore[attr-defined]
     logging.getLogger("shared").propagate = True  # so caplog sees what the function logs
     yield runtime
     runtime.bus.close()  # type: ignore[attr-defined]
     runtime.store.close()  # type: ignore[attr-defined]
-    pubsub.settings.cache_clear()
-    pubsub.runtime.cache_clear()
+    bootstrap.function_settings.cache_clear()
+    bootstrap.for_function.cache_clear()

@@ -12,11 +12,11 @@ from typing import Any
 import functions_framework
 import pytest
 
+from shared import bootstrap
 from shared.adapters.local.deployer import LocalDeployer
 from shared.adapters.local.sqlite_store import SqliteRunStore
 from shared.core.dispatcher import dispatch_request
 from shared.core.runtime import Runtime
-from shared.doors import pubsub
 from shared.messages import DeployRequest, Phase, TaskCompletion, TaskStatus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,11 +33,11 @@ class _NullBus:
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("ARCHDEPLOY_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("ARCHDEPLOY_HEALTH_TIMEOUT_SECONDS", "20")
-    pubsub.settings.cache_clear()
-    pubsub.runtime.cache_clear()
+    bootstrap.function_settings.cache_clear()
+    bootstrap.for_function.cache_clear()
     yield tmp_path
-    pubsub.settings.cache_clear()
-    pubsub.runtime.cache_clear()
+    bootstrap.function_settings.cache_clear()
+    bootstrap.for_function.cache_clear()
     LocalDeployer(tmp_path).teardown_all()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1
 
+from shared.adapters.gcp import build_events
 from shared.adapters.gcp.firestore_store import FirestoreRunStore
 from shared.adapters.gcp.pubsub_bus import PubSubBus
 from shared.core import handlers
@@ -89,7 +90,7 @@ def cloud(
     pump = Pump(pubsub_env.project, bus)
     pump.route("tasks", handlers.on_task, rt)
     pump.route("completions", handlers.on_completion, rt)
-    pump.route("builds", handlers.on_build_event, rt)
+    pump.route("builds", build_events.on_build_event, rt)
     yield rt, pump
     fake_cloudbuild.on_terminal = None  # builds still finishing publish nothing now
     pump.close()
