@@ -20,9 +20,6 @@ from shared.architecture.model import Architecture, DeploymentSpec, ServiceSpec
 from shared.errors import UsageError
 from shared.messages import Phase, TaskRecord, TaskStatus, task_id_for
 
-# Injected into every deployed service's environment; a user value for these is replaced.
-INJECTED_ENV = ("SERVICE_DIRECTOR_URL", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME")
-
 
 @dataclass(frozen=True)
 class Plan:
