@@ -50,6 +50,13 @@ def make_store(settings: Settings) -> RunStore:
     raise UsageError(f"unknown store {kind!r}: choose one of {', '.join(STORES)}")
 
 
+def memory_store() -> RunStore:
+    """A store that lives as long as the process (and goes with it): the manager's default."""
+    from shared.adapters.local.sqlite_store import SqliteRunStore
+
+    return SqliteRunStore(":memory:")
+
+
 def make_bus(settings: Settings) -> MessageBus:
     kind = settings.bus_kind
     if kind == "inprocess":
