@@ -27,6 +27,7 @@ from shared.core.control import cancel_run
 from shared.core.dispatcher import dispatch_request
 from shared.core.runtime import Runtime, run_view
 from shared.errors import ArchitectureError, BackendError, UsageError
+from shared.logs import http_trace_labels, log_context
 from shared.messages import DeployRequest
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,11 @@ def authorized(request: Any, token: str | None) -> bool:
 
 
 def handle(request: Any, rt: Runtime, *, token: str | None = None) -> Response:
+    with log_context(**http_trace_labels(request.headers)):
+        return _answer(request, rt, token)
+
+
+def _answer(request: Any, rt: Runtime, token: str | None) -> Response:
     try:
         return _route(request, rt, token)
     except Refused as refused:

@@ -17,7 +17,7 @@ from typing import Any
 
 from shared.core.runtime import Runtime
 from shared.errors import ArchdeployError, BackendError
-from shared.logs import log_context
+from shared.logs import log_context, trace_labels
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,15 @@ def handle(
             task_id=attributes.get("task_id"),
             service=attributes.get("service"),
             phase=attributes.get("phase"),
+            **trace_labels(_extension(event, "traceparent")),
         ),
         acknowledging(message_id or event_id),
     ):
         handler(data, attributes, runtime(), message_id)
+
+
+def _extension(event: Any, name: str) -> str | None:
+    """A CloudEvent extension attribute (e.g. `traceparent`), if the event carries it."""
+    get = getattr(event, "get", None)
+    value = get(name) if callable(get) else None
+    return str(value) if value else None

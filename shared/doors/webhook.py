@@ -31,6 +31,7 @@ from shared.core.dispatcher import run_id_for
 from shared.core.runtime import Runtime
 from shared.doors.http_api import Refused, problem, read_body
 from shared.errors import BackendError
+from shared.logs import http_trace_labels, log_context
 from shared.messages import TOPIC_REQUESTS, DeployRequest
 
 if TYPE_CHECKING:
@@ -89,6 +90,11 @@ def _json(body: Any, status: int) -> Response:
 
 def handle(request: Any, rt: Runtime, config: WebhookConfig) -> Response:
     """Answer one delivery: 401 unless signed, 202 with the run id for a push it acts on."""
+    with log_context(**http_trace_labels(request.headers)):
+        return _handle(request, rt, config)
+
+
+def _handle(request: Any, rt: Runtime, config: WebhookConfig) -> Response:
     delivery = request.headers.get("X-GitHub-Delivery", "")
     try:
         return _answer(request, rt, config, delivery)
