@@ -3,7 +3,8 @@
 `POST` a DeployRequest as JSON, or the architecture as raw YAML (`Content-Type`
 decides; query parameters `dataflow` (repeatable), `director_url`, `source_root`,
 `environment`, `idempotency_key`, `build_only` complete it): `202 {"run_id": ...}`.
-`GET /runs/RUN_ID` (or `?run_id=`): the run's current record; `GET /`: recent runs.
+`GET /runs/RUN_ID` (or `GET /?run_id=`): the run's current record; `GET /` (or `/runs`):
+recent runs; `POST /runs/RUN_ID/cancel`: cancel it. Routes are `ROUTES`, a werkzeug map.
 
 With `ARCHDEPLOY_HTTP_TOKEN` set, every call needs `Authorization: Bearer <token>`
 (on Google Cloud, IAM guards the function instead). Every refusal is JSON
@@ -22,6 +23,8 @@ import re
 from typing import Any
 
 from pydantic import ValidationError
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
 
 from shared.core.control import cancel_run
 from shared.core.dispatcher import dispatch_request
@@ -48,6 +51,17 @@ _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _REMOTE = ("gs://", "github://")
 _CHUNK = 65536
 _BEARER = {"WWW-Authenticate": "Bearer"}
+# `<path:...>` so a run id with a slash reaches the id check (and gets its 400 and fix).
+ROUTES = Map(
+    [
+        Rule("/", endpoint="list_or_read", methods=["GET"]),
+        Rule("/runs", endpoint="list_or_read", methods=["GET"]),
+        Rule("/runs/<path:run_id>", endpoint="read", methods=["GET"]),
+        Rule("/", endpoint="deploy", methods=["POST"]),
+        Rule("/runs/<path:run_id>/cancel", endpoint="cancel", methods=["POST"]),
+    ],
+    strict_slashes=False,
+)
 
 Response = tuple[str, int, dict[str, str]]
 
@@ -125,14 +139,32 @@ def _route(request: Any, rt: Runtime, token: str | None) -> Response:
         fix = "send `Authorization: Bearer <ARCHDEPLOY_HTTP_TOKEN>`"
         bad = problem("Authorization", "missing or wrong bearer token", fix)
         raise Refused(401, "missing or wrong bearer token", [bad], **_BEARER)
-    if request.method == "GET":
-        return _get_run(request, rt)
-    if request.method != "POST":
+    if request.method not in ("GET", "POST"):
         raise Refused(
             405, f"method {request.method} not allowed: use GET or POST", Allow="GET, POST"
         )
-    if request.path.rstrip("/").endswith("/cancel"):
-        return _cancel(request, rt)
+    try:
+        endpoint, params = ROUTES.bind("", path_info=request.path).match(method=request.method)
+    except NotFound:
+        fix = "POST / to deploy; GET / or /runs/RUN_ID; POST /runs/RUN_ID/cancel"
+        raise Refused(
+            404, f"no route {request.path[:200]!r}", [problem("", "no route", fix)]
+        ) from None
+    except MethodNotAllowed as exc:
+        allowed = ", ".join(sorted(set(exc.valid_methods or ()) & {"GET", "POST"}))
+        raise Refused(
+            405, f"method {request.method} not allowed: use {allowed}", Allow=allowed
+        ) from None
+    if endpoint == "cancel":
+        return _cancel(request, rt, params["run_id"])
+    if endpoint == "read":
+        return _get_run(request, rt, request.args.get("run_id") or params["run_id"])
+    if endpoint == "list_or_read":
+        return _get_run(request, rt, request.args.get("run_id", ""))
+    return _deploy(request, rt)
+
+
+def _deploy(request: Any, rt: Runtime) -> Response:
     body = read_body(request, MAX_BODY_BYTES)
     if body is None:
         fix = "architecture files are capped at 1 MiB: send the file, not a bundle"
@@ -230,9 +262,8 @@ def _field_problem(error: Any) -> dict[str, Any]:
     return problem(path, message, fix)
 
 
-def _cancel(request: Any, rt: Runtime) -> Response:
+def _cancel(request: Any, rt: Runtime, run_id: str) -> Response:
     """`POST /runs/RUN_ID/cancel`: stop the run; what already deployed stays listed."""
-    run_id = request.path.rstrip("/").removesuffix("/cancel").partition("/runs/")[2]
     if not _RUN_ID.fullmatch(run_id):
         fix = "POST /runs/RUN_ID/cancel, with the id the POST answered"
         raise Refused(400, "not a run id", [problem("run_id", "not a run id", fix)])
@@ -245,9 +276,7 @@ def _cancel(request: Any, rt: Runtime) -> Response:
     )
 
 
-def _get_run(request: Any, rt: Runtime) -> Response:
-    path = request.path.rstrip("/")
-    run_id = request.args.get("run_id") or path.partition("/runs/")[2]
+def _get_run(request: Any, rt: Runtime, run_id: str) -> Response:
     if not run_id:
         runs = [r.model_dump(mode="json") for r in rt.store.list_runs(20)]
         return _json({"runs": runs}, 200)
