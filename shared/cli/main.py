@@ -204,9 +204,6 @@ def up(
 
     Unchanged services are neither rebuilt nor redeployed (`--no-cache` forces both).
     """
-    from shared.bootstrap import embedded
-    from shared.cli.progress import follow
-
     loaded = _load(file, strict, environment, check_paths=True)
     options: dict[str, Any] = {
         "source_root": str(loaded.base_dir) if loaded.base_dir else None,
@@ -217,23 +214,31 @@ def up(
         "no_cache": no_cache,
         "rollback_on_failure": rollback_on_failure,
     }
+    settings = _settings(ctx, parallelism=parallelism)
     if endpoint:
-        from shared.cli.dev import up_over_http
+        from shared.cli.remote import up_over_http
 
         request = DeployRequest(architecture=loaded.text, **options)
-        _report(up_over_http(endpoint, request, _settings(ctx).http_token), as_json)
-    settings = _settings(ctx, parallelism=parallelism)
-    if settings.bus_kind == "pubsub":
+        result = up_over_http(endpoint, request, settings.http_token)
+    elif settings.bus_kind == "pubsub":
         request = DeployRequest(architecture=loaded.text, **options)
-        _report(_up_over_pubsub(settings, request), as_json)
+        result = _up_over_pubsub(settings, request)
+    else:
+        request = DeployRequest(architecture_uri=str(Path(file).resolve()), **options)
+        services = len(list(loaded.architecture.services()))
+        result = _up_embedded(settings, request, services)
+    sys.exit(_report(result, as_json))
+
+
+def _up_embedded(settings: Any, request: DeployRequest, services: int) -> RunResult:
+    """Run the request in this process and follow it until it ends."""
+    from shared.bootstrap import embedded
+    from shared.cli.progress import follow
+
     system = embedded(settings)
-    request = DeployRequest(architecture_uri=str(Path(file).resolve()), **options)
     try:
         run = system.submit(request)
-        err.print(
-            f"run {run.run_id}: {len(list(loaded.architecture.services()))} services, "
-            f"state in {settings.state_dir}"
-        )
+        err.print(f"run {run.run_id}: {services} services, state in {settings.state_dir}")
         waiter = threading.Thread(target=_wait, args=(system, run.run_id), daemon=True)
         waiter.start()
         result = follow(
@@ -242,7 +247,7 @@ def up(
         waiter.join()
     finally:
         system.close()
-    _report(result, as_json)
+    return result
 
 
 def _up_over_pubsub(settings: Any, request: DeployRequest) -> RunResult:
@@ -287,7 +292,8 @@ def _wait(system: Any, run_id: str) -> None:
         err.print(f"[bold red]error:[/] a handler gave up: {exc.__cause__ or exc}")
 
 
-def _report(result: RunResult, as_json: bool) -> None:
+def _report(result: RunResult, as_json: bool) -> int:
+    """Print the result; returns the exit code it calls for."""
     from shared.cli.progress import print_errors, result_table
 
     out = Console(highlight=False)
@@ -296,8 +302,7 @@ def _report(result: RunResult, as_json: bool) -> None:
     else:
         out.print(result_table(result))
     print_errors(result, err)
-    code = EXIT_OK if result.status is RunStatus.SUCCEEDED else EXIT_RUN_FAILED
-    sys.exit(code)
+    return EXIT_OK if result.status is RunStatus.SUCCEEDED else EXIT_RUN_FAILED
 
 
 @cli.command()
@@ -318,7 +323,7 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool) -> None:
     result = current(store, run_id)
     if result is None:
         raise RunNotFound(run_id)
-    _report(result, as_json)
+    sys.exit(_report(result, as_json))
 
 
 @cli.command()
