@@ -30,6 +30,7 @@ from shared.core.control import cancel_run
 from shared.core.dispatcher import dispatch_request
 from shared.core.runtime import Runtime, run_view
 from shared.errors import ArchitectureError, BackendError, UsageError
+from shared.locations import SCHEMES, scheme_of
 from shared.logs import http_trace_labels, log_context
 from shared.messages import DeployRequest
 
@@ -48,7 +49,6 @@ _QUERY_FIELDS = {
     "build_only": "build_only",
 }
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_REMOTE = ("gs://", "github://")
 _CHUNK = 65536
 _BEARER = {"WWW-Authenticate": "Bearer"}
 # `<path:...>` so a run id with a slash reaches the id check (and gets its 400 and fix).
@@ -188,7 +188,7 @@ def _request_from(request: Any, body: bytes) -> DeployRequest:
         message = f"Content-Type {content_type or '(none)'} not supported"
         raise Refused(415, message, [problem("Content-Type", message, fix)])
     uri = deploy.architecture_uri
-    if uri is not None and not uri.startswith(_REMOTE):
+    if uri is not None and scheme_of(uri) not in SCHEMES:
         fix = "send the file's text instead, or a gs://BUCKET/OBJECT or github:// URI"
         message = "a path on the function's own disk is not read over HTTP"
         raise Refused(400, "invalid request", [problem("architecture_uri", message, fix)])

@@ -31,6 +31,7 @@ from shared.core.dispatcher import run_id_for
 from shared.core.runtime import Runtime
 from shared.doors.http_api import Refused, problem, read_body
 from shared.errors import BackendError
+from shared.locations import GitHubLocation
 from shared.logs import http_trace_labels, log_context
 from shared.messages import TOPIC_REQUESTS, DeployRequest
 
@@ -196,10 +197,11 @@ def _deploy_request(push: PushEvent, delivery: str, config: WebhookConfig) -> De
         fix = "set ARCHDEPLOY_WEBHOOK_ARCHITECTURE_PATH to a path inside the repository"
         raise _refused(500, f"architecture path {path!r} leaves the repository", fix)
     directory = posixpath.dirname(clean)
+    owner, _, name = repo.partition("/")
     branch = push.ref.removeprefix("refs/heads/")
     return DeployRequest(
-        architecture_uri=f"github://{repo}/{clean}@{sha}",
-        source_root=f"github://{repo}@{sha}" + (f"/{directory}" if directory else ""),
+        architecture_uri=GitHubLocation(owner, name, sha, clean).file_uri(),
+        source_root=GitHubLocation(owner, name, sha, directory).tree_uri(),
         idempotency_key=delivery,
         requested_by=f"github:{(push.pusher.name if push.pusher else '')[:100] or repo}",
         supersede_key=f"github:{repo}:{branch}",
