@@ -18,7 +18,7 @@ from google.cloud.devtools import cloudbuild_v1
 
 from shared.adapters.gcp.cloud_build import task_id_from_build
 from shared.adapters.gcp.deployer import GcpDeployer, parse_build_notification
-from shared.adapters.source_archive import pack_source
+from shared.adapters.gcp.source_archive import pack_source
 from shared.architecture.model import DeploymentSpec, HealthCheck, SecretEnvVar
 from shared.deployer import BuildSubmitter, ContainerDeployer, Target
 from shared.errors import BackendError

@@ -47,7 +47,7 @@ from shared.adapters.gcp.cloud_run import (
 )
 from shared.adapters.gcp.cloud_run import service_account_email as full_account_email
 from shared.adapters.gcp.retry import RetryPolicy, describe_api_error
-from shared.adapters.source_archive import SourceStager, normalize_dir
+from shared.adapters.gcp.source_archive import SourceStager, normalize_dir
 from shared.architecture.model import DeploymentSpec
 from shared.deployer import (
     Deployed,
