@@ -221,8 +221,10 @@ def up(
         request = DeployRequest(architecture=loaded.text, **options)
         result = up_over_http(endpoint, request, settings.http_token)
     elif settings.bus_kind == "pubsub":
+        from shared.cli.remote import up_over_pubsub
+
         request = DeployRequest(architecture=loaded.text, **options)
-        result = _up_over_pubsub(settings, request)
+        result = up_over_pubsub(settings, request)
     else:
         request = DeployRequest(architecture_uri=str(Path(file).resolve()), **options)
         services = len(list(loaded.architecture.services()))
@@ -248,41 +250,6 @@ def _up_embedded(settings: Any, request: DeployRequest, services: int) -> RunRes
     finally:
         system.close()
     return result
-
-
-def _up_over_pubsub(settings: Any, request: DeployRequest) -> RunResult:
-    """Publish the request on the requests topic and follow the run in the store, as the
-    deployed functions (or `archdeploy dev`'s) run it. Sources must be readable by the
-    workers: a pushed commit, `gs://`, or a filesystem they share (dev)."""
-    import uuid
-
-    from shared.bootstrap import make_bus, make_store
-    from shared.cli.progress import follow
-    from shared.core.dispatcher import run_id_for
-    from shared.messages import TOPIC_REQUESTS
-
-    key = request.idempotency_key or f"cli-{uuid.uuid4().hex}"
-    request = request.model_copy(update={"idempotency_key": key})
-    make_bus(settings).publish(TOPIC_REQUESTS, request, attributes={"kind": "request"})
-    run_id = run_id_for(key)
-    err.print(f"run {run_id} published to {settings.topic_requests} ({settings.project})")
-    store = make_store(settings)
-    _await_run(store, run_id)
-    return follow(store, run_id, stream=sys.stderr, timeout=settings.run_deadline_seconds)
-
-
-def _await_run(store: Any, run_id: str, timeout: float = 60.0) -> None:
-    """The dispatcher creates the run when it gets the message: wait for it to appear."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while store.get_run(run_id) is None:
-        if time.monotonic() > deadline:
-            raise UsageError(
-                f"run {run_id} was published but no dispatcher created it in "
-                f"{timeout:g}s: is the dispatcher function subscribed?"
-            )
-        time.sleep(0.2)
 
 
 def _wait(system: Any, run_id: str) -> None:

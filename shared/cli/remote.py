@@ -1,8 +1,9 @@
-"""`archdeploy up FILE --endpoint URL`: the client of a dispatcher's HTTP function.
+"""`archdeploy up` against functions deployed elsewhere (Google Cloud, `archdeploy dev`).
 
-It POSTs the request to the dispatcher and follows the run by polling
-`GET URL/runs/RUN_ID`, which answers the run's current record wherever the run lives
-(on Google Cloud, or in `archdeploy dev`'s topology).
+`--endpoint URL` POSTs the request to the dispatcher's HTTP function and follows the run
+by polling `GET URL/runs/RUN_ID`, which answers the run's current record wherever the run
+lives. On the Pub/Sub bus, the request is published on the requests topic and the run
+followed in the store.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from typing import IO, Any
 
 from pydantic import SecretStr
@@ -23,6 +25,39 @@ from shared.messages import DeployRequest, RunResult
 
 HTTP_TIMEOUT = 30.0  # seconds per request
 FETCH_ATTEMPTS = 5  # consecutive failed polls before giving up
+
+
+def up_over_pubsub(settings: Any, request: DeployRequest) -> RunResult:
+    """Publish the request on the requests topic and follow the run in the store, as the
+    deployed functions (or `archdeploy dev`'s) run it. Sources must be readable by the
+    workers: a pushed commit, `gs://`, or a filesystem they share (dev)."""
+    from shared.bootstrap import make_bus, make_store
+    from shared.cli.progress import follow
+    from shared.core.dispatcher import run_id_for
+    from shared.messages import TOPIC_REQUESTS
+
+    key = request.idempotency_key or f"cli-{uuid.uuid4().hex}"
+    request = request.model_copy(update={"idempotency_key": key})
+    make_bus(settings).publish(TOPIC_REQUESTS, request, attributes={"kind": "request"})
+    run_id = run_id_for(key)
+    Console(stderr=True, highlight=False).print(
+        f"run {run_id} published to {settings.topic_requests} ({settings.project})"
+    )
+    store = make_store(settings)
+    await_run(store, run_id)
+    return follow(store, run_id, stream=sys.stderr, timeout=settings.run_deadline_seconds)
+
+
+def await_run(store: Any, run_id: str, timeout: float = 60.0) -> None:
+    """The dispatcher creates the run when it gets the message: wait for it to appear."""
+    deadline = time.monotonic() + timeout
+    while store.get_run(run_id) is None:
+        if time.monotonic() > deadline:
+            raise UsageError(
+                f"run {run_id} was published but no dispatcher created it in "
+                f"{timeout:g}s: is the dispatcher function subscribed?"
+            )
+        time.sleep(0.2)
 
 
 def up_over_http(
