@@ -526,7 +526,7 @@ class FaultyDeployer(FakeDeployer):
             if phase is Phase.BUILD:
                 self.built.append((service, spec))
             else:
-                self.deployed.append((service, "", spec))
+                self.deploys.append((service, "", spec))
             self.effects.append(Effect(target.run_id, phase, service, output, image, director_url))
         self._event(f"{phase.value}-end", service)
         return output

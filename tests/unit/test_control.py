@@ -166,7 +166,7 @@ def test_cancelling_stops_what_has_not_started_and_ends_the_run_once_what_runs_h
     result = system.result(run_id)
     assert result.status is RunStatus.CANCELLED
     assert result.images == {"ingest": "img@sha256:1"}
-    assert system.deployer.built == [] and system.deployer.deployed == []
+    assert system.deployer.built == [] and system.deployer.deploys == []
     assert _finished_events(system, run_id) == 1
 
 
@@ -209,7 +209,7 @@ def test_the_sweep_times_out_a_task_past_its_phase_deadline_and_the_run_fails() 
     assert result.status is RunStatus.FAILED
     (error,) = result.errors
     assert error.service == "svc-0000" and "build deadline of 3600s" in error.error
-    assert system.deployer.deployed == []
+    assert system.deployer.deploys == []
 
 
 def test_the_sweep_resends_a_task_nobody_claimed_only_after_republish_after() -> None:
@@ -281,7 +281,7 @@ def test_the_sweep_moves_a_run_on_when_its_completions_are_lost() -> None:
     system.deliver(keep=lambda topic, _: topic != TOPIC_COMPLETIONS)
     sweep(system.rt)
     assert system.result(run_id).status is RunStatus.SUCCEEDED
-    assert len(system.deployer.deployed) == 4
+    assert len(system.deployer.deploys) == 4
 
 
 def test_sweeping_when_nothing_is_due_changes_nothing() -> None:
@@ -310,7 +310,7 @@ def test_failing_a_build_task_fails_the_run_and_starts_no_queued_build() -> None
 
     result = system.result(run_id)
     assert result.status is RunStatus.FAILED
-    assert system.deployer.built == [] and system.deployer.deployed == []
+    assert system.deployer.built == [] and system.deployer.deploys == []
     errors = {e.service: e.error for e in result.errors}
     assert errors["svc-0000"] == "its message could not be read"
     assert errors["svc-0001"] == "not started: build of svc-0000 failed"
@@ -339,7 +339,7 @@ def test_a_poison_task_message_with_ids_fails_its_task_and_the_run() -> None:
     assert task.status is TaskStatus.FAILED
     assert task.error and "message m-1 is not a valid TaskMessage" in task.error
     assert system.result(run_id).status is RunStatus.FAILED
-    assert system.deployer.deployed == []
+    assert system.deployer.deploys == []
 
 
 def test_a_poison_task_message_without_ids_is_dropped_and_the_sweep_resends_its_task() -> None:
@@ -446,7 +446,7 @@ def test_a_cap_keeps_that_many_tasks_in_flight_and_releases_the_rest_as_they_end
         most = max(most, _in_flight(system, run_id, phase))
     assert most == 2
     assert system.result(run_id).status is RunStatus.SUCCEEDED
-    assert len(system.deployer.deployed) == 5
+    assert len(system.deployer.deploys) == 5
 
 
 class RacingStore(FakeRunStore):
@@ -529,7 +529,7 @@ def test_a_failed_build_cancels_the_submitted_builds_still_running_when_configur
     assert cancelled == ["build-svc-0002"]  # not the one that ended, nor the one that failed
     _build_event(system, run_id, "svc-0002", TaskStatus.FAILED)  # Cloud Build: CANCELLED
     assert system.result(run_id).status is RunStatus.FAILED
-    assert system.deployer.deployed == []
+    assert system.deployer.deploys == []
 
 
 def test_without_the_setting_running_builds_are_left_to_finish() -> None:
