@@ -45,3 +45,34 @@ def test_the_layer_contracts_hold() -> None:
         [str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_every_import_and_name_the_readme_shows_resolves() -> None:
+    import importlib
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", readme, re.S))
+    imports = [
+        line for line in code.splitlines() if line.startswith(("from shared", "import shared"))
+    ]
+    assert imports, "the README shows no import of shared: update this test"
+    for line in imports:
+        exec(line, {})
+    unresolved = []
+    for dotted in set(re.findall(r"`(shared(?:\.\w+)+)(?:\(\))?`", readme)):
+        parts = dotted.split(".")
+        for split in range(len(parts), 0, -1):
+            try:
+                found: object = importlib.import_module(".".join(parts[:split]))
+            except ImportError:
+                continue
+            try:
+                for name in parts[split:]:
+                    found = getattr(found, name)
+            except AttributeError:
+                unresolved.append(dotted)
+            break
+        else:
+            unresolved.append(dotted)
+    assert not unresolved, f"the README names what does not exist: {sorted(unresolved)}"
