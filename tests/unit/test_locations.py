@@ -43,6 +43,7 @@ def test_a_github_file_and_tree_round_trip() -> None:
         ("github://acme/shop/../x.yaml@main", "leaves the repository"),
         ("github://acme/shop/x.yaml@", "no valid @REF"),
     ],
+    ids=["not-github", "no-file", "dot-dot", "no-ref"],
 )
 def test_a_bad_github_file_says_what_is_wrong_and_the_fix(uri: str, why: str) -> None:
     with pytest.raises(ValueError, match=why) as caught:

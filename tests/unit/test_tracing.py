@@ -65,7 +65,9 @@ def test_the_cloud_trace_header_gives_the_trace_and_its_decimal_span_in_hex(
 
 
 @pytest.mark.parametrize(
-    "value", ["", "garbage", f"00-{'0' * 32}-00f067aa0ba902b7-01", "00-short-span-01"]
+    "value",
+    ["", "garbage", f"00-{'0' * 32}-00f067aa0ba902b7-01", "00-short-span-01"],
+    ids=["empty", "garbage", "zero-trace", "short"],
 )
 def test_a_missing_or_malformed_trace_sets_nothing(value: str) -> None:
     assert trace_labels(value, value) == {}
