@@ -51,6 +51,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check shared functions tests examples $(wildcard benchmarks)
 	$(BIN)/ruff format --check shared functions tests examples $(wildcard benchmarks)
 	$(BIN)/mypy shared
+	$(BIN)/lint-imports
 
 test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.adapters.local.inprocess_bus import InProcessBus
-from shared.core.entrypoints import subscribe_all
-from shared.core.handlers import Runtime, dispatch_request, sweep
+from shared.core.control import sweep
+from shared.core.dispatcher import dispatch_request
+from shared.core.handlers import subscribe_all
+from shared.core.runtime import RunPolicy, Runtime
 from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
 from shared.errors import UsageError
+from shared.locations import GITHUB, GS, ArchitecturesByScheme
+from shared.logs import configure
 from shared.messages import DeployRequest, Phase, RunRecord, RunResult
-from shared.ports import MessageBus, RunStore, SourceProvider
+from shared.ports import ArchitectureReader, MessageBus, RunStore, SourceProvider
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from shared.adapters.github_source import GitHubClient
-    from shared.architecture.loading import LoadedArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,13 @@ def make_store(settings: Settings) -> RunStore:
             collection=settings.firestore_collection,
         )
     raise UsageError(f"unknown store {kind!r}: choose one of {', '.join(STORES)}")
+
+
+def memory_store() -> RunStore:
+    """A store that lives as long as the process (and goes with it): the manager's default."""
+    from shared.adapters.local.sqlite_store import SqliteRunStore
+
+    return SqliteRunStore(":memory:")
 
 
 def make_bus(settings: Settings) -> MessageBus:
@@ -77,28 +88,29 @@ def make_deployer(settings: Settings) -> ContainerDeployer:
     raise UsageError(f"unknown deployer {kind!r}: choose one of {', '.join(DEPLOYERS)}")
 
 
-def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
+def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
     """What one function needs: the dispatcher and aggregator run no deployer.
 
     Architectures at `gs://` and `github://` locations are read through
-    `fetch_architecture`; build sources at a GitHub commit are fetched by `sources`. On
+    `architectures`; build sources at a GitHub commit are fetched by `sources`. On
     the in-process bus the requests topic is dispatched here too, so a request the
     webhook queues is handled without Pub/Sub.
     """
-    from shared.core.entrypoints import on_request
+    from shared.core.handlers import on_request
     from shared.messages import TOPIC_REQUESTS
 
-    deployer = make_deployer(settings) if with_deployer else None
+    # On Google Cloud every function cancels builds (cancel, supersede, sweep, a failed
+    # build) through the deployer; constructing a `GcpDeployer` loads no SDK.
+    gcp = settings.deployer_kind == "gcp"
+    deployer = make_deployer(settings) if with_deployer or gcp else None
     bus = make_bus(settings)
     rt = Runtime(
         store=make_store(settings),
         bus=bus,
         deployer=deployer,
-        **knobs(settings),
-        async_builds=settings.deployer_kind == "gcp" and settings.async_builds,
-        cancel_build=_build_canceller(settings),
-        fetch_architecture=_remote_architectures(settings),
         sources=_github_sources(settings),
+        architectures=_remote_architectures(settings),
+        policy=run_policy(settings),
     )
     if isinstance(bus, InProcessBus):
 
@@ -109,8 +121,29 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
     return rt
 
 
-def knobs(settings: Settings) -> dict[str, Any]:
-    """The settings that shape a run, as `Runtime` takes them."""
+@functools.cache
+def function_settings() -> Settings:
+    """A function instance's settings, read from its environment once."""
+    from shared.settings import load_settings
+
+    return load_settings()
+
+
+def http_token() -> str | None:
+    token = function_settings().http_token
+    return token.get_secret_value() if token else None
+
+
+@functools.cache
+def for_function(role: str) -> Runtime:
+    """A function instance's runtime: wired once, on first use, so a cold start imports
+    only what its role uses. Only the worker runs tasks with the deployer."""
+    configure(json_lines=True)
+    return wire(function_settings(), with_deployer=role == "worker")
+
+
+def run_policy(settings: Settings) -> RunPolicy:
+    """The settings that shape a run."""
     deadlines = {
         Phase.BUILD: settings.build_deadline_seconds,
         Phase.DIRECTOR: settings.deploy_deadline_seconds,
@@ -122,32 +155,20 @@ def knobs(settings: Settings) -> dict[str, Any]:
     # Cloud Build's quota is per project; locally the bus's thread pool is the cap.
     capped = settings.deployer_kind == "gcp"
     explicit = settings.model_fields_set
-    return {
-        "deadlines": deadlines,
-        "leases": leases,
-        "run_deadline": settings.run_deadline_seconds,
-        "republish_after": settings.republish_after_seconds,
-        "build_concurrency": settings.build_concurrency
+    return RunPolicy(
+        deadlines=deadlines,
+        leases=leases,
+        run_deadline=settings.run_deadline_seconds,
+        republish_after=settings.republish_after_seconds,
+        async_builds=capped and settings.async_builds,
+        build_concurrency=settings.build_concurrency
         if capped or "build_concurrency" in explicit
         else None,
-        "deploy_concurrency": settings.deploy_concurrency
+        deploy_concurrency=settings.deploy_concurrency
         if capped or "deploy_concurrency" in explicit
         else None,
-        "cancel_builds_on_failure": settings.cancel_builds_on_failure,
-    }
-
-
-def _build_canceller(settings: Settings) -> Callable[[str], None] | None:
-    """Cancels a submitted Cloud Build; the SDK loads only when a build is cancelled."""
-    if settings.deployer_kind != "gcp":
-        return None
-
-    def cancel(build_id: str) -> None:
-        from google.cloud.devtools import cloudbuild_v1
-
-        cloudbuild_v1.CloudBuildClient().cancel_build(project_id=settings.project, id=build_id)
-
-    return cancel
+        cancel_builds_on_failure=settings.cancel_builds_on_failure,
+    )
 
 
 def _github_client(settings: Settings) -> GitHubClient:
@@ -169,25 +190,16 @@ def _github_sources(settings: Settings) -> SourceProvider:
     return GitHubSource(_github_client(settings), cache)
 
 
-def _remote_architectures(settings: Settings) -> Callable[[str], LoadedArchitecture]:
+def _remote_architectures(settings: Settings) -> ArchitectureReader:
     from shared.adapters.gcp.gcs_source import GcsArchitectures
     from shared.adapters.github_source import GitHubArchitectures
 
-    readers: dict[str, Callable[[str], LoadedArchitecture]] = {
-        "gs": GcsArchitectures(settings.project),
-        "github": GitHubArchitectures(_github_client(settings)),
-    }
-
-    def fetch(uri: str) -> LoadedArchitecture:
-        reader = readers.get(uri.partition("://")[0])
-        if reader is None:
-            raise UsageError(
-                f"cannot read {uri!r}: an architecture location is a local path,"
-                " gs://BUCKET/OBJECT or github://OWNER/REPO/PATH@REF"
-            )
-        return reader(uri)
-
-    return fetch
+    return ArchitecturesByScheme(
+        {
+            GS: GcsArchitectures(settings.project),
+            GITHUB: GitHubArchitectures(_github_client(settings)),
+        }
+    )
 
 
 @dataclass
@@ -251,7 +263,7 @@ def embedded(
         store=store or make_store(settings),
         bus=bus,
         deployer=deployer or make_deployer(settings),
-        **knobs(settings),
+        policy=run_policy(settings),
     )
     if callable(clock):
         rt.clock = clock

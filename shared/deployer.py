@@ -139,6 +139,25 @@ def config_fingerprint(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# A deployer's optional abilities: each a small protocol, found by `isinstance`.
+
+
+@runtime_checkable
+class BuildSubmitter(Protocol):
+    """Builds that are submitted rather than awaited, and can be cancelled.
+
+    A build can outlast a function's 540 s timeout, so on Google Cloud the worker submits
+    it and its outcome arrives later as a build event (`Policy.async_builds`)."""
+
+    def submit_build(self, service_name: str, spec: DeploymentSpec, *, target: Target) -> str:
+        """Start the build and return its id without waiting for it."""
+        ...
+
+    def cancel_build(self, build_id: str) -> None:
+        """Cancel a submitted build (best effort: a build that ended already is fine)."""
+        ...
+
+
 @runtime_checkable
 class IncrementalDeployer(Protocol):
     """What a deployer offers so repeated runs skip unchanged work and can roll back."""

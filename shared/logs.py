@@ -11,6 +11,7 @@ import contextvars
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator, Mapping
@@ -34,6 +35,37 @@ def log_context(**labels: str | None) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;.*)?")
+
+
+def trace_labels(
+    traceparent: str | None = None, cloud_trace_context: str | None = None
+) -> dict[str, str]:
+    """`trace` and `span_id` for `log_context`, from a W3C `traceparent` (HTTP header or
+    CloudEvent extension) or Google's `X-Cloud-Trace-Context`; {} when neither parses.
+
+    The trace is written as Cloud Logging wants it, `projects/PROJECT/traces/ID`, when the
+    project is known from `GOOGLE_CLOUD_PROJECT` or `ARCHDEPLOY_PROJECT`."""
+    trace = span = ""
+    if traceparent and (w3c := _TRACEPARENT.fullmatch(traceparent.strip().lower())):
+        trace, span = w3c.group(1), w3c.group(2)
+    elif cloud_trace_context and (gcp := _CLOUD_TRACE.fullmatch(cloud_trace_context.strip())):
+        trace = gcp.group(1).lower()
+        span = f"{int(gcp.group(2)):016x}" if gcp.group(2) else ""
+        span = span if len(span) == 16 else ""
+    if not trace or trace == "0" * 32:
+        return {}
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("ARCHDEPLOY_PROJECT")
+    labels = {"trace": f"projects/{project}/traces/{trace}" if project else trace}
+    return labels | ({"span_id": span} if span and span != "0" * 16 else {})
+
+
+def http_trace_labels(headers: Mapping[str, str]) -> dict[str, str]:
+    """`trace_labels` of an HTTP request's headers."""
+    return trace_labels(headers.get("traceparent"), headers.get("X-Cloud-Trace-Context"))
 
 
 class JsonFormatter(logging.Formatter):

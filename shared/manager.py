@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from shared.adapters.local.sqlite_store import SqliteRunStore
 from shared.architecture.model import Architecture
-from shared.bootstrap import Embedded, embedded
+from shared.bootstrap import Embedded, embedded, memory_store
 from shared.deployer import ContainerDeployer
 from shared.errors import DeploymentError, ServiceFailure
 from shared.messages import DeployRequest, RunResult, RunStatus
+from shared.ports import RunStore
 from shared.settings import Settings
 
 
@@ -28,7 +28,7 @@ class DeploymentManager:
         *,
         source_root: Path | str = ".",
         parallelism: int = 32,
-        store: SqliteRunStore | None = None,
+        store: RunStore | None = None,
     ) -> None:
         self.architecture = architecture
         self.deployer = deployer
@@ -80,15 +80,16 @@ class DeploymentManager:
 
     def _run(self, request: DeployRequest) -> RunResult:
         # Without a store of the caller's, each call keeps its run in memory only.
-        store = self._store or SqliteRunStore(":memory:")
+        store = self._store or memory_store()
         system: Embedded = embedded(self._settings, deployer=self.deployer, store=store)
         try:
             run = system.submit(request)
             result = system.wait(run.run_id)
         finally:
-            system.bus.close()
             if self._store is None:
-                store.close()
+                system.close()  # the bus and the store this call made
+            else:
+                system.bus.close()
         self.last_result = result
         if result.status is not RunStatus.SUCCEEDED:
             failures = [ServiceFailure(e.service, e.phase.value, e.error) for e in result.errors]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -21,6 +21,9 @@ from shared.messages import (
     TaskRecord,
     TaskStatus,
 )
+
+if TYPE_CHECKING:
+    from shared.architecture.loading import LoadedArchitecture
 
 
 class MessageBus(Protocol):
@@ -134,5 +137,16 @@ class SourceProvider(Protocol):
         container deployer can read: remote sources (e.g. `github://owner/repo@sha/dir`)
         fetched into a local directory. Specs whose sources are already local or in
         `gs://` come back unchanged. Idempotent; raises `BackendError` if the fetch fails.
+        """
+        ...
+
+
+class ArchitectureReader(Protocol):
+    def read(self, uri: str) -> LoadedArchitecture:
+        """The architecture at a remote location (`gs://...`, `github://...`), validated.
+
+        A location that cannot be read for good (missing, refused, malformed) raises
+        `ArchitectureError` naming it and the fix; a transient failure a retryable
+        `BackendError`.
         """
         ...

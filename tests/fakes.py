@@ -15,7 +15,13 @@ from pydantic import BaseModel
 
 from shared import store_rules as rules
 from shared.architecture.model import DeploymentSpec
-from shared.deployer import Target, build_then_deploy
+from shared.deployer import (
+    Deployed,
+    Target,
+    build_then_deploy,
+    config_fingerprint,
+    current_target,
+)
 from shared.errors import BackendError
 from shared.messages import (
     Phase,
@@ -187,7 +193,10 @@ class FakeBus:
 
 
 class FakeDeployer:
-    """`ContainerDeployer` that records calls and takes scripted delays and failures."""
+    """`ContainerDeployer` and `IncrementalDeployer` that records calls and takes scripted
+    delays and failures. It remembers, per instance, each image built from a source and
+    each deploy as a revision, so repeated runs reuse what is unchanged and a rollback
+    returns to a revision it served."""
 
     def __init__(
         self,
@@ -203,9 +212,13 @@ class FakeDeployer:
         self.fail_deploy = dict(fail_deploy or {})
         self._lock = threading.Lock()
         self.built: list[tuple[str, DeploymentSpec]] = []
-        self.deployed: list[tuple[str, str, DeploymentSpec]] = []
+        self.deploys: list[tuple[str, str, DeploymentSpec]] = []
         self.torn_down: list[str] = []
         self.events: list[tuple[str, str, float]] = []  # (action, service, monotonic time)
+        self.images: dict[tuple[str, str], str] = {}  # (service, source) -> image built
+        self.revisions: dict[str, list[Deployed]] = {}  # service -> every deploy, in order
+        self.serving: dict[str, Deployed] = {}  # service -> what serves it now
+        self.rolled_back: list[tuple[str, str]] = []  # (service, revision)
 
     def build(
         self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
@@ -215,11 +228,13 @@ class FakeDeployer:
         if service_name in self.fail_build:
             self._event("build-failed", service_name)
             raise BackendError(f"building {service_name}: {self.fail_build[service_name]}")
+        digest = hashlib.sha256(f"{service_name}:{spec.source_path}".encode()).hexdigest()
+        image = f"fake.registry/{service_name}@sha256:{digest}"
         with self._lock:
             self.built.append((service_name, spec))
+            self.images[(service_name, spec.source_path)] = image
         self._event("build-end", service_name)
-        digest = hashlib.sha256(f"{service_name}:{spec.source_path}".encode()).hexdigest()
-        return f"fake.registry/{service_name}@sha256:{digest}"
+        return image
 
     def deploy_service(
         self,
@@ -234,10 +249,41 @@ class FakeDeployer:
         if service_name in self.fail_deploy:
             self._event("deploy-failed", service_name)
             raise BackendError(f"deploying {service_name}: {self.fail_deploy[service_name]}")
+        health = (target or current_target()).health_check
         with self._lock:
-            self.deployed.append((service_name, service_account_email, spec))
+            self.deploys.append((service_name, service_account_email, spec))
+            history = self.revisions.setdefault(service_name, [])
+            revision = f"{service_name}-{len(history) + 1:05}"
+            now = Deployed(
+                url=f"https://{service_name}.fake.run",
+                image=spec.image,
+                fingerprint=config_fingerprint(service_account_email, spec, health),
+                revision=revision,
+            )
+            history.append(now)
+            self.serving[service_name] = now
         self._event("deploy-end", service_name)
-        return f"https://{service_name}.fake.run"
+        return now.url
+
+    def cached_image(
+        self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
+    ) -> str | None:
+        with self._lock:
+            return self.images.get((service_name, spec.source_path))
+
+    def deployed(self, service_name: str, *, target: Target | None = None) -> Deployed | None:
+        with self._lock:
+            return self.serving.get(service_name)
+
+    def rollback(self, service_name: str, revision: str, *, target: Target | None = None) -> str:
+        with self._lock:
+            found = [d for d in self.revisions.get(service_name, []) if d.revision == revision]
+            if not found:
+                raise BackendError(f"rolling back {service_name}: no revision {revision!r}")
+            self.serving[service_name] = found[0]
+            self.rolled_back.append((service_name, revision))
+        self._event("rollback", service_name)
+        return found[0].url
 
     def build_and_deploy(
         self,
@@ -252,9 +298,10 @@ class FakeDeployer:
     def teardown(self, service_name: str, *, target: Target | None = None) -> None:
         with self._lock:
             self.torn_down.append(service_name)
+            self.serving.pop(service_name, None)
 
     def deployed_names(self) -> list[str]:
-        return [name for name, _, _ in self.deployed]
+        return [name for name, _, _ in self.deploys]
 
     def _event(self, action: str, service: str) -> None:
         with self._lock:

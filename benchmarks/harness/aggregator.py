@@ -14,7 +14,9 @@ from typing import Any
 from benchmarks.harness.workload import Durations, Workload
 from shared.adapters.local.inprocess_bus import InProcessBus
 from shared.adapters.local.sqlite_store import SqliteRunStore
-from shared.core.handlers import Runtime, dispatch_request, record_completion
+from shared.core.aggregator import record_completion
+from shared.core.dispatcher import dispatch_request
+from shared.core.runtime import Runtime
 from shared.messages import DeployRequest, Phase, RunStatus, TaskCompletion, TaskStatus, utcnow
 
 

@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from shared.core import entrypoints
-from shared.core.handlers import sweep as sweep_runs
-from shared.doors import function_runtime
+from shared import bootstrap
+from shared.adapters.gcp import build_events as cloud_builds
+from shared.core import handlers
+from shared.core.control import sweep as sweep_runs
+from shared.doors import pubsub
+
+runtime = functools.partial(bootstrap.for_function, "aggregator")
 
 
 @functions_framework.cloud_event
 def aggregate(event: CloudEvent) -> None:
-    function_runtime.handle_pubsub(event, "aggregator", entrypoints.on_completion)
+    pubsub.handle(event, handlers.on_completion, runtime)
 
 
 @functions_framework.cloud_event
 def build_events(event: CloudEvent) -> None:
     """Cloud Build's status changes (the `cloud-builds` topic) complete build tasks."""
-    function_runtime.handle_pubsub(event, "aggregator", entrypoints.on_build_event)
+    pubsub.handle(event, cloud_builds.on_build_event, runtime)
 
 
 @functions_framework.cloud_event
 def dead_letters(event: CloudEvent) -> None:
     """Messages Pub/Sub gave up on: their tasks fail, so their runs finish."""
-    function_runtime.handle_pubsub(event, "aggregator", entrypoints.on_dead_letter)
+    pubsub.handle(event, handlers.on_dead_letter, runtime)
 
 
 @functions_framework.http
 def sweep(request: flask.Request) -> tuple[str, int, dict[str, str]]:
     """Called by Cloud Scheduler: fail overdue tasks, re-send lost ones, finish runs."""
-    report = sweep_runs(function_runtime.runtime("aggregator"))
+    report = sweep_runs(runtime())
     body = {"runs": report.runs, "timed_out": report.timed_out, "republished": report.republished}
     return json.dumps(body), 200, {"Content-Type": "application/json"}

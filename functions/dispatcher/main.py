@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from shared.core import entrypoints
-from shared.doors import function_runtime, http_api
+from shared import bootstrap
+from shared.core import handlers
+from shared.doors import http_api, pubsub
 from shared.doors import webhook as github_webhook
+
+runtime = functools.partial(bootstrap.for_function, "dispatcher")
 
 
 @functions_framework.cloud_event
 def dispatch(event: CloudEvent) -> None:
-    function_runtime.handle_pubsub(event, "dispatcher", entrypoints.on_request)
+    pubsub.handle(event, handlers.on_request, runtime)
 
 
 @functions_framework.http
 def dispatch_http(request: flask.Request) -> Any:
-    rt = function_runtime.runtime("dispatcher")
-    return http_api.handle(request, rt, token=function_runtime.http_token())
+    return http_api.handle(request, runtime(), token=bootstrap.http_token())
 
 
 @functions_framework.http
 def webhook(request: flask.Request) -> Any:
-    rt = function_runtime.runtime("dispatcher")
-    config = github_webhook.WebhookConfig.from_settings(function_runtime.settings())
-    return github_webhook.handle(request, rt, config)
+    config = github_webhook.WebhookConfig.from_settings(bootstrap.function_settings())
+    return github_webhook.handle(request, runtime(), config)

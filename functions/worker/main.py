@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from shared.core import entrypoints
-from shared.doors import function_runtime
+from shared import bootstrap
+from shared.core import handlers
+from shared.doors import pubsub
+
+runtime = functools.partial(bootstrap.for_function, "worker")
 
 
 @functions_framework.cloud_event
 def run_task(event: CloudEvent) -> None:
-    function_runtime.handle_pubsub(event, "worker", entrypoints.on_task)
+    pubsub.handle(event, handlers.on_task, runtime)

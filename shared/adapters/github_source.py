@@ -3,6 +3,8 @@
     github://OWNER/REPO/PATH@REF   one file at REF: an architecture (contents API, raw)
     github://OWNER/REPO@REF/DIR    a directory of the tree at REF: build sources
 
+(parsed by `shared.locations`, the one parser of locations).
+
 A tree is downloaded once per commit (the tarball API) into a cache directory and
 extracted only after every member was checked: no absolute paths, no `..`, no link
 leading out of the tree, no devices, and a cap on size and member count. Refs that are
@@ -22,7 +24,6 @@ import threading
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -34,63 +35,20 @@ from shared.architecture.loading import (
 )
 from shared.architecture.model import DeploymentSpec
 from shared.errors import ArchitectureError, BackendError, Problem
+from shared.locations import (
+    GITHUB_FIX,
+    GITHUB_PREFIX,
+    GitHubLocation,
+    parse_github_file,
+    parse_github_tree,
+)
 
-PREFIX = "github://"
 MAX_TARBALL_BYTES = 256 * 1024 * 1024  # compressed, as downloaded
 MAX_TREE_BYTES = 1024 * 1024 * 1024  # extracted
 MAX_MEMBERS = 100_000
 _CHUNK = 1024 * 1024
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
-_REF = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]{0,254}")
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
-_URI_FIX = "write github://OWNER/REPO/PATH@REF for a file, github://OWNER/REPO@REF/DIR for a tree"
-
-
-@dataclass(frozen=True)
-class GitHubLocation:
-    owner: str
-    repo: str
-    ref: str
-    path: str  # the file, or the directory ("" for the tree's root)
-
-    @property
-    def repository(self) -> str:
-        return f"{self.owner}/{self.repo}"
-
-
-def parse_file_uri(uri: str) -> GitHubLocation:
-    """`github://OWNER/REPO/PATH@REF`; raises `ValueError` saying what is wrong."""
-    location, _, ref = uri.removeprefix(PREFIX).rpartition("@")
-    owner, _, rest = location.partition("/")
-    repo, _, path = rest.partition("/")
-    return _checked(uri, GitHubLocation(owner, repo, ref, path), file=True)
-
-
-def parse_tree_uri(uri: str) -> GitHubLocation:
-    """`github://OWNER/REPO@REF[/DIR]`; raises `ValueError` saying what is wrong."""
-    repository, _, rest = uri.removeprefix(PREFIX).partition("@")
-    owner, _, repo = repository.partition("/")
-    ref, _, path = rest.partition("/")  # so a ref with a slash (`release/1`) cannot be used
-    return _checked(uri, GitHubLocation(owner, repo, ref, path), file=False)
-
-
-def _checked(uri: str, location: GitHubLocation, *, file: bool) -> GitHubLocation:
-    path = location.path
-    problem = None
-    if not uri.startswith(PREFIX):
-        problem = "does not start with github://"
-    elif not all(_NAME.fullmatch(n) and n.strip(".") for n in (location.owner, location.repo)):
-        problem = "does not name a repository as OWNER/REPO"
-    elif not _REF.fullmatch(location.ref) or ".." in location.ref:
-        problem = "has no valid @REF (a commit sha, branch or tag)"
-    elif file and not path:
-        problem = "names no file"
-    elif path.startswith("/") or ".." in path.split("/") or "\\" in path or "\0" in path:
-        problem = "has a path that is absolute or leaves the repository with `..`"
-    if problem:
-        raise ValueError(f"{uri!r} {problem}: {_URI_FIX}")
-    return location
 
 
 class GitHubClient:
@@ -156,7 +114,7 @@ def _http_error(exc: urllib.error.HTTPError, what: str) -> BackendError:
 
 
 class GitHubArchitectures:
-    """`Runtime.fetch_architecture` for `github://OWNER/REPO/PATH@REF`.
+    """The `ArchitectureReader` for `github://OWNER/REPO/PATH@REF`.
 
     A missing file or a refused token becomes an `ArchitectureError` (the run is recorded
     as failed, with the fix); a transient failure stays a retryable `BackendError`.
@@ -165,12 +123,12 @@ class GitHubArchitectures:
     def __init__(self, client: GitHubClient) -> None:
         self.client = client
 
-    def __call__(self, uri: str) -> LoadedArchitecture:
+    def read(self, uri: str) -> LoadedArchitecture:
         try:
-            at = parse_file_uri(uri)
+            at = parse_github_file(uri)
             data = self.client.read_file(at, MAX_ARCHITECTURE_BYTES)
         except ValueError as exc:
-            raise ArchitectureError([Problem("", str(exc), None, _URI_FIX, uri)]) from None
+            raise ArchitectureError([Problem("", str(exc), None, GITHUB_FIX, uri)]) from None
         except BackendError as exc:
             if exc.retryable:
                 raise
@@ -199,8 +157,8 @@ class GitHubSource:
         self._locks: dict[str, threading.Lock] = {}
 
     def localize(self, spec: DeploymentSpec) -> DeploymentSpec:
-        if not spec.source_path.startswith(PREFIX) and not any(
-            source.startswith(PREFIX) for source in spec.config_templates
+        if not spec.source_path.startswith(GITHUB_PREFIX) and not any(
+            source.startswith(GITHUB_PREFIX) for source in spec.config_templates
         ):
             return spec
         templates = {self._local(src): name for src, name in spec.config_templates.items()}
@@ -209,10 +167,10 @@ class GitHubSource:
         )
 
     def _local(self, source: str) -> str:
-        if not source.startswith(PREFIX):
+        if not source.startswith(GITHUB_PREFIX):
             return source
         try:
-            at = parse_tree_uri(source)
+            at = parse_github_tree(source)
         except ValueError as exc:
             raise BackendError(f"source {exc}") from None
         root = self._checkout(at).resolve()

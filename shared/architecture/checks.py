@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.architecture.model import Architecture, DeploymentSpec, ServiceSpec
+from shared.architecture.model import INJECTED_ENV, Architecture, DeploymentSpec, ServiceSpec
 from shared.architecture.yaml_source import FieldPath, line_of, render_path
-from shared.core.plan import INJECTED_ENV
 from shared.errors import Problem
 
 PROJECT_ID_FIX = "add `project_id: my-gcp-project` (your Google Cloud project id) at the top"

@@ -18,8 +18,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.architecture.checks import PROJECT_ID_FIX, Report, check_architecture
+from shared.architecture.conform import conform
 from shared.architecture.model import Architecture
-from shared.architecture.yaml_source import FieldPath, conform, decode, read_document, render_path
+from shared.architecture.yaml_source import FieldPath, decode, read_document, render_path
 from shared.errors import ArchitectureError, Problem
 
 logger = logging.getLogger(__name__)

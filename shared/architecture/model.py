@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Injected into every deployed service's environment; a user value for these is replaced.
+INJECTED_ENV = ("SERVICE_DIRECTOR_URL", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME")
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)

@@ -1,40 +1,28 @@
-"""`archdeploy dev`, and `archdeploy up --endpoint`: the serverless topology from the CLI.
+"""`archdeploy dev`: the serverless topology from the CLI.
 
 `dev` runs the three functions under functions-framework, fed by the Pub/Sub emulator's
 push subscriptions, with the run store on the Firestore emulator (`shared.devserver.topology`),
-until Ctrl-C or SIGTERM, which stop everything it started. `up FILE --endpoint URL`
-POSTs the architecture to a dispatcher's HTTP function and follows the run by polling
-`GET URL/runs/RUN_ID`, which answers the run's current record wherever the run lives.
+until Ctrl-C or SIGTERM, which stop everything it started. `archdeploy up --endpoint` is
+its client, in `shared.cli.remote`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
-import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
-from pydantic import SecretStr
 from rich.console import Console
-
-from shared.errors import BackendError, UsageError
-from shared.messages import DeployRequest, RunResult
 
 if TYPE_CHECKING:
     from shared.devserver.topology import DevTopology
 
 err = Console(stderr=True, highlight=False)
-HTTP_TIMEOUT = 30.0  # seconds per request
-FETCH_ATTEMPTS = 5  # consecutive failed polls before giving up
 
 
 @click.command()
@@ -129,110 +117,3 @@ def _ignoring_interrupts() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-# --- up --endpoint ----------------------------------------------------------------------
-
-
-def up_over_http(
-    endpoint: str,
-    request: DeployRequest,
-    token: SecretStr | None = None,
-    *,
-    stream: IO[str] | None = None,
-) -> RunResult:
-    """Submit `request` to the dispatcher at `endpoint` and follow the run to its end.
-
-    The request's `source_root` is a path on this machine: the dispatcher's workers must
-    share its files, as `archdeploy dev`'s do.
-    """
-    secret = token.get_secret_value() if token else None
-    return submit_and_follow(endpoint, request, stream=stream or sys.stderr, token=secret)
-
-
-def submit_and_follow(
-    endpoint: str, request: DeployRequest, *, stream: IO[str], token: str | None = None
-) -> RunResult:
-    status, body = _call(endpoint, "POST", token, request.model_dump_json().encode())
-    if status != 202 or not isinstance(body, dict) or "run_id" not in body:
-        raise UsageError(f"{endpoint} refused the request (HTTP {status}): {_why(body)}")
-    run_id = str(body["run_id"])
-    Console(file=stream, highlight=False).print(f"run {run_id} submitted to {endpoint}")
-    return follow_http(endpoint, run_id, stream=stream, token=token)
-
-
-def follow_http(
-    endpoint: str,
-    run_id: str,
-    *,
-    stream: IO[str],
-    token: str | None = None,
-    interval: float = 0.3,
-    timeout: float | None = None,
-) -> RunResult:
-    """Show the run, polling `GET endpoint/runs/RUN_ID`, until it ends (or `timeout`)."""
-    url = f"{endpoint.rstrip('/')}/runs/{urllib.parse.quote(run_id)}"
-    from shared.cli.progress import follow_view
-
-    return follow_view(
-        lambda: fetch_run(url, token), stream=stream, interval=interval, timeout=timeout
-    )
-
-
-def fetch_run(url: str, token: str | None = None) -> RunResult:
-    """The run's current record; retries a few transient failures, then raises BackendError."""
-    for attempt in range(1, FETCH_ATTEMPTS + 1):
-        try:
-            status, body = _call(url, "GET", token)
-        except UsageError:
-            if attempt == FETCH_ATTEMPTS:
-                raise
-        else:
-            if status == 200:
-                return RunResult.model_validate(body)
-            if status < 500 or attempt == FETCH_ATTEMPTS:
-                raise BackendError(f"GET {url}: HTTP {status}: {_why(body)}")
-        time.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")
-
-
-def _call(url: str, method: str, token: str | None, data: bytes | None = None) -> tuple[int, Any]:
-    """(HTTP status, JSON body or text); raises UsageError when nothing answers."""
-    headers = {"Accept": "application/json"}
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with _opener(url).open(request, timeout=HTTP_TIMEOUT) as response:
-            return response.status, _decode(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, _decode(exc.read())
-    except OSError as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise UsageError(
-            f"cannot reach {url}: {reason} (is the dispatcher running? `archdeploy dev` starts one)"
-        ) from None
-
-
-def _opener(url: str) -> urllib.request.OpenerDirector:
-    # A dispatcher on this machine must not be reached through a proxy meant for the internet.
-    local = (urllib.parse.urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
-    return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
-
-
-def _decode(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return data.decode(errors="replace").strip()
-
-
-def _why(body: Any) -> str:
-    if not isinstance(body, dict):
-        return str(body)[:500] or "(no body)"
-    problems = body.get("problems") or []
-    lines = [f"{p.get('path')}: {p.get('message')}" for p in problems if isinstance(p, dict)]
-    return "; ".join([str(body.get("error", body)), *lines])

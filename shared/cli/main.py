@@ -205,9 +205,6 @@ def up(
 
     Unchanged services are neither rebuilt nor redeployed (`--no-cache` forces both).
     """
-    from shared.bootstrap import embedded
-    from shared.cli.progress import follow
-
     loaded = _load(file, strict, environment, check_paths=True)
     options: dict[str, Any] = {
         "source_root": str(loaded.base_dir) if loaded.base_dir else None,
@@ -218,23 +215,33 @@ def up(
         "no_cache": no_cache,
         "rollback_on_failure": rollback_on_failure,
     }
+    settings = _settings(ctx, parallelism=parallelism)
     if endpoint:
-        from shared.cli.dev import up_over_http
+        from shared.cli.remote import up_over_http
 
         request = DeployRequest(architecture=loaded.text, **options)
-        _report(up_over_http(endpoint, request, _settings(ctx).http_token), as_json)
-    settings = _settings(ctx, parallelism=parallelism)
-    if settings.bus_kind == "pubsub":
+        result = up_over_http(endpoint, request, settings.http_token)
+    elif settings.bus_kind == "pubsub":
+        from shared.cli.remote import up_over_pubsub
+
         request = DeployRequest(architecture=loaded.text, **options)
-        _report(_up_over_pubsub(settings, request), as_json)
+        result = up_over_pubsub(settings, request)
+    else:
+        request = DeployRequest(architecture_uri=str(Path(file).resolve()), **options)
+        services = len(list(loaded.architecture.services()))
+        result = _up_embedded(settings, request, services)
+    sys.exit(_report(result, as_json))
+
+
+def _up_embedded(settings: Any, request: DeployRequest, services: int) -> RunResult:
+    """Run the request in this process and follow it until it ends."""
+    from shared.bootstrap import embedded
+    from shared.cli.progress import follow
+
     system = embedded(settings)
-    request = DeployRequest(architecture_uri=str(Path(file).resolve()), **options)
     try:
         run = system.submit(request)
-        err.print(
-            f"run {run.run_id}: {len(list(loaded.architecture.services()))} services, "
-            f"state in {settings.state_dir}"
-        )
+        err.print(f"run {run.run_id}: {services} services, state in {settings.state_dir}")
         if link := dashboard_link(settings.state_dir, run.run_id):
             err.print(f"dashboard: {link}", soft_wrap=True)
         waiter = threading.Thread(target=_wait, args=(system, run.run_id), daemon=True)
@@ -245,42 +252,7 @@ def up(
         waiter.join()
     finally:
         system.close()
-    _report(result, as_json)
-
-
-def _up_over_pubsub(settings: Any, request: DeployRequest) -> RunResult:
-    """Publish the request on the requests topic and follow the run in the store, as the
-    deployed functions (or `archdeploy dev`'s) run it. Sources must be readable by the
-    workers: a pushed commit, `gs://`, or a filesystem they share (dev)."""
-    import uuid
-
-    from shared.bootstrap import make_bus, make_store
-    from shared.cli.progress import follow
-    from shared.core.handlers import run_id_for
-    from shared.messages import TOPIC_REQUESTS
-
-    key = request.idempotency_key or f"cli-{uuid.uuid4().hex}"
-    request = request.model_copy(update={"idempotency_key": key})
-    make_bus(settings).publish(TOPIC_REQUESTS, request, attributes={"kind": "request"})
-    run_id = run_id_for(key)
-    err.print(f"run {run_id} published to {settings.topic_requests} ({settings.project})")
-    store = make_store(settings)
-    _await_run(store, run_id)
-    return follow(store, run_id, stream=sys.stderr, timeout=settings.run_deadline_seconds)
-
-
-def _await_run(store: Any, run_id: str, timeout: float = 60.0) -> None:
-    """The dispatcher creates the run when it gets the message: wait for it to appear."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while store.get_run(run_id) is None:
-        if time.monotonic() > deadline:
-            raise UsageError(
-                f"run {run_id} was published but no dispatcher created it in "
-                f"{timeout:g}s: is the dispatcher function subscribed?"
-            )
-        time.sleep(0.2)
+    return result
 
 
 def _wait(system: Any, run_id: str) -> None:
@@ -290,7 +262,8 @@ def _wait(system: Any, run_id: str) -> None:
         err.print(f"[bold red]error:[/] a handler gave up: {exc.__cause__ or exc}")
 
 
-def _report(result: RunResult, as_json: bool) -> None:
+def _report(result: RunResult, as_json: bool) -> int:
+    """Print the result; returns the exit code it calls for."""
     from shared.cli.progress import print_errors, result_table
 
     out = Console(highlight=False)
@@ -299,8 +272,7 @@ def _report(result: RunResult, as_json: bool) -> None:
     else:
         out.print(result_table(result))
     print_errors(result, err)
-    code = EXIT_OK if result.status is RunStatus.SUCCEEDED else EXIT_RUN_FAILED
-    sys.exit(code)
+    return EXIT_OK if result.status is RunStatus.SUCCEEDED else EXIT_RUN_FAILED
 
 
 @cli.command()
@@ -311,7 +283,7 @@ def _report(result: RunResult, as_json: bool) -> None:
 def status(ctx: click.Context, run_id: str | None, as_json: bool, timeline: bool) -> None:
     """Show a run (the latest by default)."""
     from shared.bootstrap import make_store
-    from shared.core.handlers import run_view as current
+    from shared.core.runtime import run_view as current
 
     store = make_store(_settings(ctx))
     if run_id is None:
@@ -326,7 +298,7 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, timeline: bool
         from shared.cli.timeline import print_timeline
 
         sys.exit(print_timeline(store, run_id))
-    _report(result, as_json)
+    sys.exit(_report(result, as_json))
 
 
 @cli.command()
@@ -337,10 +309,10 @@ def cancel(ctx: click.Context, run_id: str) -> None:
     `cancelled` (listing what had deployed) once what is in flight has finished."""
     import getpass
 
-    from shared.bootstrap import runtime
-    from shared.core.handlers import cancel_run
+    from shared.bootstrap import wire
+    from shared.core.control import cancel_run
 
-    run = cancel_run(run_id, runtime(_settings(ctx)), by=getpass.getuser())
+    run = cancel_run(run_id, wire(_settings(ctx)), by=getpass.getuser())
     if run is None:
         raise RunNotFound(run_id)
     state = run.status.value if run.status.terminal else "cancelling (tasks in flight finish)"

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from shared.core.handlers import run_view as current
+from shared.core.runtime import run_view as current
 from shared.messages import RunResult, RunStatus
 from shared.ports import RunStore
 

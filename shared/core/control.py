@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from shared.core.aggregator import (
+from shared.core.run_engine import (
     advance_run,
     cancel_submitted_builds,
     close_tasks,
@@ -87,15 +87,15 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
 
 def _sweep_run(run: RunRecord, now: datetime, rt: Runtime, report: SweepReport) -> None:
     tasks = [t for t in rt.store.get_tasks(run.run_id) if not t.status.terminal]
-    if now - run.created_at > timedelta(seconds=rt.run_deadline):
+    if now - run.created_at > timedelta(seconds=rt.policy.run_deadline):
         # Cancel first: it looks for builds still running, which the time-out ends.
         cancel_submitted_builds(run.run_id, rt)
-        _time_out(tasks, f"the run's deadline of {rt.run_deadline:g}s passed", rt, report)
+        _time_out(tasks, f"the run's deadline of {rt.policy.run_deadline:g}s passed", rt, report)
     else:
         overdue = [t for t in tasks if _past_deadline(t, now, rt)]
         for task in overdue:
             reason = f"no result within the {task.phase.value} deadline of "
-            _time_out([task], reason + f"{rt.deadlines[task.phase]:g}s", rt, report)
+            _time_out([task], reason + f"{rt.policy.deadlines[task.phase]:g}s", rt, report)
         lost = [t for t in tasks if t not in overdue and _lost(t, now, rt)]
         publish_tasks(run, lost, rt)
         report.republished.extend(t.task_id for t in lost)
@@ -111,7 +111,7 @@ def _past_deadline(task: TaskRecord, now: datetime, rt: Runtime) -> bool:
     since = task.released_at or task.started_at
     if task.status is TaskStatus.WAITING or since is None:
         return False
-    return now - since > timedelta(seconds=rt.deadlines[task.phase])
+    return now - since > timedelta(seconds=rt.policy.deadlines[task.phase])
 
 
 def _lost(task: TaskRecord, now: datetime, rt: Runtime) -> bool:
@@ -119,7 +119,7 @@ def _lost(task: TaskRecord, now: datetime, rt: Runtime) -> bool:
     its message is re-sent so a worker can (re)claim it. A submitted build is not lost:
     its result comes as a build event."""
     if task.status is TaskStatus.PENDING and task.released_at is not None:
-        return now - task.released_at > timedelta(seconds=rt.republish_after)
+        return now - task.released_at > timedelta(seconds=rt.policy.republish_after)
     if task.status is TaskStatus.RUNNING and not task.build_id:
         return task.lease_expires_at is not None and task.lease_expires_at < now
     return False

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from shared.architecture.loading import LoadedArchitecture, load_architecture, parse_architecture
-from shared.core.aggregator import advance_run, finish_run, publish_tasks
 from shared.core.control import cancel_run
 from shared.core.plan import plan_run
+from shared.core.run_engine import advance_run, finish_run, publish_tasks
 from shared.core.runtime import Runtime
 from shared.errors import ArchdeployError, ArchitectureError, UsageError
+from shared.locations import is_remote, parse_github_file
 from shared.logs import log_context
 from shared.messages import DeployRequest, RunRecord, RunStatus, TaskRecord, TaskStatus
 
@@ -28,16 +31,16 @@ def run_id_for(idempotency_key: str) -> str:
 def load_request(request: DeployRequest, rt: Runtime) -> LoadedArchitecture:
     """The request's architecture, validated. Raises `ArchitectureError` or `UsageError`."""
     root = request.source_root
-    base = Path(root) if root and "://" not in root else None
+    base = Path(root) if root and not is_remote(root) else None
     if request.architecture is not None:
         return parse_architecture(
             request.architecture, base_dir=base, environment=request.environment
         )
     uri = request.architecture_uri or ""
-    if "://" in uri:
-        if rt.fetch_architecture is None:
+    if is_remote(uri):
+        if rt.architectures is None:
             raise UsageError(f"cannot read {uri!r} here: only local files are supported")
-        return rt.fetch_architecture(uri)
+        return rt.architectures.read(uri)
     return load_architecture(uri, environment=request.environment)
 
 
@@ -145,11 +148,11 @@ def _default_source_root(request: DeployRequest, loaded: LoadedArchitecture) -> 
     if loaded.base_dir is not None:
         return str(loaded.base_dir)
     uri = request.architecture_uri or ""
-    location, _, ref = uri.removeprefix("github://").rpartition("@")
-    parts = location.split("/")
-    if not uri.startswith("github://") or len(parts) < 3 or not ref:
+    try:
+        file = parse_github_file(uri)
+    except ValueError:
         return ""
-    return "/".join([f"github://{parts[0]}/{parts[1]}@{ref}", *parts[2:-1]])
+    return replace(file, path=posixpath.dirname(file.path)).tree_uri()
 
 
 def record_refused(key: str, exc: ArchdeployError, rt: Runtime) -> RunRecord:

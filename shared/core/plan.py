@@ -20,9 +20,6 @@ from shared.architecture.model import Architecture, DeploymentSpec, ServiceSpec
 from shared.errors import UsageError
 from shared.messages import Phase, TaskRecord, TaskStatus, task_id_for
 
-# Injected into every deployed service's environment; a user value for these is replaced.
-INJECTED_ENV = ("SERVICE_DIRECTOR_URL", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME")
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -111,7 +108,7 @@ def plan_run(
     up to the run's build cap; the others when their phase opens).
 
     Deploy specs carry the enriched environment; `SERVICE_DIRECTOR_URL` is filled in
-    when the director's own deploy has reported its URL (see `shared.core.handlers`).
+    when the director's own deploy has reported its URL (see `shared.core.run_engine`).
     `images` are taken as built (their build tasks start succeeded); `build_only` plans
     no deploys; `service_accounts` override the file's accounts.
     """
@@ -136,28 +133,33 @@ def plan_run(
             deps = [d for d in spec.dependencies if d in deployed]
             tasks.append(_task(run_id, Phase.DEPLOY, flow, spec, arch, source_root, deps))
     if rollback:
-        # Planned up front (the store creates tasks only with the run), released only if
-        # the deploy phase fails; a run that succeeds leaves them waiting, unused.
-        tasks.extend(
-            t.model_copy(
-                update={
-                    "phase": Phase.ROLLBACK,
-                    "task_id": task_id_for(run_id, Phase.ROLLBACK, t.service),
-                    "depends_on": [],
-                }
-            )
-            for t in tasks
-            if t.phase in (Phase.DIRECTOR, Phase.DEPLOY)
-        )
+        tasks.extend(_rollbacks(run_id, tasks))
     tasks = [_prebuilt(t, images or {}, now) for t in tasks]
     accounts = service_accounts or {}
-    tasks = [
-        t.model_copy(update={"service_account": accounts[t.service]})
-        if t.service in accounts
-        else t
-        for t in tasks
-    ]
+    tasks = [_with_account(t, accounts) for t in tasks]
     return Plan(run_id=run_id, dataflows=selected, director_url=director_url, tasks=tasks)
+
+
+def _rollbacks(run_id: str, tasks: list[TaskRecord]) -> list[TaskRecord]:
+    """Planned up front (the store creates tasks only with the run), released only if the
+    deploy phase fails; a run that succeeds leaves them waiting, unused."""
+    return [
+        t.model_copy(
+            update={
+                "phase": Phase.ROLLBACK,
+                "task_id": task_id_for(run_id, Phase.ROLLBACK, t.service),
+                "depends_on": [],
+            }
+        )
+        for t in tasks
+        if t.phase in (Phase.DIRECTOR, Phase.DEPLOY)
+    ]
+
+
+def _with_account(task: TaskRecord, accounts: Mapping[str, str]) -> TaskRecord:
+    if task.service not in accounts:
+        return task
+    return task.model_copy(update={"service_account": accounts[task.service]})
 
 
 def _prebuilt(task: TaskRecord, images: Mapping[str, str], now: datetime | None) -> TaskRecord:

@@ -1,4 +1,7 @@
-"""What the handlers are given: the ports, and the knobs that shape a run."""
+"""What the handlers are given: the ports, the run policy, and this process's coalescing.
+
+`shared.bootstrap` builds one `Runtime` from settings; tests build their own with fakes.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,11 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
 from shared.messages import Phase, RunResult, utcnow
-from shared.ports import MessageBus, RunStore, SourceProvider
-
-if TYPE_CHECKING:
-    from shared.architecture.loading import LoadedArchitecture
+from shared.ports import ArchitectureReader, MessageBus, RunStore, SourceProvider
 
 # How long a worker's claim holds before another may take the task over (a crashed
 # worker's task is reclaimed after this), and how long a task may run before the sweep
@@ -35,25 +34,14 @@ DEFAULT_DEADLINES = {
 }
 
 
-def _default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+@dataclass(frozen=True)
+class RunPolicy:
+    """The knobs that shape a run: leases, deadlines, admission caps, build handling."""
 
-
-@dataclass
-class Runtime:
-    """The ports and knobs the handlers use; `shared.bootstrap` builds one from settings."""
-
-    store: RunStore
-    bus: MessageBus
-    deployer: ContainerDeployer | None = None
-    worker_id: str = field(default_factory=_default_worker_id)
     leases: Mapping[Phase, float] = field(default_factory=lambda: dict(DEFAULT_LEASES))
     deadlines: Mapping[Phase, float] = field(default_factory=lambda: dict(DEFAULT_DEADLINES))
     run_deadline: float = 7200.0
     republish_after: float = 120.0
-    clock: Callable[[], datetime] = utcnow
-    fetch_architecture: Callable[[str], LoadedArchitecture] | None = None
-    sources: SourceProvider | None = None  # fetches remote build sources for the worker
     # Submit builds and let their completion arrive as a build event: a build can
     # outlast a function's 540 s timeout, so the worker must not be what waits for it.
     async_builds: bool = False
@@ -61,11 +49,54 @@ class Runtime:
     build_concurrency: int | None = None
     deploy_concurrency: int | None = None
     cancel_builds_on_failure: bool = False
-    cancel_build: Callable[[str], None] | None = None  # cancels a submitted build by id
-    # Runs an aggregator thread of this process is advancing now, and whether another
-    # completion arrived meanwhile (see `shared.core.aggregator.advance_soon`).
-    advancing: dict[str, bool] = field(default_factory=dict, repr=False)
-    advancing_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class Coalescer:
+    """Runs a step for a key; while one thread runs it, callers on other threads only ask
+    it to go once more. A burst of 300 completions of one run then costs a handful of
+    state-machine steps, not 300; each step reads the store afresh, so none is missed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._again: dict[str, bool] = {}  # keys being run now -> asked to go again
+
+    def run(self, key: str, step: Callable[[], None]) -> None:
+        with self._lock:
+            if key in self._again:
+                self._again[key] = True
+                return
+            self._again[key] = False
+        try:
+            while True:
+                step()
+                with self._lock:
+                    if not self._again[key]:
+                        del self._again[key]
+                        return
+                    self._again[key] = False
+        except BaseException:
+            with self._lock:
+                self._again.pop(key, None)
+            raise
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Runtime:
+    """The ports the handlers use, the policy they follow, and this process's coalescing."""
+
+    store: RunStore
+    bus: MessageBus
+    deployer: ContainerDeployer | None = None  # a worker's; elsewhere, only to cancel builds
+    sources: SourceProvider | None = None  # fetches remote build sources for the worker
+    architectures: ArchitectureReader | None = None  # reads gs:// and github:// locations
+    policy: RunPolicy = field(default_factory=RunPolicy)
+    worker_id: str = field(default_factory=_default_worker_id)
+    clock: Callable[[], datetime] = utcnow
+    coalescer: Coalescer = field(default_factory=Coalescer, repr=False)
 
 
 def run_view(store: RunStore, run_id: str) -> RunResult | None:

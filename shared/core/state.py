@@ -1,6 +1,6 @@
 """The run's state machine, as pure functions over stored records.
 
-The aggregator (in `shared.core.handlers`) reads records, asks these functions what is due,
+The run engine (`shared.core.run_engine`) reads records, asks these functions what is due,
 and applies the answer through the store's compare-and-set writes.
 """
 

@@ -12,9 +12,15 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from shared.core.aggregator import attributes
+from shared.core.run_engine import attributes
 from shared.core.runtime import Runtime
-from shared.deployer import IncrementalDeployer, Target, config_fingerprint, targeting
+from shared.deployer import (
+    BuildSubmitter,
+    IncrementalDeployer,
+    Target,
+    config_fingerprint,
+    targeting,
+)
 from shared.errors import ArchdeployError, BackendError, UsageError
 from shared.logs import log_context
 from shared.messages import (
@@ -43,7 +49,10 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
     ):
         now = rt.clock()
         claimed = rt.store.claim_task(
-            message.task_id, worker=rt.worker_id, lease_seconds=rt.leases[message.phase], now=now
+            message.task_id,
+            worker=rt.worker_id,
+            lease_seconds=rt.policy.leases[message.phase],
+            now=now,
         )
         if claimed is None:
             log.warning("task not claimed (duplicate delivery, or already done): ignored")
@@ -55,7 +64,7 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
             completion = _completion(message, claimed, status, now, error=f"not started: {why}")
         elif (reused := _reusable(message, rt)) is not None:
             completion = _completion(message, claimed, TaskStatus.SUCCEEDED, now, **reused)
-        elif message.phase is Phase.BUILD and rt.async_builds:
+        elif message.phase is Phase.BUILD and rt.policy.async_builds:
             failed = _submit_build(message, claimed, rt)
             if failed is None:
                 return None
@@ -111,12 +120,12 @@ def _submit_build(message: TaskMessage, claimed: TaskRecord, rt: Runtime) -> Tas
     if claimed.build_id:
         log.warning("build %s was submitted before: not submitting again", claimed.build_id)
         return None
-    submit = getattr(rt.deployer, "submit_build", None)
-    if submit is None:
-        raise UsageError("async builds need a deployer with submit_build (the gcp deployer)")
+    builds = rt.deployer
+    if not isinstance(builds, BuildSubmitter):
+        raise UsageError("async builds need a deployer that submits builds (the gcp deployer)")
     try:
         spec = rt.sources.localize(message.spec) if rt.sources else message.spec
-        build_id = submit(message.service, spec, target=_target(message))
+        build_id = builds.submit_build(message.service, spec, target=_target(message))
     except ArchdeployError as exc:
         if isinstance(exc, BackendError) and exc.retryable:
             raise  # redelivered; the lease lets the retry reclaim the task

@@ -3,7 +3,8 @@
 `POST` a DeployRequest as JSON, or the architecture as raw YAML (`Content-Type`
 decides; query parameters `dataflow` (repeatable), `director_url`, `source_root`,
 `environment`, `idempotency_key`, `build_only` complete it): `202 {"run_id": ...}`.
-`GET /runs/RUN_ID` (or `?run_id=`): the run's current record; `GET /`: recent runs.
+`GET /runs/RUN_ID` (or `GET /?run_id=`): the run's current record; `GET /` (or `/runs`):
+recent runs; `POST /runs/RUN_ID/cancel`: cancel it. Routes are `ROUTES`, a werkzeug map.
 `GET /ui/`: the dashboard's pages (`shared.doors.dashboard`).
 
 With `ARCHDEPLOY_HTTP_TOKEN` set, every call needs `Authorization: Bearer <token>`
@@ -23,10 +24,16 @@ import re
 from typing import Any
 
 from pydantic import ValidationError
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
 
-from shared.core.handlers import Runtime, cancel_run, dispatch_request, run_view
+from shared.core.control import cancel_run
+from shared.core.dispatcher import dispatch_request
+from shared.core.runtime import Runtime, run_view
 from shared.doors.dashboard import app as dashboard
 from shared.errors import ArchitectureError, BackendError, UsageError
+from shared.locations import SCHEMES, scheme_of
+from shared.logs import http_trace_labels, log_context
 from shared.messages import DeployRequest
 
 log = logging.getLogger(__name__)
@@ -44,9 +51,21 @@ _QUERY_FIELDS = {
     "build_only": "build_only",
 }
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_REMOTE = ("gs://", "github://")
 _CHUNK = 65536
 _BEARER = {"WWW-Authenticate": "Bearer"}
+# `<path:...>` so a run id with a slash reaches the id check (and gets its 400 and fix).
+ROUTES = Map(
+    [
+        Rule("/", endpoint="list_or_read", methods=["GET"]),
+        Rule("/runs", endpoint="list_or_read", methods=["GET"]),
+        Rule("/runs/<path:run_id>", endpoint="read", methods=["GET"]),
+        Rule("/", endpoint="deploy", methods=["POST"]),
+        Rule("/runs/<path:run_id>/cancel", endpoint="cancel", methods=["POST"]),
+        Rule("/ui", endpoint="ui", methods=["GET"]),
+        Rule("/ui/<path:page>", endpoint="ui", methods=["GET"]),
+    ],
+    strict_slashes=False,
+)
 
 Response = tuple[str, int, dict[str, str]]
 
@@ -96,6 +115,11 @@ def authorized(request: Any, token: str | None) -> bool:
 
 
 def handle(request: Any, rt: Runtime, *, token: str | None = None) -> Response:
+    with log_context(**http_trace_labels(request.headers)):
+        return _answer(request, rt, token)
+
+
+def _answer(request: Any, rt: Runtime, token: str | None) -> Response:
     try:
         return _route(request, rt, token)
     except Refused as refused:
@@ -119,16 +143,34 @@ def _route(request: Any, rt: Runtime, token: str | None) -> Response:
         fix = "send `Authorization: Bearer <ARCHDEPLOY_HTTP_TOKEN>`"
         bad = problem("Authorization", "missing or wrong bearer token", fix)
         raise Refused(401, "missing or wrong bearer token", [bad], **_BEARER)
-    if request.path == "/ui" or request.path.startswith("/ui/"):  # the dashboard's pages
-        return dashboard.handle(request, rt.store, prefix="/ui")
-    if request.method == "GET":
-        return _get_run(request, rt)
-    if request.method != "POST":
+    if request.method not in ("GET", "POST"):
         raise Refused(
             405, f"method {request.method} not allowed: use GET or POST", Allow="GET, POST"
         )
-    if request.path.rstrip("/").endswith("/cancel"):
-        return _cancel(request, rt)
+    try:
+        endpoint, params = ROUTES.bind("", path_info=request.path).match(method=request.method)
+    except NotFound:
+        fix = "POST / to deploy; GET / or /runs/RUN_ID; POST /runs/RUN_ID/cancel; GET /ui/"
+        raise Refused(
+            404, f"no route {request.path[:200]!r}", [problem("", "no route", fix)]
+        ) from None
+    except MethodNotAllowed as exc:
+        allowed = ", ".join(sorted(set(exc.valid_methods or ()) & {"GET", "POST"}))
+        raise Refused(
+            405, f"method {request.method} not allowed: use {allowed}", Allow=allowed
+        ) from None
+    if endpoint == "ui":
+        return dashboard.handle(request, rt.store, prefix="/ui")
+    if endpoint == "cancel":
+        return _cancel(request, rt, params["run_id"])
+    if endpoint == "read":
+        return _get_run(request, rt, request.args.get("run_id") or params["run_id"])
+    if endpoint == "list_or_read":
+        return _get_run(request, rt, request.args.get("run_id", ""))
+    return _deploy(request, rt)
+
+
+def _deploy(request: Any, rt: Runtime) -> Response:
     body = read_body(request, MAX_BODY_BYTES)
     if body is None:
         fix = "architecture files are capped at 1 MiB: send the file, not a bundle"
@@ -152,7 +194,7 @@ def _request_from(request: Any, body: bytes) -> DeployRequest:
         message = f"Content-Type {content_type or '(none)'} not supported"
         raise Refused(415, message, [problem("Content-Type", message, fix)])
     uri = deploy.architecture_uri
-    if uri is not None and not uri.startswith(_REMOTE):
+    if uri is not None and scheme_of(uri) not in SCHEMES:
         fix = "send the file's text instead, or a gs://BUCKET/OBJECT or github:// URI"
         message = "a path on the function's own disk is not read over HTTP"
         raise Refused(400, "invalid request", [problem("architecture_uri", message, fix)])
@@ -226,9 +268,8 @@ def _field_problem(error: Any) -> dict[str, Any]:
     return problem(path, message, fix)
 
 
-def _cancel(request: Any, rt: Runtime) -> Response:
+def _cancel(request: Any, rt: Runtime, run_id: str) -> Response:
     """`POST /runs/RUN_ID/cancel`: stop the run; what already deployed stays listed."""
-    run_id = request.path.rstrip("/").removesuffix("/cancel").partition("/runs/")[2]
     if not _RUN_ID.fullmatch(run_id):
         fix = "POST /runs/RUN_ID/cancel, with the id the POST answered"
         raise Refused(400, "not a run id", [problem("run_id", "not a run id", fix)])
@@ -241,9 +282,7 @@ def _cancel(request: Any, rt: Runtime) -> Response:
     )
 
 
-def _get_run(request: Any, rt: Runtime) -> Response:
-    path = request.path.rstrip("/")
-    run_id = request.args.get("run_id") or path.partition("/runs/")[2]
+def _get_run(request: Any, rt: Runtime, run_id: str) -> Response:
     if not run_id:
         runs = [r.model_dump(mode="json") for r in rt.store.list_runs(20)]
         return _json({"runs": runs}, 200)

@@ -27,9 +27,12 @@ from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.core.handlers import Runtime, run_id_for
+from shared.core.dispatcher import run_id_for
+from shared.core.runtime import Runtime
 from shared.doors.http_api import Refused, problem, read_body
 from shared.errors import BackendError
+from shared.locations import GitHubLocation
+from shared.logs import http_trace_labels, log_context
 from shared.messages import TOPIC_REQUESTS, DeployRequest
 
 if TYPE_CHECKING:
@@ -88,6 +91,11 @@ def _json(body: Any, status: int) -> Response:
 
 def handle(request: Any, rt: Runtime, config: WebhookConfig) -> Response:
     """Answer one delivery: 401 unless signed, 202 with the run id for a push it acts on."""
+    with log_context(**http_trace_labels(request.headers)):
+        return _handle(request, rt, config)
+
+
+def _handle(request: Any, rt: Runtime, config: WebhookConfig) -> Response:
     delivery = request.headers.get("X-GitHub-Delivery", "")
     try:
         return _answer(request, rt, config, delivery)
@@ -189,10 +197,11 @@ def _deploy_request(push: PushEvent, delivery: str, config: WebhookConfig) -> De
         fix = "set ARCHDEPLOY_WEBHOOK_ARCHITECTURE_PATH to a path inside the repository"
         raise _refused(500, f"architecture path {path!r} leaves the repository", fix)
     directory = posixpath.dirname(clean)
+    owner, _, name = repo.partition("/")
     branch = push.ref.removeprefix("refs/heads/")
     return DeployRequest(
-        architecture_uri=f"github://{repo}/{clean}@{sha}",
-        source_root=f"github://{repo}@{sha}" + (f"/{directory}" if directory else ""),
+        architecture_uri=GitHubLocation(owner, name, sha, clean).file_uri(),
+        source_root=GitHubLocation(owner, name, sha, directory).tree_uri(),
         idempotency_key=delivery,
         requested_by=f"github:{(push.pusher.name if push.pusher else '')[:100] or repo}",
         supersede_key=f"github:{repo}:{branch}",

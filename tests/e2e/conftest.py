@@ -20,7 +20,7 @@ import pytest
 
 from shared.adapters.local.deployer import LocalDeployer
 from shared.adapters.local.processes import processes_in
-from shared.cli.dev import fetch_run
+from shared.cli.remote import fetch_run
 from shared.devserver.topology import DevTopology
 from shared.errors import UsageError
 from shared.messages import DeployRequest, RunResult, RunStatus

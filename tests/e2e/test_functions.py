@@ -12,10 +12,11 @@ from typing import Any
 import functions_framework
 import pytest
 
+from shared import bootstrap
 from shared.adapters.local.deployer import LocalDeployer
 from shared.adapters.local.sqlite_store import SqliteRunStore
-from shared.core.handlers import Runtime, dispatch_request
-from shared.doors import function_runtime
+from shared.core.dispatcher import dispatch_request
+from shared.core.runtime import Runtime
 from shared.messages import DeployRequest, Phase, TaskCompletion, TaskStatus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,11 +33,11 @@ class _NullBus:
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("ARCHDEPLOY_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("ARCHDEPLOY_HEALTH_TIMEOUT_SECONDS", "20")
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
+    bootstrap.function_settings.cache_clear()
+    bootstrap.for_function.cache_clear()
     yield tmp_path
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
+    bootstrap.function_settings.cache_clear()
+    bootstrap.for_function.cache_clear()
     LocalDeployer(tmp_path).teardown_all()
 
 
@@ -68,7 +69,7 @@ def _start_run(state_dir: Path) -> str:
 
 
 def _task_message(state_dir: Path, run_id: str, service: str) -> bytes:
-    from shared.core.handlers import task_message
+    from shared.core.run_engine import task_message
 
     store = SqliteRunStore(state_dir / "runs.db")
     run = store.get_run(run_id)

@@ -11,8 +11,8 @@ from typing import Any
 import functions_framework
 import pytest
 
-from shared.core.handlers import Runtime
-from shared.doors import function_runtime
+from shared import bootstrap
+from shared.core.runtime import Runtime
 from shared.messages import TOPIC_TASKS, RunStatus
 from tests.e2e.dispatcher_runtime import fresh_dispatcher_runtime
 
@@ -102,7 +102,7 @@ def test_without_the_bearer_token_nothing_is_answered(
     client: Any, rt: Runtime, monkeypatch: pytest.MonkeyPatch, authorization: str | None
 ) -> None:
     monkeypatch.setenv("ARCHDEPLOY_HTTP_TOKEN", TOKEN)
-    function_runtime.settings.cache_clear()
+    bootstrap.function_settings.cache_clear()
     headers = {"Authorization": authorization} if authorization else {}
 
     posted = client.post("/", json={"architecture": ARCHITECTURE}, headers=headers)
@@ -119,7 +119,7 @@ def test_with_the_bearer_token_requests_are_accepted(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ARCHDEPLOY_HTTP_TOKEN", TOKEN)
-    function_runtime.settings.cache_clear()
+    bootstrap.function_settings.cache_clear()
     auth = {"Authorization": f"Bearer {TOKEN}"}
 
     response = client.post("/", json={"architecture": ARCHITECTURE}, headers=auth)
@@ -396,8 +396,8 @@ def test_post_cancel_ends_a_running_run_cancelled_and_an_unknown_run_is_404(
     from tests.builders import architecture
 
     monkeypatch.setenv("ARCHDEPLOY_STATE_DIR", str(tmp_path))
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
+    bootstrap.function_settings.cache_clear()
+    bootstrap.for_function.cache_clear()
     client = _cancel_client()
     request = DeployRequest(architecture=architecture().model_dump_json(), idempotency_key="c1")
     accepted = client.post("/", json=request.model_dump(mode="json"))
@@ -411,8 +411,8 @@ def test_post_cancel_ends_a_running_run_cancelled_and_an_unknown_run_is_404(
     result = store.get_result(run_id)
     assert result is not None and result.status.value == "cancelled"
     assert client.post("/runs/r-0000000000000000/cancel").status_code == 404
-    function_runtime.settings.cache_clear()
-    function_runtime.runtime.cache_clear()
+    bootstrap.function_settings.cache_clear()
+    bootstrap.for_function.cache_clear()
 
 
 def _cancel_client() -> Any:

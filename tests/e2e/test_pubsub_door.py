@@ -17,7 +17,8 @@ from typing import Any
 import functions_framework
 import pytest
 
-from shared.core.handlers import Runtime, run_id_for
+from shared.core.dispatcher import run_id_for
+from shared.core.runtime import Runtime
 from shared.messages import TOPIC_TASKS, DeployRequest, RunStatus, TaskMessage
 from tests.e2e.dispatcher_runtime import fresh_dispatcher_runtime
 from tests.fakes_github import FakeGitHub, fake_github

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from shared.adapters.gcp.pubsub_bus import PubSubBus
 from shared.adapters.local.deployer import LocalDeployer
 from shared.cli.main import cli
-from shared.core.handlers import run_id_for
+from shared.core.dispatcher import run_id_for
 from shared.devserver.topology import DevTopology
 from shared.messages import DeployRequest, Phase, RunResult, RunStatus, TaskStatus, task_id_for
 

@@ -21,11 +21,12 @@ from urllib.parse import urlencode
 import functions_framework
 import pytest
 
+from shared import bootstrap
 from shared.adapters.github_source import GitHubClient, GitHubSource
 from shared.architecture.model import DeploymentSpec
-from shared.core.entrypoints import on_task
-from shared.core.handlers import Runtime, run_id_for
-from shared.doors import function_runtime
+from shared.core.dispatcher import run_id_for
+from shared.core.handlers import on_task
+from shared.core.runtime import Runtime
 from shared.errors import BackendError
 from shared.messages import TOPIC_REQUESTS, TOPIC_TASKS, DeployRequest, RunStatus, TaskMessage
 from tests.e2e.dispatcher_runtime import fresh_dispatcher_runtime
@@ -227,7 +228,7 @@ def test_without_a_configured_secret_every_delivery_is_refused(
     client: Any, rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("ARCHDEPLOY_WEBHOOK_SECRET")
-    function_runtime.settings.cache_clear()
+    bootstrap.function_settings.cache_clear()
 
     response = deliver(client, push(), signature=sign(b"", ""))
 

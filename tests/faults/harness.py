@@ -32,9 +32,9 @@ from shared.adapters.gcp.retry import RetryPolicy
 from shared.architecture.model import Architecture, DeploymentSpec
 from shared.core.control import sweep
 from shared.core.dispatcher import dispatch_request, run_id_for
-from shared.core.entrypoints import subscribe_all
+from shared.core.handlers import subscribe_all
 from shared.core.plan import plan_run
-from shared.core.runtime import Runtime
+from shared.core.runtime import RunPolicy, Runtime
 from shared.deployer import Target, current_target
 from shared.errors import BackendError
 from shared.messages import (
@@ -189,13 +189,15 @@ class Scenario:
             bus=bus,
             deployer=deployer,
             worker_id="fault-worker",
-            leases=dict.fromkeys(Phase, LEASE),
-            deadlines=dict.fromkeys(Phase, DEADLINE),
-            republish_after=REPUBLISH_AFTER,
-            run_deadline=RUN_DEADLINE,
             clock=clock,
-            build_concurrency=self.build_concurrency,
-            deploy_concurrency=self.deploy_concurrency,
+            policy=RunPolicy(
+                leases=dict.fromkeys(Phase, LEASE),
+                deadlines=dict.fromkeys(Phase, DEADLINE),
+                republish_after=REPUBLISH_AFTER,
+                run_deadline=RUN_DEADLINE,
+                build_concurrency=self.build_concurrency,
+                deploy_concurrency=self.deploy_concurrency,
+            ),
         )
 
     def record(self, fault: Fault, task_id: str = "") -> None:
@@ -524,7 +526,7 @@ class FaultyDeployer(FakeDeployer):
             if phase is Phase.BUILD:
                 self.built.append((service, spec))
             else:
-                self.deployed.append((service, "", spec))
+                self.deploys.append((service, "", spec))
             self.effects.append(Effect(target.run_id, phase, service, output, image, director_url))
         self._event(f"{phase.value}-end", service)
         return output

@@ -24,8 +24,9 @@ from pydantic import BaseModel
 
 from shared.adapters.gcp.firestore_store import FirestoreRunStore
 from shared.adapters.gcp.pubsub_bus import PubSubBus
-from shared.core import entrypoints
-from shared.core.handlers import Runtime, dispatch_request
+from shared.core import handlers
+from shared.core.dispatcher import dispatch_request
+from shared.core.runtime import Runtime
 from shared.errors import BackendError
 from shared.messages import TOPIC_COMPLETIONS, TOPIC_RESULTS, TOPIC_TASKS
 from tests.faults.harness import (
@@ -175,7 +176,7 @@ class Pump:
             if self.deliveries[message.message_id] < MAX_DELIVERIES:
                 message.nack()
                 return
-            entrypoints.on_dead_letter(message.data, attributes, self.rt, message.message_id)
+            handlers.on_dead_letter(message.data, attributes, self.rt, message.message_id)
         again = scenario is not None and self.deliveries[message.message_id] == 1
         with self._lock:
             again = again and self.rng.random() < (scenario.redeliver if scenario else 0)
@@ -226,8 +227,8 @@ def cloud(pubsub_env: Emulator, firestore_client: Any) -> Iterator[Cloud]:
     publisher = pubsub_v1.PublisherClient()
     bus = FaultyPubSubBus(inner, publisher)
     pump = Pump(bus, random.Random(suffix))
-    pump.route(TOPIC_TASKS, entrypoints.on_task)
-    pump.route(TOPIC_COMPLETIONS, entrypoints.on_completion)
+    pump.route(TOPIC_TASKS, handlers.on_task)
+    pump.route(TOPIC_COMPLETIONS, handlers.on_completion)
     yield Cloud(bus, StoreProbe(store), pump)
     pump.close()
     publisher.stop()

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1
 
+from shared.adapters.gcp import build_events
 from shared.adapters.gcp.firestore_store import FirestoreRunStore
 from shared.adapters.gcp.pubsub_bus import PubSubBus
-from shared.core import entrypoints
-from shared.core.handlers import Runtime, dispatch_request
+from shared.core import handlers
+from shared.core.dispatcher import dispatch_request
+from shared.core.runtime import RunPolicy, Runtime
 from shared.messages import DeployRequest, RunResult, RunStatus
 from tests.fakes_google.cloudbuild_server import FakeCloudBuild, notification
 from tests.fakes_google.cloudrun_server import FakeCloudRun
@@ -77,7 +79,7 @@ def cloud(
     store = FirestoreRunStore(
         project_id=pubsub_env.project, collection=f"runs-{suffix}", client=firestore_client
     )
-    rt = Runtime(store=store, bus=bus, deployer=gcp_deployer, async_builds=True)
+    rt = Runtime(store=store, bus=bus, deployer=gcp_deployer, policy=RunPolicy(async_builds=True))
     publisher = pubsub_v1.PublisherClient()
 
     def on_terminal(build: Any) -> None:
@@ -86,9 +88,9 @@ def cloud(
 
     fake_cloudbuild.on_terminal = on_terminal
     pump = Pump(pubsub_env.project, bus)
-    pump.route("tasks", entrypoints.on_task, rt)
-    pump.route("completions", entrypoints.on_completion, rt)
-    pump.route("builds", entrypoints.on_build_event, rt)
+    pump.route("tasks", handlers.on_task, rt)
+    pump.route("completions", handlers.on_completion, rt)
+    pump.route("builds", build_events.on_build_event, rt)
     yield rt, pump
     fake_cloudbuild.on_terminal = None  # builds still finishing publish nothing now
     pump.close()

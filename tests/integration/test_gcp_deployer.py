@@ -18,9 +18,9 @@ from google.cloud.devtools import cloudbuild_v1
 
 from shared.adapters.gcp.cloud_build import task_id_from_build
 from shared.adapters.gcp.deployer import GcpDeployer, parse_build_notification
-from shared.adapters.source_archive import pack_source
+from shared.adapters.gcp.source_archive import pack_source
 from shared.architecture.model import DeploymentSpec, HealthCheck, SecretEnvVar
-from shared.deployer import ContainerDeployer, Target
+from shared.deployer import BuildSubmitter, ContainerDeployer, Target
 from shared.errors import BackendError
 from tests.fakes_google.cloudbuild_server import FakeCloudBuild, notification
 from tests.fakes_google.cloudrun_server import FakeCloudRun
@@ -389,6 +389,22 @@ def test_submit_build_returns_the_build_id_without_waiting(
     assert list(fake_cloudbuild.builds) == [build_id]
     assert fake_cloudbuild.builds[build_id].status == cloudbuild_v1.Build.Status.QUEUED
     assert fake_cloudbuild.calls("GetOperation") == []
+
+
+def test_a_submitted_build_is_cancelled_by_its_id(
+    gcp_deployer: GcpDeployer, fake_cloudbuild: FakeCloudBuild, tmp_path: Path
+) -> None:
+    # Given a build submitted and still running
+    assert isinstance(gcp_deployer, BuildSubmitter)
+    fake_cloudbuild.behave("ingest", latency=30)
+    spec = DeploymentSpec(source_path=str(_source(tmp_path)))
+    build_id = gcp_deployer.submit_build("ingest", spec, target=BUILD_TARGET)
+    # When the run that submitted it cancels it
+    gcp_deployer.cancel_build(build_id)
+    # Then Cloud Build was asked to cancel that build, and it ended cancelled
+    (cancel,) = fake_cloudbuild.calls("CancelBuild")
+    assert cancel.id == build_id and cancel.project_id == FAKE_PROJECT
+    assert fake_cloudbuild.builds[build_id].status == cloudbuild_v1.Build.Status.CANCELLED
 
 
 @pytest.mark.parametrize(

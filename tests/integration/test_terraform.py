@@ -531,20 +531,30 @@ DISTRIBUTIONS = {
 CLI_ONLY = {"click", "rich"}
 
 # bootstrap.py picks adapters from settings. With ARCHDEPLOY_BACKEND=gcp the local ones are
-# never loaded, and only the worker builds a deployer (`with_deployer=role == "worker"`).
+# never loaded. Every role builds the GcpDeployer (the dispatcher and aggregator only to
+# cancel builds through it), but only the worker's deploys and builds.
 _LOCAL_ADAPTERS = {"shared.adapters.local.sqlite_store", "shared.adapters.local.deployer"}
 NOT_LOADED = {
-    "dispatcher": {*_LOCAL_ADAPTERS, "shared.adapters.gcp.deployer"},
-    "aggregator": {*_LOCAL_ADAPTERS, "shared.adapters.gcp.deployer"},
+    "dispatcher": _LOCAL_ADAPTERS,
+    "aggregator": _LOCAL_ADAPTERS,
     "worker": _LOCAL_ADAPTERS,
 }
 # Functions whose lazy imports a folder never runs: build_resource makes a Cloud Build
 # request, which only the worker's GcpDeployer does (the aggregator only parses builds).
-NOT_CALLED = {
-    "dispatcher": {("shared.adapters.gcp.cloud_build", "build_resource")},
-    "aggregator": {("shared.adapters.gcp.cloud_build", "build_resource")},
-    "worker": set(),
+# The dispatcher's and aggregator's GcpDeployer only cancels builds: it never deploys
+# (cloud_run), retries a call (retry) or makes a Cloud Run or Storage client.
+_ONLY_CANCELS = {
+    ("shared.adapters.gcp.cloud_build", "build_resource"),
+    ("shared.adapters.gcp.deployer", "_new_client"),
+    ("shared.adapters.gcp.retry", "is_transient"),
+    ("shared.adapters.gcp.retry", "call"),
+    *(
+        ("shared.adapters.gcp.cloud_run", node.name)
+        for node in ast.walk(ast.parse((ROOT / "shared/adapters/gcp/cloud_run.py").read_text()))
+        if isinstance(node, ast.FunctionDef)
+    ),
 }
+NOT_CALLED = {"dispatcher": _ONLY_CANCELS, "aggregator": _ONLY_CANCELS, "worker": set()}
 
 
 def _module_file(module: str) -> Path | None:

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from shared.architecture.model import Architecture, DeploymentSpec
-from shared.core.aggregator import advance_run, record_completion
+from shared.core.aggregator import record_completion
 from shared.core.control import cancel_run, fail_task, sweep
 from shared.core.dispatcher import dispatch_request
-from shared.core.entrypoints import on_completion, on_dead_letter, on_task, subscribe_all
-from shared.core.handlers import Runtime
+from shared.core.handlers import on_completion, on_dead_letter, on_task, subscribe_all
+from shared.core.run_engine import advance_run
+from shared.core.runtime import RunPolicy, Runtime
 from shared.deployer import Target
 from shared.messages import (
     TOPIC_COMPLETIONS,
@@ -52,20 +53,32 @@ class Clock:
 class SubmittingDeployer(FakeDeployer):
     """Submits builds as Cloud Build does; their outcome comes later, as a build event."""
 
+    def __init__(self, cancel: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self.cancel = cancel
+
     def submit_build(
         self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
     ) -> str:
         return f"build-{service_name}"
 
+    def cancel_build(self, build_id: str) -> None:
+        if self.cancel is not None:
+            self.cancel(build_id)
+
 
 class System:
-    def __init__(self, deployer: FakeDeployer | None = None, **knobs: Any) -> None:
+    def __init__(self, deployer: FakeDeployer | None = None, **policy: Any) -> None:
         self.store = FakeRunStore()
         self.bus = FakeBus()
         self.deployer = deployer or FakeDeployer()
         self.clock = Clock()
         self.rt = Runtime(
-            store=self.store, bus=self.bus, deployer=self.deployer, clock=self.clock, **knobs
+            store=self.store,
+            bus=self.bus,
+            deployer=self.deployer,
+            clock=self.clock,
+            policy=RunPolicy(**policy),
         )
         subscribe_all(self.bus, self.rt)
 
@@ -101,7 +114,7 @@ class System:
         task_id = task_id_for(run_id, phase, service_name)
         self.lose(task_id)
         claimed = self.store.claim_task(
-            task_id, worker="w-1", lease_seconds=self.rt.leases[phase], now=self.clock()
+            task_id, worker="w-1", lease_seconds=self.rt.policy.leases[phase], now=self.clock()
         )
         assert claimed is not None
         return claimed
@@ -153,7 +166,7 @@ def test_cancelling_stops_what_has_not_started_and_ends_the_run_once_what_runs_h
     result = system.result(run_id)
     assert result.status is RunStatus.CANCELLED
     assert result.images == {"ingest": "img@sha256:1"}
-    assert system.deployer.built == [] and system.deployer.deployed == []
+    assert system.deployer.built == [] and system.deployer.deploys == []
     assert _finished_events(system, run_id) == 1
 
 
@@ -196,7 +209,7 @@ def test_the_sweep_times_out_a_task_past_its_phase_deadline_and_the_run_fails() 
     assert result.status is RunStatus.FAILED
     (error,) = result.errors
     assert error.service == "svc-0000" and "build deadline of 3600s" in error.error
-    assert system.deployer.deployed == []
+    assert system.deployer.deploys == []
 
 
 def test_the_sweep_resends_a_task_nobody_claimed_only_after_republish_after() -> None:
@@ -243,7 +256,7 @@ def test_a_submitted_build_is_not_resent_when_its_lease_runs_out() -> None:
 
 def test_the_run_deadline_times_out_every_open_task_and_cancels_submitted_builds() -> None:
     cancelled: list[str] = []
-    system = System(run_deadline=7200.0, cancel_build=cancelled.append)
+    system = System(SubmittingDeployer(cancelled.append), run_deadline=7200.0)
     run_id = system.dispatch(wide(2))
     claimed = system.claim(run_id, Phase.BUILD, "svc-0000")
     system.store.record_build_id(claimed.task_id, "build-1")
@@ -268,7 +281,7 @@ def test_the_sweep_moves_a_run_on_when_its_completions_are_lost() -> None:
     system.deliver(keep=lambda topic, _: topic != TOPIC_COMPLETIONS)
     sweep(system.rt)
     assert system.result(run_id).status is RunStatus.SUCCEEDED
-    assert len(system.deployer.deployed) == 4
+    assert len(system.deployer.deploys) == 4
 
 
 def test_sweeping_when_nothing_is_due_changes_nothing() -> None:
@@ -297,7 +310,7 @@ def test_failing_a_build_task_fails_the_run_and_starts_no_queued_build() -> None
 
     result = system.result(run_id)
     assert result.status is RunStatus.FAILED
-    assert system.deployer.built == [] and system.deployer.deployed == []
+    assert system.deployer.built == [] and system.deployer.deploys == []
     errors = {e.service: e.error for e in result.errors}
     assert errors["svc-0000"] == "its message could not be read"
     assert errors["svc-0001"] == "not started: build of svc-0000 failed"
@@ -326,7 +339,7 @@ def test_a_poison_task_message_with_ids_fails_its_task_and_the_run() -> None:
     assert task.status is TaskStatus.FAILED
     assert task.error and "message m-1 is not a valid TaskMessage" in task.error
     assert system.result(run_id).status is RunStatus.FAILED
-    assert system.deployer.deployed == []
+    assert system.deployer.deploys == []
 
 
 def test_a_poison_task_message_without_ids_is_dropped_and_the_sweep_resends_its_task() -> None:
@@ -433,7 +446,7 @@ def test_a_cap_keeps_that_many_tasks_in_flight_and_releases_the_rest_as_they_end
         most = max(most, _in_flight(system, run_id, phase))
     assert most == 2
     assert system.result(run_id).status is RunStatus.SUCCEEDED
-    assert len(system.deployer.deployed) == 5
+    assert len(system.deployer.deploys) == 5
 
 
 class RacingStore(FakeRunStore):
@@ -486,10 +499,9 @@ def test_caps_are_per_run_so_two_runs_may_each_have_that_many_in_flight() -> Non
 def _submitted(cancel_on_failure: bool, cancel_build: Callable[[str], None]) -> tuple[System, str]:
     """A run whose three builds were all submitted and are running."""
     system = System(
-        SubmittingDeployer(),
+        SubmittingDeployer(cancel_build),
         async_builds=True,
         cancel_builds_on_failure=cancel_on_failure,
-        cancel_build=cancel_build,
     )
     run_id = system.dispatch(wide(3))
     system.deliver()
@@ -517,7 +529,7 @@ def test_a_failed_build_cancels_the_submitted_builds_still_running_when_configur
     assert cancelled == ["build-svc-0002"]  # not the one that ended, nor the one that failed
     _build_event(system, run_id, "svc-0002", TaskStatus.FAILED)  # Cloud Build: CANCELLED
     assert system.result(run_id).status is RunStatus.FAILED
-    assert system.deployer.deployed == []
+    assert system.deployer.deploys == []
 
 
 def test_without_the_setting_running_builds_are_left_to_finish() -> None:

@@ -7,8 +7,9 @@ import random
 import pytest
 
 from shared.architecture.model import Architecture
-from shared.core.entrypoints import subscribe_all
-from shared.core.handlers import Runtime, dispatch_request, run_id_for
+from shared.core.dispatcher import dispatch_request, run_id_for
+from shared.core.handlers import subscribe_all
+from shared.core.runtime import Runtime
 from shared.messages import (
     TOPIC_RESULTS,
     DeployRequest,
@@ -60,7 +61,7 @@ def test_a_run_builds_then_deploys_everything_and_records_every_image_and_url() 
 def test_deploys_get_the_directors_url_and_the_built_image() -> None:
     system = System()
     result = system.run(architecture())
-    specs = {name: spec for name, _, spec in system.deployer.deployed}
+    specs = {name: spec for name, _, spec in system.deployer.deploys}
     assert specs["ingest"].environment_vars["SERVICE_DIRECTOR_URL"] == result.urls["director"]
     assert specs["ingest"].environment_vars["DATAFLOW_NAME"] == "orders"
     assert specs["ingest"].image == result.images["ingest"]
@@ -87,7 +88,7 @@ def test_a_failed_build_deploys_nothing_and_every_build_error_is_reported() -> N
     system = System(deployer)
     result = system.run(architecture())
     assert result.status is RunStatus.FAILED
-    assert system.deployer.deployed == []
+    assert system.deployer.deploys == []
     errors = {(e.service, e.phase): e.error for e in result.errors}
     assert errors == {
         ("ingest", Phase.BUILD): "building ingest: no Dockerfile",
@@ -132,7 +133,7 @@ def test_reordered_and_duplicated_delivery_gives_the_same_result(seed: int) -> N
     system = System()
     result = system.run(architecture(), duplicate=True, shuffle=random.Random(seed))
     assert result.status is RunStatus.SUCCEEDED
-    assert len(system.deployer.deployed) == 4
+    assert len(system.deployer.deploys) == 4
     order = system.deployer.deployed_names()
     assert order.index("ingest") < order.index("enrich")
 

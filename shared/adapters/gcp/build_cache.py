@@ -27,8 +27,8 @@ from shared.adapters.gcp.cloud_build import (
     source_tag,
 )
 from shared.adapters.gcp.retry import RetryPolicy
+from shared.adapters.gcp.source_archive import build_context, source_entries
 from shared.adapters.input_digest import input_digest
-from shared.adapters.source_archive import build_context, source_entries
 from shared.architecture.model import DeploymentSpec
 from shared.errors import BackendError
 

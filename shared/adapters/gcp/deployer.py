@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 from shared.adapters.gcp.build_cache import CloudBuildCache, build_input
@@ -46,7 +47,7 @@ from shared.adapters.gcp.cloud_run import (
 )
 from shared.adapters.gcp.cloud_run import service_account_email as full_account_email
 from shared.adapters.gcp.retry import RetryPolicy, describe_api_error
-from shared.adapters.source_archive import SourceStager, normalize_dir
+from shared.adapters.gcp.source_archive import SourceStager, normalize_dir
 from shared.architecture.model import DeploymentSpec
 from shared.deployer import (
     Deployed,
@@ -133,6 +134,11 @@ class GcpDeployer:
         operation = self._create_build(service_name, spec, target, f"building {service_name}")
         build_id: str = operation.metadata.build.id
         return build_id
+
+    def cancel_build(self, build_id: str) -> None:
+        """Cancel a submitted build (`BuildSubmitter`); best effort, like a timed-out one."""
+        build = SimpleNamespace(name="", project_id=self.project_id, id=build_id)
+        self._cancel_build(build, f"cancelling build {build_id}")
 
     def _create_build(
         self, service_name: str, spec: DeploymentSpec, target: Target, context: str

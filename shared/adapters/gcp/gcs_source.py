@@ -33,7 +33,7 @@ def parse_gs_uri(uri: str) -> tuple[str, str]:
 
 
 class GcsArchitectures:
-    """`Runtime.fetch_architecture` for `gs://` URIs.
+    """The `ArchitectureReader` for `gs://` URIs.
 
     A missing object or a refused permission becomes an `ArchitectureError` (the run is
     recorded as failed, with the fix); a transient failure a retryable `BackendError`.
@@ -44,7 +44,7 @@ class GcsArchitectures:
         self._client = client
         self._lock = threading.Lock()
 
-    def __call__(self, uri: str) -> LoadedArchitecture:
+    def read(self, uri: str) -> LoadedArchitecture:
         try:
             bucket, name = parse_gs_uri(uri)
         except ValueError as exc:

@@ -32,7 +32,7 @@ def test_build_all_services_builds_every_dataflow_and_the_director() -> None:
     deployer = FakeDeployer()
     images = DeploymentManager(architecture(), deployer).build_all_services()
     assert sorted(images) == ["director", "enrich", "ingest", "notify"]
-    assert deployer.deployed == []
+    assert deployer.deploys == []
 
 
 def test_build_all_services_raises_one_error_listing_every_failed_build() -> None:
@@ -69,7 +69,7 @@ def test_deploy_application_services_deploys_one_dataflow_in_parallel_with_enric
     )
     assert sorted(urls) == ["enrich", "ingest"]
     assert deployer.built == []  # the images were given
-    calls = {name: (account, spec) for name, account, spec in deployer.deployed}
+    calls = {name: (account, spec) for name, account, spec in deployer.deploys}
     assert calls["ingest"][0] == "ingest@acme-dev.iam.gserviceaccount.com"
     assert calls["ingest"][1].image == "img/ingest@sha256:1"
     assert calls["enrich"][1].environment_vars["SERVICE_DIRECTOR_URL"] == "https://dir"

@@ -1,5 +1,5 @@
-"""What the three functions share: the cached runtime, Pub/Sub event decoding, and the
-mapping of outcomes to acknowledge or retry.
+"""The Pub/Sub door: decode a pushed CloudEvent, then run one core handler on its message
+under the log context, acknowledging what no retry can fix.
 
 Pub/Sub (through Eventarc, or an emulator push subscription) hands a CloudEvent whose
 `data` is `{"message": {"data": base64, "attributes": {...}, "messageId": ...},
@@ -10,41 +10,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shared.core.handlers import Runtime
+from shared.core.runtime import Runtime
 from shared.errors import ArchdeployError, BackendError
-from shared.logs import configure, log_context
-
-if TYPE_CHECKING:
-    from shared.settings import Settings
+from shared.logs import log_context, trace_labels
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def settings() -> Settings:
-    from shared.settings import load_settings
-
-    return load_settings()
-
-
-def http_token() -> str | None:
-    token = settings().http_token
-    return token.get_secret_value() if token else None
-
-
-@functools.cache
-def runtime(role: str) -> Runtime:
-    """Built once per instance, on first use, so cold starts import only what a role uses."""
-    from shared.bootstrap import runtime as build
-
-    configure(json_lines=True)
-    return build(settings(), with_deployer=role == "worker")
 
 
 def pubsub_message(event_data: Any) -> tuple[bytes, dict[str, str], str]:
@@ -75,12 +50,13 @@ def acknowledging(event_id: str) -> Iterator[None]:
         log.error("event %s: %s (acknowledged)", event_id, exc)
 
 
-def handle_pubsub(
+def handle(
     event: Any,
-    role: str,
     handler: Callable[[bytes, Mapping[str, str], Runtime, str], object],
+    runtime: Callable[[], Runtime],
 ) -> None:
-    """Decode a Pub/Sub CloudEvent and run `handler` under the log context and ack policy."""
+    """Decode a Pub/Sub CloudEvent and run `handler` (one of `shared.core.handlers`) on it
+    with `runtime()`, under the log context and ack policy."""
     event_id = str(event["id"]) if "id" in event else ""
     try:
         data, attributes, message_id = pubsub_message(event.data)
@@ -93,7 +69,15 @@ def handle_pubsub(
             task_id=attributes.get("task_id"),
             service=attributes.get("service"),
             phase=attributes.get("phase"),
+            **trace_labels(_extension(event, "traceparent")),
         ),
         acknowledging(message_id or event_id),
     ):
-        handler(data, attributes, runtime(role), message_id)
+        handler(data, attributes, runtime(), message_id)
+
+
+def _extension(event: Any, name: str) -> str | None:
+    """A CloudEvent extension attribute (e.g. `traceparent`), if the event carries it."""
+    get = getattr(event, "get", None)
+    value = get(name) if callable(get) else None
+    return str(value) if value else None

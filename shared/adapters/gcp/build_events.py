@@ -1,0 +1,40 @@
+"""Cloud Build's status notifications (the `cloud-builds` topic) as completions of the
+build tasks a worker submitted: the aggregator function's `build_events` entry point."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from shared.adapters.gcp.cloud_build import parse_build_notification
+from shared.core.aggregator import record_completion
+from shared.core.runtime import Runtime
+from shared.messages import Phase, TaskCompletion, TaskStatus
+
+log = logging.getLogger(__name__)
+
+
+def on_build_event(
+    data: bytes, attributes: Mapping[str, str], rt: Runtime, message_id: str = ""
+) -> None:
+    """A Cloud Build status change from the `cloud-builds` topic: terminal statuses of
+    archdeploy's builds complete their build task; everything else is ignored."""
+    try:
+        note = parse_build_notification(data, attributes)
+    except ValueError as exc:
+        log.error("build event %s is not a build (%s): acknowledged and dropped", message_id, exc)
+        return
+    if note is None:
+        return
+    completion = TaskCompletion(
+        run_id=note.run_id,
+        task_id=note.task_id,
+        phase=Phase.BUILD,
+        service=note.service,
+        status=TaskStatus.SUCCEEDED if note.status == "succeeded" else TaskStatus.FAILED,
+        image=note.image or None,
+        error=note.error or None,
+        build_id=note.build_id,
+        worker="cloud-build",
+    )
+    record_completion(completion, rt)
