@@ -21,7 +21,13 @@ def dispatch(event: CloudEvent) -> None:
 @functions_framework.http
 def dispatch_http(request: flask.Request) -> Any:
     rt = function_runtime.runtime("dispatcher")
-    return http_api.handle(request, rt, token=function_runtime.http_token())
+    return http_api.handle(
+        request,
+        rt,
+        token=function_runtime.http_token(),
+        source_base=function_runtime.http_source_root(),
+        origins=function_runtime.http_origins(),
+    )
 
 
 @functions_framework.http

@@ -14,6 +14,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.core.handlers import Runtime
@@ -36,6 +37,15 @@ def settings() -> Settings:
 def http_token() -> str | None:
     token = settings().http_token
     return token.get_secret_value() if token else None
+
+
+def http_source_root() -> Path:
+    """The folder a local `source_root` sent over HTTP must stay inside."""
+    return settings().http_source_root or Path.cwd()
+
+
+def http_origins() -> tuple[str, ...]:
+    return tuple(settings().http_allowed_origins)
 
 
 @functools.cache
