@@ -2,15 +2,20 @@
 
 `dev` runs the three functions under functions-framework, fed by the Pub/Sub emulator's
 push subscriptions, with the run store on the Firestore emulator (`shared.devserver.topology`),
-until Ctrl-C or SIGTERM, which stop everything it started. `up FILE --endpoint URL`
-POSTs the architecture to a dispatcher's HTTP function and follows the run by polling
-`GET URL/runs/RUN_ID`, which answers the run's current record wherever the run lives.
+until Ctrl-C or SIGTERM, which stop everything it started and exit 130 (143 for SIGTERM).
+A `dev` that was killed outright is cleaned up after by the next one. The HTTP door
+needs the bearer token `dev` prints (and writes to STATE_DIR/dev/http-token, 0600).
+`up FILE --endpoint URL` POSTs the architecture to a dispatcher's HTTP function and
+follows the run by polling `GET URL/runs/RUN_ID`, which answers the run's current record
+wherever the run lives; for a loopback URL it reads that token file when
+ARCHDEPLOY_HTTP_TOKEN is not set.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 err = Console(stderr=True, highlight=False)
 HTTP_TIMEOUT = 30.0  # seconds per request
 FETCH_ATTEMPTS = 5  # consecutive failed polls before giving up
+TOKEN_FILE = "http-token"  # in STATE_DIR/dev, as `shared.devserver.topology` writes it
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @click.command()
@@ -53,17 +60,22 @@ def dev(ctx: click.Context, project: str, logs_dir: Path | None) -> None:
     """
     from shared.devserver.topology import DevTopology
 
-    state_dir = (ctx.meta.get("state_dir") or Path(".archdeploy")) / "dev"
+    state_dir = ctx.meta.get("state_dir") or Path(
+        os.environ.get("ARCHDEPLOY_STATE_DIR") or ".archdeploy"
+    )
+    state_dir = Path(state_dir) / "dev"
     topo = DevTopology(state_dir=state_dir, project=project, logs_dir=logs_dir)
     err.print("starting the emulators and the functions ...")
     code = 0
-    with _interrupts_as_keyboard_interrupt():
+    received: list[int] = []
+    with _interrupts_as_keyboard_interrupt(received):
         try:
             topo.start()
             _print_endpoints(topo)
             code = _wait_until_a_child_exits(topo)
         except KeyboardInterrupt:
             err.print("stopping ...")
+            code = 128 + (received[0] if received else signal.SIGINT)
         finally:
             with _ignoring_interrupts():
                 topo.stop()
@@ -79,7 +91,11 @@ def _print_endpoints(topo: DevTopology) -> None:
         "worker": f"push from {topics['tasks']}",
         "aggregator": f"push from {topics['completions']}",
         "sweep": f"every {topo.sweep_interval:g}s" if topo.sweep_interval else "never called",
+        "webhook": "GitHub push deliveries (point a webhook here, e.g. through a tunnel)",
     }
+    if topo.stopped_leftovers:
+        left = ", ".join(topo.stopped_leftovers)
+        err.print(f"a previous `archdeploy dev` died without stopping: stopped its {left}")
     click.echo(f"archdeploy dev: project {topo.project}")
     for name, url in topo.urls.items():
         click.echo(f"  {name:<16} {url:<26} {called.get(name, '')}")
@@ -87,6 +103,13 @@ def _print_endpoints(topo: DevTopology) -> None:
     click.echo(f"  {'firestore':<16} {topo.firestore_host}")
     click.echo(f"  {'logs':<16} {topo.logs_dir}")
     click.echo(f"  {'state':<16} {topo.state_dir}")
+    click.echo(f"  {'sources':<16} source_root must be inside {topo.source_base}")
+    token = topo.http_token if "http_token" in topo.generated else "(ARCHDEPLOY_HTTP_TOKEN)"
+    click.echo(f"  {'http token':<16} {token}  (also in {topo.token_path}, 0600)")
+    secret = "(ARCHDEPLOY_WEBHOOK_SECRET)"
+    if "webhook_secret" in topo.generated:
+        secret = topo.webhook_secret
+    click.echo(f"  {'webhook secret':<16} {secret}")
     click.echo(f"deploy:  archdeploy up examples/architecture.yaml --endpoint {topo.http_url}")
     click.echo(
         f"inspect: FIRESTORE_EMULATOR_HOST={topo.firestore_host} ARCHDEPLOY_STORE=firestore "
@@ -105,11 +128,13 @@ def _wait_until_a_child_exits(topo: DevTopology) -> int:
 
 
 @contextlib.contextmanager
-def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
+def _interrupts_as_keyboard_interrupt(received: list[int]) -> Iterator[None]:
     """SIGTERM (a supervisor, `kill`) stops the topology as Ctrl-C does. SIGINT is set
-    too: a shell starts background jobs with it ignored, and `kill -INT` must still work."""
+    too: a shell starts background jobs with it ignored, and `kill -INT` must still work.
+    The signal is appended to `received`, for the exit code."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -146,8 +171,22 @@ def up_over_http(
     The request's `source_root` is a path on this machine: the dispatcher's workers must
     share its files, as `archdeploy dev`'s do.
     """
-    secret = token.get_secret_value() if token else None
+    secret = token.get_secret_value() if token else dev_token(endpoint)
     return submit_and_follow(endpoint, request, stream=stream or sys.stderr, token=secret)
+
+
+def dev_token(endpoint: str, state_dir: Path | None = None) -> str | None:
+    """The token `archdeploy dev` wrote, for a dispatcher on this machine only."""
+    if (urllib.parse.urlsplit(endpoint).hostname or "") not in _LOOPBACK:
+        return None
+    if state_dir is None:
+        ctx = click.get_current_context(silent=True)
+        meta_dir = ctx.find_root().meta.get("state_dir") if ctx else None
+        state_dir = Path(meta_dir or os.environ.get("ARCHDEPLOY_STATE_DIR") or ".archdeploy")
+    try:
+        return (state_dir / "dev" / TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def submit_and_follow(
@@ -219,7 +258,7 @@ def _call(url: str, method: str, token: str | None, data: bytes | None = None) -
 
 def _opener(url: str) -> urllib.request.OpenerDirector:
     # A dispatcher on this machine must not be reached through a proxy meant for the internet.
-    local = (urllib.parse.urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+    local = (urllib.parse.urlsplit(url).hostname or "") in _LOOPBACK
     return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
 
 
