@@ -72,6 +72,7 @@ def dispatch_request(
         if created:
             log.info("run created: %d tasks over dataflows %s", len(tasks), run.dataflows)
             _supersede(run, rt)
+            run = rt.store.get_run(run_id) or run  # it may have been superseded at once
         _resume(run, rt)
         return rt.store.get_run(run_id) or run
 

@@ -256,8 +256,7 @@ class DevTopology:
             )
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.stopped_leftovers = stop_leftovers(self.state_dir)
-        if self.stopped_leftovers:
-            self._teardown_services()  # what the dead dev's worker deployed
+        self._teardown_services()  # what a dead dev's worker deployed, if any
         _write_secret(self.token_path, self.http_token)
         self.pubsub_host = f"127.0.0.1:{free_port()}"
         self.firestore_host = f"127.0.0.1:{free_port()}"
