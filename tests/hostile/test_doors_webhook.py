@@ -155,3 +155,22 @@ def test_a_push_whose_architecture_cannot_be_fetched_ends_failed_with_the_reason
     assert f"github://{REPO}/services.yaml@{NEW}" in run.error
     assert "503" in run.error and "retrying was given up" in run.error
     assert _tasks_of(rt, run_id) == []
+
+
+def test_a_dead_lettered_push_whose_run_was_never_made_ends_failed(rt: Runtime) -> None:
+    # Given a queued push request Pub/Sub gave up on before any dispatcher made its run
+    from shared.core.entrypoints import GIVE_UP_AT, on_dead_letter
+    from shared.core.handlers import run_id_for
+    from shared.messages import DeployRequest
+
+    key = f"github-push:{REPO}:refs/heads/main:{OLD}..{NEW}"
+    request = DeployRequest(
+        architecture_uri=f"github://{REPO}/services.yaml@{NEW}", idempotency_key=key
+    )
+    attributes = {"run_id": run_id_for(key), GIVE_UP_AT: "0"}
+    # When the dead-letter handler gets it
+    on_dead_letter(request.model_dump_json().encode(), attributes, rt, "m-1")
+    # Then the run the webhook announced exists, failed, with the reason
+    run = rt.store.get_run(run_id_for(key))
+    assert run is not None and run.status is RunStatus.FAILED
+    assert run.error is not None and "dead-lettered" in run.error
