@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.adapters.local.inprocess_bus import InProcessBus
@@ -132,6 +133,15 @@ def function_settings() -> Settings:
 def http_token() -> str | None:
     token = function_settings().http_token
     return token.get_secret_value() if token else None
+
+
+def http_source_root() -> Path:
+    """The folder a local `source_root` sent over HTTP must stay inside."""
+    return function_settings().http_source_root or Path.cwd()
+
+
+def http_origins() -> tuple[str, ...]:
+    return tuple(function_settings().http_allowed_origins)
 
 
 @functools.cache

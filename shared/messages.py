@@ -109,6 +109,9 @@ class DeployRequest(_Message):
     supersede_key: str | None = Field(
         default=None, description="runs with the same key replace each other (repo + branch)"
     )
+    supersede_order: float | None = Field(
+        default=None, description="when it was pushed: a run never supersedes a later one"
+    )
     build_only: bool = Field(default=False, description="build images; deploy nothing")
     no_cache: bool = Field(
         default=False, description="build and deploy everything, even what is unchanged"
@@ -222,6 +225,7 @@ class RunRecord(BaseModel):
     director_url: str | None = None
     requested_by: str = ""
     supersede_key: str | None = None
+    supersede_order: float | None = None  # the push's time: older pushes never supersede
     no_cache: bool = False
     rollback_on_failure: bool = False
     halted: str | None = None  # why no new task may start (a build failed, cancelled)

@@ -60,10 +60,19 @@ class Settings(BaseSettings):
         default=True, description="gcp: submit builds and take their result from build events"
     )
     http_token: SecretStr | None = Field(default=None, description="bearer token for HTTP calls")
+    http_source_root: Path | None = Field(
+        default=None, description="HTTP door: local source_root must be inside (default: cwd)"
+    )
+    http_allowed_origins: list[str] = Field(
+        default_factory=list, description="HTTP door: browser origins accepted beside its own"
+    )
     webhook_secret: SecretStr | None = Field(default=None, description="GitHub webhook secret")
     github_token: SecretStr | None = Field(default=None, description="reads pushed commits")
     webhook_branches: list[str] = Field(default_factory=lambda: ["main"])
     webhook_architecture_path: str = "services.yaml"
+    webhook_give_up_seconds: float = Field(
+        default=120, ge=0, description="a push whose file cannot be read fails after this"
+    )
     github_api_url: str = Field(
         default="https://api.github.com", description="GitHub REST API (Enterprise: .../api/v3)"
     )

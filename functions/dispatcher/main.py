@@ -24,7 +24,13 @@ def dispatch(event: CloudEvent) -> None:
 
 @functions_framework.http
 def dispatch_http(request: flask.Request) -> Any:
-    return http_api.handle(request, runtime(), token=bootstrap.http_token())
+    return http_api.handle(
+        request,
+        runtime(),
+        token=bootstrap.http_token(),
+        source_base=bootstrap.http_source_root(),
+        origins=bootstrap.http_origins(),
+    )
 
 
 @functions_framework.http

@@ -59,9 +59,22 @@ _SECRET_ID = r"[A-Za-z0-9_-]{1,255}"
 _SECRET_REF = re.compile(
     rf"{_SECRET_ID}|projects/[^/\s]+/secrets/{_SECRET_ID}(?:/versions/(?:latest|[1-9][0-9]*))?"
 )
-_SECRET_LIKE = re.compile(
-    r"(?:^|_)(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_KEY|CREDENTIALS)(?:_|$)", re.I
+# A name is secret-looking when a part of it is one of _SECRET_WORDS, or it ends in KEY
+# (STRIPE_KEY), unless it names where a secret lives or describes one (PRIVATE_KEY_PATH,
+# TOKEN_URL, SECRET_NAME) or is public (PUBLIC_KEY): those are refused by no one.
+_SECRET_WORDS = frozenset(
+    {"PASSWORD", "PASSWD", "PWD", "PASSPHRASE", "SECRET", "SECRETS", "TOKEN"}
+    | {"APIKEY", "CREDENTIALS", "CREDS"}
 )
+_KEY_WORDS = frozenset({"KEY", "KEYS"})
+_NOT_THE_SECRET = frozenset(
+    {"PATH", "FILE", "DIR", "NAME", "ID", "URL", "URI", "ENDPOINT", "HEADER", "TTL"}
+    | {"EXPIRY", "TIMEOUT", "LENGTH", "SIZE", "TYPE", "ALGORITHM", "VERSION", "ENABLED"}
+)
+# scheme://user:password@host: a password in a URL (postgres://, redis://, https://).
+_URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")
+# An HTTP Authorization value: `Bearer <token>` or `Basic <base64>`.
+_AUTH_VALUE = re.compile(r"\s*(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}\s*", re.I)
 _RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"})
 _INJECTED_ENV = frozenset(INJECTED_ENV)
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -255,13 +268,38 @@ def _check_env_name(name: str, path: FieldPath, report: Report) -> bool:
 def _check_environment_vars(deployment: DeploymentSpec, path: FieldPath, report: Report) -> None:
     for name, value in deployment.environment_vars.items():
         at = (*path, "environment_vars", name)
-        if _check_env_name(name, at, report) and value and _SECRET_LIKE.search(name):
+        if not _check_env_name(name, at, report):
+            continue
+        if "\0" in value:
+            fix = "remove the NUL character (\\0 or \\x00): no environment value can hold one"
+            report.error(at, f"the value of `{name}` contains a NUL character", fix)
+        elif reason := _secret_reason(name, value):
             report.error(
                 at,
-                f"`{name}` looks like a secret, and its value is written in plain text here",
+                f"`{name}` {reason}, written in plain text here",
                 "store the value in Secret Manager and reference it instead:"
                 f" `secret_environment_vars: [{{name: {name}, value_from: <secret-id>}}]`",
             )
+
+
+def secret_looking_name(name: str) -> bool:
+    """STRIPE_KEY, DB_PASSWORD, GITHUB_TOKEN: yes; PUBLIC_KEY, PRIVATE_KEY_PATH, TOKEN_URL: no."""
+    parts = [part for part in name.upper().split("_") if part]
+    if not parts or parts[-1] in _NOT_THE_SECRET or "PUBLIC" in parts:
+        return False
+    return parts[-1] in _KEY_WORDS or any(part in _SECRET_WORDS for part in parts)
+
+
+def _secret_reason(name: str, value: str) -> str | None:
+    if not value:
+        return None
+    if secret_looking_name(name):
+        return "looks like a secret, and its value is"
+    if _URL_CREDENTIALS.search(value):
+        return "holds a URL with a user and password (user:password@), which is"
+    if _AUTH_VALUE.fullmatch(value):
+        return "holds an Authorization credential (Bearer/Basic ...), which is"
+    return None
 
 
 def _check_secrets(deployment: DeploymentSpec, path: FieldPath, report: Report) -> None:
@@ -290,6 +328,7 @@ def _check_paths(deployment: DeploymentSpec, path: FieldPath, report: Report) ->
     source = "" if _URI.match(deployment.source_path) else deployment.source_path
     if source and _check_inside(source, (*path, "source_path"), report):
         _check_exists(source, (*path, "source_path"), report, directory=True)
+        _check_links(source, (*path, "source_path"), report)
     if deployment.buildable_module_path:
         module = os.path.join(source or ".", deployment.buildable_module_path)
         _check_inside(module, (*path, "buildable_module_path"), report)
@@ -343,3 +382,14 @@ def _check_exists(relative: str, path: FieldPath, report: Report, *, directory: 
         what = "directory" if directory else "file"
         fix = "correct the path: relative paths start at the architecture file's directory"
         report.error(path, f"{what} {target} does not exist", fix)
+
+
+def _check_links(relative: str, path: FieldPath, report: Report) -> None:
+    """Links out of the source tree would put the files they lead to in the image."""
+    from shared.architecture.source_links import FIX, links_leaving
+
+    root = (report.base_dir or Path.cwd()) / relative
+    if not report.check_paths_exist or not root.is_dir():
+        return
+    for link in links_leaving(root.resolve()):
+        report.error(path, f"symbolic link {link} leads outside the source tree {root}", FIX)

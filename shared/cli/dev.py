@@ -2,13 +2,17 @@
 
 `dev` runs the three functions under functions-framework, fed by the Pub/Sub emulator's
 push subscriptions, with the run store on the Firestore emulator (`shared.devserver.topology`),
-until Ctrl-C or SIGTERM, which stop everything it started. `archdeploy up --endpoint` is
-its client, in `shared.cli.remote`.
+until Ctrl-C or SIGTERM, which stop everything it started and exit 130 (143 for SIGTERM).
+A `dev` that was killed outright is cleaned up after by the next one. The HTTP door
+needs the bearer token `dev` prints (and writes to STATE_DIR/dev/http-token, 0600);
+`archdeploy up --endpoint` is its client, in `shared.cli.remote`, and reads that file
+for a loopback URL when ARCHDEPLOY_HTTP_TOKEN is not set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -41,17 +45,22 @@ def dev(ctx: click.Context, project: str, logs_dir: Path | None) -> None:
     """
     from shared.devserver.topology import DevTopology
 
-    state_dir = (ctx.meta.get("state_dir") or Path(".archdeploy")) / "dev"
+    state_dir = ctx.meta.get("state_dir") or Path(
+        os.environ.get("ARCHDEPLOY_STATE_DIR") or ".archdeploy"
+    )
+    state_dir = Path(state_dir) / "dev"
     topo = DevTopology(state_dir=state_dir, project=project, logs_dir=logs_dir)
     err.print("starting the emulators and the functions ...")
     code = 0
-    with _interrupts_as_keyboard_interrupt():
+    received: list[int] = []
+    with _interrupts_as_keyboard_interrupt(received):
         try:
             topo.start()
             _print_endpoints(topo)
             code = _wait_until_a_child_exits(topo)
         except KeyboardInterrupt:
             err.print("stopping ...")
+            code = 128 + (received[0] if received else signal.SIGINT)
         finally:
             with _ignoring_interrupts():
                 topo.stop()
@@ -67,7 +76,11 @@ def _print_endpoints(topo: DevTopology) -> None:
         "worker": f"push from {topics['tasks']}",
         "aggregator": f"push from {topics['completions']}",
         "sweep": f"every {topo.sweep_interval:g}s" if topo.sweep_interval else "never called",
+        "webhook": "GitHub push deliveries (point a webhook here, e.g. through a tunnel)",
     }
+    if topo.stopped_leftovers:
+        left = ", ".join(topo.stopped_leftovers)
+        err.print(f"a previous `archdeploy dev` died without stopping: stopped its {left}")
     click.echo(f"archdeploy dev: project {topo.project}")
     for name, url in topo.urls.items():
         click.echo(f"  {name:<16} {url:<26} {called.get(name, '')}")
@@ -75,6 +88,13 @@ def _print_endpoints(topo: DevTopology) -> None:
     click.echo(f"  {'firestore':<16} {topo.firestore_host}")
     click.echo(f"  {'logs':<16} {topo.logs_dir}")
     click.echo(f"  {'state':<16} {topo.state_dir}")
+    click.echo(f"  {'sources':<16} source_root must be inside {topo.source_base}")
+    token = topo.http_token if "http_token" in topo.generated else "(ARCHDEPLOY_HTTP_TOKEN)"
+    click.echo(f"  {'http token':<16} {token}  (also in {topo.token_path}, 0600)")
+    secret = "(ARCHDEPLOY_WEBHOOK_SECRET)"
+    if "webhook_secret" in topo.generated:
+        secret = topo.webhook_secret
+    click.echo(f"  {'webhook secret':<16} {secret}")
     click.echo(f"deploy:  archdeploy up examples/architecture.yaml --endpoint {topo.http_url}")
     click.echo(
         f"inspect: FIRESTORE_EMULATOR_HOST={topo.firestore_host} ARCHDEPLOY_STORE=firestore "
@@ -93,11 +113,13 @@ def _wait_until_a_child_exits(topo: DevTopology) -> int:
 
 
 @contextlib.contextmanager
-def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
+def _interrupts_as_keyboard_interrupt(received: list[int]) -> Iterator[None]:
     """SIGTERM (a supervisor, `kill`) stops the topology as Ctrl-C does. SIGINT is set
-    too: a shell starts background jobs with it ignored, and `kill -INT` must still work."""
+    too: a shell starts background jobs with it ignored, and `kill -INT` must still work.
+    The signal is appended to `received`, for the exit code."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}

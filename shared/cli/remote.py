@@ -9,14 +9,17 @@ followed in the store.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import IO, Any
 
+import click
 from pydantic import SecretStr
 from rich.console import Console
 
@@ -25,6 +28,8 @@ from shared.messages import DeployRequest, RunResult
 
 HTTP_TIMEOUT = 30.0  # seconds per request
 FETCH_ATTEMPTS = 5  # consecutive failed polls before giving up
+TOKEN_FILE = "http-token"  # in STATE_DIR/dev, as `shared.devserver.topology` writes it
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def up_over_pubsub(settings: Any, request: DeployRequest) -> RunResult:
@@ -72,8 +77,22 @@ def up_over_http(
     The request's `source_root` is a path on this machine: the dispatcher's workers must
     share its files, as `archdeploy dev`'s do.
     """
-    secret = token.get_secret_value() if token else None
+    secret = token.get_secret_value() if token else dev_token(endpoint)
     return submit_and_follow(endpoint, request, stream=stream or sys.stderr, token=secret)
+
+
+def dev_token(endpoint: str, state_dir: Path | None = None) -> str | None:
+    """The token `archdeploy dev` wrote, for a dispatcher on this machine only."""
+    if (urllib.parse.urlsplit(endpoint).hostname or "") not in _LOOPBACK:
+        return None
+    if state_dir is None:
+        ctx = click.get_current_context(silent=True)
+        meta_dir = ctx.find_root().meta.get("state_dir") if ctx else None
+        state_dir = Path(meta_dir or os.environ.get("ARCHDEPLOY_STATE_DIR") or ".archdeploy")
+    try:
+        return (state_dir / "dev" / TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def submit_and_follow(
@@ -145,7 +164,7 @@ def _call(url: str, method: str, token: str | None, data: bytes | None = None) -
 
 def _opener(url: str) -> urllib.request.OpenerDirector:
     # A dispatcher on this machine must not be reached through a proxy meant for the internet.
-    local = (urllib.parse.urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+    local = (urllib.parse.urlsplit(url).hostname or "") in _LOOPBACK
     return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
 
 

@@ -75,6 +75,7 @@ def dispatch_request(
         if created:
             log.info("run created: %d tasks over dataflows %s", len(tasks), run.dataflows)
             _supersede(run, rt)
+            run = rt.store.get_run(run_id) or run  # it may have been superseded at once
         _resume(run, rt)
         return rt.store.get_run(run_id) or run
 
@@ -109,6 +110,7 @@ def _plan(
         director_url=request.director_url,
         requested_by=request.requested_by,
         supersede_key=request.supersede_key,
+        supersede_order=request.supersede_order,
         no_cache=request.no_cache,
         rollback_on_failure=request.rollback_on_failure,
         created_at=now,
@@ -132,14 +134,31 @@ def _resume(run: RunRecord, rt: Runtime) -> None:
 
 
 def _supersede(run: RunRecord, rt: Runtime) -> None:
-    """Cancel older runs for the same target, so two pushes never race to deploy."""
+    """Cancel older runs for the same target, so two pushes never race to deploy.
+
+    With `supersede_order` (a push's time), a run for an older push than one already
+    seen for the target is cancelled itself instead: it must not replace newer code."""
     if not run.supersede_key:
         return
-    for older in rt.store.list_active_runs():
-        same_target = older.supersede_key == run.supersede_key
-        if older.run_id != run.run_id and same_target and older.created_at <= run.created_at:
-            log.info("run %s supersedes %s", run.run_id, older.run_id)
-            cancel_run(older.run_id, rt, by=f"superseded by {run.run_id}")
+    seen = {r.run_id: r for r in [*rt.store.list_runs(50), *rt.store.list_active_runs()]}
+    same = [r for r in seen.values() if r.supersede_key == run.supersede_key]
+    newer = [r for r in same if r.run_id != run.run_id and _pushed_later(r, run)]
+    if newer:
+        log.warning("run %s is for an older push than %s: cancelled", run.run_id, newer[0].run_id)
+        cancel_run(run.run_id, rt, by=f"superseded by {newer[0].run_id} (a newer push)")
+        return
+    for older in same:
+        if older.run_id != run.run_id and not older.status.terminal:
+            ordered = older.supersede_order is not None and run.supersede_order is not None
+            if ordered or older.created_at <= run.created_at:
+                log.info("run %s supersedes %s", run.run_id, older.run_id)
+                cancel_run(older.run_id, rt, by=f"superseded by {run.run_id}")
+
+
+def _pushed_later(other: RunRecord, run: RunRecord) -> bool:
+    if other.supersede_order is None or run.supersede_order is None:
+        return False
+    return other.supersede_order > run.supersede_order
 
 
 def _default_source_root(request: DeployRequest, loaded: LoadedArchitecture) -> str:

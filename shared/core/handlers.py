@@ -7,6 +7,7 @@ normally), never retried forever. Errors worth a retry propagate so the bus rede
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TypeVar
@@ -15,11 +16,11 @@ from pydantic import BaseModel, ValidationError
 
 from shared.core.aggregator import record_completion
 from shared.core.control import fail_task
-from shared.core.dispatcher import dispatch_request, record_refused
+from shared.core.dispatcher import dispatch_request, record_refused, run_id_for
 from shared.core.run_engine import advance_run
 from shared.core.runtime import Runtime
 from shared.core.worker import run_task
-from shared.errors import ArchdeployError
+from shared.errors import ArchdeployError, BackendError, UsageError
 from shared.messages import (
     TOPIC_COMPLETIONS,
     TOPIC_REQUESTS,
@@ -32,6 +33,9 @@ from shared.messages import (
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+# A request's attribute: after this time (epoch seconds), a source that keeps failing
+# ends the run as failed instead of asking for another delivery (the webhook sets it).
+GIVE_UP_AT = "give_up_at"
 
 
 class PoisonMessage(ArchdeployError):
@@ -59,7 +63,30 @@ def on_request(
         # Recorded as a failed run, keyed by the message, so the sender can see why.
         log.error("%s: acknowledged, recorded as a failed run", exc)
         return record_refused(message_id or "(no id)", exc, rt) if message_id else None
-    return dispatch_request(request, rt, message_id=message_id or None)
+    try:
+        return dispatch_request(request, rt, message_id=message_id or None)
+    except BackendError as exc:
+        if not exc.retryable or not _past(attributes.get(GIVE_UP_AT), rt):
+            raise
+        # The sender answered with this run's id: end it, rather than let it stay unknown.
+        key = request.idempotency_key or message_id or "(no id)"
+        log.error("request for run %s given up: %s", run_id_for(key), exc)
+        return record_refused(key, _gave_up(request, exc), rt)
+
+
+def _past(deadline: str | None, rt: Runtime) -> bool:
+    try:
+        return deadline is not None and rt.clock().timestamp() >= float(deadline)
+    except ValueError:
+        return False
+
+
+def _gave_up(request: DeployRequest | None, exc: Exception) -> UsageError:
+    where = (request.architecture_uri if request else None) or "the architecture"
+    return UsageError(
+        f"{where} could not be read, and retrying was given up: {exc} "
+        "(push again, or redeliver the webhook, once the source answers)"
+    )
 
 
 def on_task(data: bytes, attributes: Mapping[str, str], rt: Runtime, message_id: str = "") -> None:
@@ -96,6 +123,13 @@ def on_dead_letter(
     log.error("message %s was dead-lettered (run %s, task %s)", message_id, run_id, task_id)
     if run_id and task_id and attributes.get("kind", "task") == "task":
         fail_task(run_id, task_id, "its message was dead-lettered after repeated failures", rt)
+    elif run_id and rt.store.get_run(run_id) is None and GIVE_UP_AT in attributes:
+        # A request whose run was never made: the sender holds its run id.
+        with contextlib.suppress(PoisonMessage):
+            request = decode(DeployRequest, data, message_id)
+            key = request.idempotency_key or message_id
+            if key and run_id_for(key) == run_id:
+                record_refused(key, _gave_up(request, UsageError("dead-lettered")), rt)
     elif run_id:
         advance_run(run_id, rt)
 

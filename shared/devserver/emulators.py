@@ -9,10 +9,13 @@ only when they are constructed, so `emulator_env` sets them for that moment alon
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -27,6 +30,7 @@ from shared.errors import UsageError
 
 START_TIMEOUT = 60.0  # seconds; the emulators take 3-5 s, a cold JVM on a busy CI longer
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
@@ -78,8 +82,23 @@ def launch(
             stdout=out,
             stderr=err,
             start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
     return Child(name, process, err_path or log_path)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a child gets SIGTERM when `dev` dies, even by SIGKILL (prctl
+    PR_SET_PDEATHSIG). It reaches the child itself only: an emulator's JVM under its
+    `gcloud` wrapper is stopped by the next `dev` (`shared.devserver.leftovers`)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not after
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return set_death_signal
 
 
 def answers(url: str, timeout: float = 1.0) -> bytes | None:

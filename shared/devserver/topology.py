@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -55,6 +56,7 @@ from shared.devserver.emulators import (
     launch,
     wait_ready,
 )
+from shared.devserver.leftovers import Started, forget, record, stop_leftovers
 from shared.errors import UsageError
 from shared.settings import load_settings
 
@@ -82,7 +84,9 @@ FUNCTIONS = (
     Function("worker", "worker", "run_task", "cloudevent", "tasks"),
     Function("aggregator", "aggregator", "aggregate", "cloudevent", "completions"),
     Function("sweep", "aggregator", "sweep", "http"),  # called every `sweep_interval` s
+    Function("webhook", "dispatcher", "webhook", "http"),  # GitHub push deliveries
 )
+TOKEN_FILE = "http-token"  # `up --endpoint` reads the token here (0600)
 
 
 @dataclass
@@ -97,6 +101,13 @@ class DevTopology:
     python: str = sys.executable
     policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     sweep_interval: float | None = 60.0  # seconds, as terraform's scheduler; None: never
+    # The HTTP door's bearer token and the webhook's secret: from the environment
+    # (ARCHDEPLOY_HTTP_TOKEN, ARCHDEPLOY_WEBHOOK_SECRET), else generated for this run.
+    http_token: str = ""
+    webhook_secret: str = ""
+    source_base: Path | None = None  # a local source_root must be inside; default: cwd
+    generated: tuple[str, ...] = field(default=(), init=False)  # which were generated
+    stopped_leftovers: list[str] = field(default_factory=list, init=False)
     urls: dict[str, str] = field(default_factory=dict, init=False)
     pubsub_host: str = field(default="", init=False)
     firestore_host: str = field(default="", init=False)
@@ -113,6 +124,20 @@ class DevTopology:
             project=self.project, bus="pubsub", store="firestore", deployer="local"
         )
         self.topics = self.settings.topics
+        self.source_base = Path(self.source_base or Path.cwd()).resolve()
+        generated = []
+        for name, variable in (("http_token", "HTTP_TOKEN"), ("webhook_secret", "WEBHOOK_SECRET")):
+            if not getattr(self, name):
+                value = os.environ.get(f"ARCHDEPLOY_{variable}")
+                if not value:
+                    value = secrets.token_urlsafe(24)
+                    generated.append(name)
+                setattr(self, name, value)
+        self.generated = tuple(generated)
+
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / TOKEN_FILE
 
     @property
     def http_url(self) -> str:
@@ -150,6 +175,8 @@ class DevTopology:
         finally:
             _stop_all(emulators)
         self._children.clear()
+        forget(self.state_dir)
+        self.token_path.unlink(missing_ok=True)
         for directory in self._temp_dirs:
             shutil.rmtree(directory, ignore_errors=True)
         self._temp_dirs.clear()
@@ -191,6 +218,13 @@ class DevTopology:
             PUBSUB_EMULATOR_HOST=self.pubsub_host,
             FIRESTORE_EMULATOR_HOST=self.firestore_host,
             PYTHONUNBUFFERED="1",
+            ARCHDEPLOY_HTTP_TOKEN=self.http_token,
+            ARCHDEPLOY_WEBHOOK_SECRET=self.webhook_secret,
+            ARCHDEPLOY_HTTP_SOURCE_ROOT=str(self.source_base),
+            # The emulator dead-letters after ~10 s of redeliveries: give up before.
+            ARCHDEPLOY_WEBHOOK_GIVE_UP_SECONDS=os.environ.get(
+                "ARCHDEPLOY_WEBHOOK_GIVE_UP_SECONDS", "5"
+            ),
             THREADS=os.environ.get("THREADS", "16"),  # gunicorn's threads per function
         )
         env.update({f"ARCHDEPLOY_TOPIC_{k.upper()}": v for k, v in self.topics.items()})
@@ -221,6 +255,9 @@ class DevTopology:
                 "checkout of archdeploy (pip install -e .), or pass functions_root"
             )
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.stopped_leftovers = stop_leftovers(self.state_dir)
+        self._teardown_services()  # what a dead dev's worker deployed, if any
+        _write_secret(self.token_path, self.http_token)
         self.pubsub_host = f"127.0.0.1:{free_port()}"
         self.firestore_host = f"127.0.0.1:{free_port()}"
         # Functions connect to the emulators only on first use: start all at once.
@@ -274,6 +311,9 @@ class DevTopology:
             err_path=err_path,
         )
         self._children.append(child)
+        record(
+            self.state_dir, [Started(c.name, c.process.pid, _started(c)) for c in self._children]
+        )
         return child
 
     def _route(self, function: Function) -> PushRoute:
@@ -300,6 +340,17 @@ class DevTopology:
                 continue
             log.warning("stopping unrecorded service process %d", pid)
             stop_group(pid, pgid, start_time(pid))
+
+
+def _started(child: Child) -> int:
+    return start_time(child.process.pid) or 0
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value + "\n")
 
 
 def _any_answer(body: bytes) -> bool:

@@ -8,10 +8,13 @@ recent runs; `POST /runs/RUN_ID/cancel`: cancel it. Routes are `ROUTES`, a werkz
 `GET /ui/`: the dashboard's pages (`shared.doors.dashboard`).
 
 With `ARCHDEPLOY_HTTP_TOKEN` set, every call needs `Authorization: Bearer <token>`
-(on Google Cloud, IAM guards the function instead). Every refusal is JSON
-`{"error": ..., "problems": [{"path", "line", "message", "fix"}]}`: 400 bad input, 401
-no token, 404 unknown run, 405 method, 413 body over `MAX_BODY_BYTES`, 415 content type,
-502/503 a backend failed (503: try again), 500 a bug (details in the logs only).
+(on Google Cloud, IAM guards the function instead; `archdeploy dev` always sets one).
+Browser origins and local `source_root` folders are checked by `shared.doors.http_guard`.
+Every refusal is JSON `{"error": ..., "problems": [{"path", "line", "message", "fix"}]}`:
+400 bad input (an inline architecture without `source_root` too), 401 no token, 403 a
+foreign `Origin` or a `source_root` outside the allowed folder, 404 unknown run, 405
+method, 413 body over `MAX_BODY_BYTES`, 415 content type (JSON or YAML only), 502/503 a
+backend failed (503: try again), 500 a bug (details in the logs only).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hmac
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -31,6 +35,7 @@ from shared.core.control import cancel_run
 from shared.core.dispatcher import dispatch_request
 from shared.core.runtime import Runtime, run_view
 from shared.doors.dashboard import app as dashboard
+from shared.doors.http_guard import Forbidden, check_origin, check_source_root
 from shared.errors import ArchitectureError, BackendError, UsageError
 from shared.locations import SCHEMES, scheme_of
 from shared.logs import http_trace_labels, log_context
@@ -41,7 +46,8 @@ log = logging.getLogger(__name__)
 # Pub/Sub allows 10 MB, but an architecture file is capped at 1 MiB by validation; a
 # request is that file plus a few fields.
 MAX_BODY_BYTES = 1_200_000
-_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
+# Only types a browser cannot send cross-origin without a CORS preflight (not text/plain).
+_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 _QUERY_FIELDS = {
     "dataflow": "dataflows",
     "director_url": "director_url",
@@ -114,16 +120,30 @@ def authorized(request: Any, token: str | None) -> bool:
     return hmac.compare_digest(given, f"Bearer {token}".encode())
 
 
-def handle(request: Any, rt: Runtime, *, token: str | None = None) -> Response:
+def handle(
+    request: Any,
+    rt: Runtime,
+    *,
+    token: str | None = None,
+    source_base: Path | None = None,
+    origins: tuple[str, ...] = (),
+) -> Response:
+    """Answer one request. A local `source_root` must resolve inside `source_base`
+    (default: the working directory); `Origin` must be the door's own or in `origins`."""
     with log_context(**http_trace_labels(request.headers)):
-        return _answer(request, rt, token)
+        return _answer(request, rt, token, source_base or Path.cwd(), origins)
 
 
-def _answer(request: Any, rt: Runtime, token: str | None) -> Response:
+def _answer(
+    request: Any, rt: Runtime, token: str | None, source_base: Path, origins: tuple[str, ...]
+) -> Response:
     try:
-        return _route(request, rt, token)
+        check_origin(request, origins)
+        return _route(request, rt, token, source_base)
     except Refused as refused:
         return refused.response
+    except Forbidden as exc:
+        return Refused(exc.status, str(exc), [problem(exc.field, str(exc), exc.fix)]).response
     except ArchitectureError as exc:
         problems = [problem(p.path, p.message, p.fix, p.line) for p in exc.problems]
         return Refused(400, "invalid architecture", problems).response
@@ -138,7 +158,7 @@ def _answer(request: Any, rt: Runtime, token: str | None) -> Response:
         return Refused(500, "internal error: the function's logs have the details").response
 
 
-def _route(request: Any, rt: Runtime, token: str | None) -> Response:
+def _route(request: Any, rt: Runtime, token: str | None, source_base: Path) -> Response:
     if not authorized(request, token):
         fix = "send `Authorization: Bearer <ARCHDEPLOY_HTTP_TOKEN>`"
         bad = problem("Authorization", "missing or wrong bearer token", fix)
@@ -167,16 +187,17 @@ def _route(request: Any, rt: Runtime, token: str | None) -> Response:
         return _get_run(request, rt, request.args.get("run_id") or params["run_id"])
     if endpoint == "list_or_read":
         return _get_run(request, rt, request.args.get("run_id", ""))
-    return _deploy(request, rt)
+    return _deploy(request, rt, source_base)
 
 
-def _deploy(request: Any, rt: Runtime) -> Response:
+def _deploy(request: Any, rt: Runtime, source_base: Path) -> Response:
     body = read_body(request, MAX_BODY_BYTES)
     if body is None:
         fix = "architecture files are capped at 1 MiB: send the file, not a bundle"
         error = f"body larger than {MAX_BODY_BYTES} bytes"
         raise Refused(413, error, [problem("", error, fix)])
     deploy = _request_from(request, body)
+    check_source_root(deploy, source_base)
     run = dispatch_request(deploy, rt, record_invalid=False)
     log.info("run %s accepted over HTTP", run.run_id)
     body_out = {"run_id": run.run_id, "status": run.status.value}

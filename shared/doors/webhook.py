@@ -8,8 +8,16 @@ ignored, and so are pushes to tags, to branches not in `ARCHDEPLOY_WEBHOOK_BRANC
 
 A push is not built here: a `DeployRequest` naming `github://OWNER/REPO/PATH@SHA` is
 published on the requests topic and the answer (202, with the run id) leaves at once; the
-dispatcher reads the file at that commit from GitHub. The delivery id is the idempotency
-key, so a redelivery names the same run and starts no second one.
+dispatcher reads the file at that commit from GitHub. If GitHub keeps failing for
+`ARCHDEPLOY_WEBHOOK_GIVE_UP_SECONDS` (120), the run ends failed with the reason.
+
+GitHub signs the body only, so a captured delivery can be replayed with a new
+`X-GitHub-Delivery`. The idempotency key is therefore the push itself (repository, ref,
+`before` and `after`): a redelivery or a replay names the same run and starts no second
+one, while a push that moves the branch back to an older commit (a different `before`)
+is a new run. Runs of one branch supersede each other by push time
+(`repository.pushed_at`), never by arrival: a push older than one already seen for the
+branch is cancelled itself rather than replace newer code.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.core.dispatcher import run_id_for
+from shared.core.handlers import GIVE_UP_AT
 from shared.core.runtime import Runtime
 from shared.doors.http_api import Refused, problem, read_body
 from shared.errors import BackendError
@@ -55,15 +64,22 @@ class WebhookConfig:
     secret: str | None
     branches: tuple[str, ...] = ("main",)
     architecture_path: str = "services.yaml"
+    give_up_seconds: float = 120.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookConfig:
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-        return cls(secret, tuple(settings.webhook_branches), settings.webhook_architecture_path)
+        return cls(
+            secret,
+            tuple(settings.webhook_branches),
+            settings.webhook_architecture_path,
+            settings.webhook_give_up_seconds,
+        )
 
 
 class _Repository(BaseModel):
     full_name: str
+    pushed_at: int | float | str | None = None  # a push event's: epoch seconds of the push
 
 
 class _Pusher(BaseModel):
@@ -75,6 +91,7 @@ class PushEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     ref: str
+    before: str = ""
     after: str
     deleted: bool = False
     repository: _Repository
@@ -183,7 +200,17 @@ def _ignored(reason: str) -> Response:
     return _json({"ignored": True, "reason": reason}, 202)
 
 
-def _deploy_request(push: PushEvent, delivery: str, config: WebhookConfig) -> DeployRequest:
+def push_key(push: PushEvent) -> str:
+    """The push's identity: what a redelivery and a replayed body have in common."""
+    return f"github-push:{push.repository.full_name}:{push.ref}:{push.before}..{push.after}"
+
+
+def _pushed_at(push: PushEvent) -> float | None:
+    value = push.repository.pushed_at
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _deploy_request(push: PushEvent, config: WebhookConfig) -> DeployRequest:
     """The request a push makes: the file and its sources at the pushed commit."""
     repo, sha, path = push.repository.full_name, push.after, config.architecture_path
     if not _REPOSITORY.fullmatch(repo) or ".." in repo:
@@ -202,19 +229,23 @@ def _deploy_request(push: PushEvent, delivery: str, config: WebhookConfig) -> De
     return DeployRequest(
         architecture_uri=GitHubLocation(owner, name, sha, clean).file_uri(),
         source_root=GitHubLocation(owner, name, sha, directory).tree_uri(),
-        idempotency_key=delivery,
+        idempotency_key=push_key(push),
         requested_by=f"github:{(push.pusher.name if push.pusher else '')[:100] or repo}",
         supersede_key=f"github:{repo}:{branch}",
+        supersede_order=_pushed_at(push),
     )
 
 
 def _submit(push: PushEvent, delivery: str, rt: Runtime, config: WebhookConfig) -> Response:
-    request = _deploy_request(push, delivery, config)
-    run_id = run_id_for(delivery)
+    request = _deploy_request(push, config)
+    assert request.idempotency_key is not None
+    run_id = run_id_for(request.idempotency_key)
     answer = {"run_id": run_id, "commit": push.after, "architecture": request.architecture_uri}
     if rt.store.get_run(run_id) is not None:
-        log.warning("webhook delivery %s seen before: run %s exists", delivery, run_id)
+        log.warning("webhook delivery %s: push seen before: run %s exists", delivery, run_id)
         return _json({**answer, "duplicate": True}, 202)
-    rt.bus.publish(TOPIC_REQUESTS, request, attributes={"run_id": run_id})
+    give_up_at = rt.clock().timestamp() + config.give_up_seconds
+    attributes = {"run_id": run_id, GIVE_UP_AT: f"{give_up_at:.3f}"}
+    rt.bus.publish(TOPIC_REQUESTS, request, attributes=attributes)
     log.info("push of %s@%s queued as run %s", push.repository.full_name, push.after, run_id)
     return _json(answer, 202)

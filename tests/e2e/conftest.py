@@ -40,8 +40,12 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTopology]:
         "ARCHDEPLOY_HEALTH_TIMEOUT_SECONDS": "30",
         "ARCHDEPLOY_LOG_LEVEL": "DEBUG",
     }
+    # Sources live both in the repository (examples/) and in tmp folders: allow any.
     topo = DevTopology(
-        state_dir=tmp_path_factory.mktemp("e2e-state"), project=PROJECT, extra_env=env
+        state_dir=tmp_path_factory.mktemp("e2e-state"),
+        project=PROJECT,
+        extra_env=env,
+        source_base=Path("/"),
     )
     try:
         topo.start()
@@ -90,27 +94,28 @@ def example_run(topology: DevTopology, pytestconfig: pytest.Config) -> ExampleRu
         requested_by="e2e",
     )
     started = time.monotonic()
-    run_id = post_request(topology.http_url, request)
-    result = wait_http(topology.http_url, run_id)
+    run_id = post_request(topology.http_url, request, topology.http_token)
+    result = wait_http(topology.http_url, run_id, topology.http_token)
     seconds = time.monotonic() - started
     _record(pytestconfig, topology, run_id, f"example, {seconds:.1f}s seen by the client")
     return ExampleRun(run_id, result, seconds)
 
 
-def post_request(url: str, request: DeployRequest) -> str:
+def post_request(url: str, request: DeployRequest, token: str) -> str:
     body = request.model_dump_json().encode()
-    post = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    post = urllib.request.Request(url, data=body, headers=headers)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(post, timeout=30) as response:
         assert response.status == 202
         return str(json.loads(response.read())["run_id"])
 
 
-def wait_http(url: str, run_id: str, timeout: float = RUN_TIMEOUT) -> RunResult:
+def wait_http(url: str, run_id: str, token: str, timeout: float = RUN_TIMEOUT) -> RunResult:
     """Poll GET /runs/RUN_ID until the run has ended."""
     deadline = time.monotonic() + timeout
     while True:
-        view = fetch_run(f"{url}/runs/{run_id}")
+        view = fetch_run(f"{url}/runs/{run_id}", token)
         if view.status is not RunStatus.RUNNING:
             return view
         assert time.monotonic() < deadline, f"run {run_id} still running after {timeout:g}s"

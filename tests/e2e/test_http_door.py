@@ -40,6 +40,7 @@ INGEST = "dataflows.orders.services.ingest"
 @pytest.fixture
 def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("ARCHDEPLOY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("ARCHDEPLOY_HTTP_SOURCE_ROOT", "/src")
     yield from fresh_dispatcher_runtime()
 
 
@@ -49,6 +50,8 @@ def client(rt: Runtime) -> Any:
 
 
 def post_yaml(client: Any, text: str | bytes, path: str = "/", **headers: str) -> Any:
+    if "source_root=" not in path:
+        path += ("&" if "?" in path else "?") + "source_root=/src"
     return client.post(path, data=text, content_type="application/yaml", headers=headers)
 
 
@@ -105,7 +108,9 @@ def test_without_the_bearer_token_nothing_is_answered(
     bootstrap.function_settings.cache_clear()
     headers = {"Authorization": authorization} if authorization else {}
 
-    posted = client.post("/", json={"architecture": ARCHITECTURE}, headers=headers)
+    posted = client.post(
+        "/", json={"architecture": ARCHITECTURE, "source_root": "/src"}, headers=headers
+    )
     read = client.get("/", headers=headers)
 
     for response in (posted, read):
@@ -122,7 +127,9 @@ def test_with_the_bearer_token_requests_are_accepted(
     bootstrap.function_settings.cache_clear()
     auth = {"Authorization": f"Bearer {TOKEN}"}
 
-    response = client.post("/", json={"architecture": ARCHITECTURE}, headers=auth)
+    response = client.post(
+        "/", json={"architecture": ARCHITECTURE, "source_root": "/src"}, headers=auth
+    )
 
     assert response.status_code == 202
     assert client.get(response.headers["Location"], headers=auth).status_code == 200
@@ -135,7 +142,16 @@ def test_an_oversized_body_is_refused_before_it_is_parsed(client: Any, rt: Runti
     assert "1200000 bytes" in body["error"] and rt.store.list_runs() == []
 
 
-@pytest.mark.parametrize("content_type", ["application/xml", "multipart/form-data", ""])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/xml",
+        "multipart/form-data",
+        "",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+    ],
+)
 def test_an_unsupported_content_type_is_refused(client: Any, content_type: str) -> None:
     response = client.post("/", data=b"<run/>", content_type=content_type)
 
@@ -194,7 +210,9 @@ def test_a_bad_request_body_is_refused_naming_the_field(
 
 
 def test_an_unknown_field_gets_a_did_you_mean(client: Any) -> None:
-    response = client.post("/", json={"architecture": ARCHITECTURE, "dataflow": ["orders"]})
+    response = client.post(
+        "/", json={"architecture": ARCHITECTURE, "dataflow": ["orders"], "source_root": "/src"}
+    )
 
     (problem,) = assert_refused_cleanly(response, 400)["problems"]
     assert problem["fix"] == "did you mean `dataflows`?"
@@ -260,7 +278,7 @@ BAD_ARCHITECTURES = [
         ARCHITECTURE.replace("services/ingest", "/etc"),
         f"{INGEST}.deployment.source_path",
         9,
-        "absolute",
+        "resolves to /etc, outside /src",
     ),
     (
         "template-escape",
@@ -358,7 +376,9 @@ def test_a_bad_architecture_is_refused_naming_path_line_and_fix(
 def test_the_same_bad_architecture_inside_json_is_refused_alike(client: Any) -> None:
     text = ARCHITECTURE.replace("services/ingest", "../../etc")
 
-    body = assert_refused_cleanly(client.post("/", json={"architecture": text}), 400)
+    body = assert_refused_cleanly(
+        client.post("/", json={"architecture": text, "source_root": "/src"}), 400
+    )
 
     assert body["problems"][0]["path"] == f"{INGEST}.deployment.source_path"
     assert body["problems"][0]["line"] == 9
@@ -380,7 +400,7 @@ def test_an_unexpected_failure_answers_500_without_details(
 ) -> None:
     rt.store.close()  # type: ignore[attr-defined]  # the store fails under the request
 
-    response = client.post("/", json={"architecture": ARCHITECTURE})
+    response = client.post("/", json={"architecture": ARCHITECTURE, "source_root": "/src"})
 
     body = assert_refused_cleanly(response, 500)
     assert "logs" in body["error"]
@@ -396,10 +416,15 @@ def test_post_cancel_ends_a_running_run_cancelled_and_an_unknown_run_is_404(
     from tests.builders import architecture
 
     monkeypatch.setenv("ARCHDEPLOY_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("ARCHDEPLOY_HTTP_SOURCE_ROOT", str(tmp_path))
     bootstrap.function_settings.cache_clear()
     bootstrap.for_function.cache_clear()
     client = _cancel_client()
-    request = DeployRequest(architecture=architecture().model_dump_json(), idempotency_key="c1")
+    request = DeployRequest(
+        architecture=architecture().model_dump_json(),
+        idempotency_key="c1",
+        source_root=str(tmp_path),
+    )
     accepted = client.post("/", json=request.model_dump(mode="json"))
     run_id = accepted.get_json()["run_id"]
 

@@ -181,8 +181,12 @@ def _assert_failed_on_build(result: RunResult, service: str) -> None:
 
 
 def test_archdeploy_up_with_an_endpoint_submits_over_http_and_follows_the_run(
-    topology: DevTopology, tmp_path: Path, record_timeline: Callable[[str, str], None]
+    topology: DevTopology,
+    tmp_path: Path,
+    record_timeline: Callable[[str, str], None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("ARCHDEPLOY_HTTP_TOKEN", topology.http_token)
     architecture = _architecture(tmp_path, "hello", {"hello-cli": None})
     args = ["up", str(architecture), "--endpoint", topology.http_url, "--json"]
     done = CliRunner().invoke(cli, args, catch_exceptions=False)
@@ -231,7 +235,7 @@ def test_archdeploy_dev_serves_until_ctrl_c_and_then_leaves_nothing_running(
         dev = subprocess.Popen(command, stdout=stdout, stderr=stderr, start_new_session=True)
     try:
         ports = _listening_ports(dev, out, errors)
-        assert len(ports) == 7  # 5 functions, 2 emulators
+        assert len(ports) == 8  # 6 functions (the webhook among them), 2 emulators
         # When it gets Ctrl-C
         dev.send_signal(signal.SIGINT)
         code = dev.wait(timeout=60)
@@ -239,8 +243,8 @@ def test_archdeploy_dev_serves_until_ctrl_c_and_then_leaves_nothing_running(
         if dev.poll() is None:  # the test failed: do not leave it behind
             os.killpg(dev.pid, signal.SIGKILL)
             dev.wait()
-    # Then it stopped everything it started, and says so
-    assert code == 0, errors.read_text()
+    # Then it stopped everything it started, says so, and exits as interrupted (130)
+    assert code == 130, errors.read_text()
     assert "stopped: nothing left running" in errors.read_text()
     assert not [port for port in ports if _answers(port)]
     assert not _processes_using(ports)

@@ -140,7 +140,7 @@ def test_a_signed_push_queues_one_request_and_the_dispatcher_makes_one_run(
 
     assert response.status_code == 202
     run_id = response.get_json()["run_id"]
-    assert run_id == run_id_for("72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    assert run_id == run_id_for(f"github-push:{REPO}:refs/heads/main:{'0' * 40}..{SHA}")
     (queued,) = requests_queued(rt)
     assert queued.architecture_uri == f"github://{REPO}/services.yaml@{SHA}"
     assert queued.source_root == f"github://{REPO}@{SHA}"

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from shared.adapters.local.processes import file_lock, pip_install, write_json_atomic
+from shared.architecture.source_links import refuse_links_leaving
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def collect_files(directory: Path, templates: Mapping[str, str] | None = None) -
             rel = prefix + name
             if not _ignored(rel, patterns) and (base / name).is_file():
                 files[rel] = base / name
+    refuse_links_leaving(directory, files)
     for source, name in (templates or {}).items():
         files[_template_name(name)] = _template_source(source)
     return files
