@@ -527,6 +527,9 @@ def test_the_service_template_carries_the_whole_spec(
         labels={"Team": "Data Eng", "cost_center": "42"},
         health_check=HealthCheck(port=8081, path="/healthz"),
     )
+    runner = f"runner@{FAKE_PROJECT}.iam.gserviceaccount.com"
+    fake_cloudrun.grant_secret(f"projects/{FAKE_PROJECT}/secrets/db-password", runner)
+    fake_cloudrun.grant_secret("projects/p/secrets/api-key", runner)
 
     gcp_deployer.deploy_service("ingest", "runner", spec, target=target)
 
@@ -544,6 +547,8 @@ def test_the_service_template_carries_the_whole_spec(
     pinned = secrets["API_KEY"].value_source.secret_key_ref
     assert (pinned.secret, pinned.version) == ("projects/p/secrets/api-key", "3")
     assert dict(container.resources.limits) == {"cpu": "1", "memory": "512Mi"}
+    assert container.resources.cpu_idle  # request-based billing, as when nothing is set
+    assert service.template.max_instance_request_concurrency == 0  # Cloud Run's default
     assert [p.container_port for p in container.ports] == [8081]
     assert container.startup_probe.http_get.path == "/healthz"
     scaling = service.template.scaling

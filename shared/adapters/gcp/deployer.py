@@ -46,6 +46,7 @@ from shared.adapters.gcp.cloud_run import (
 )
 from shared.adapters.gcp.cloud_run import service_account_email as full_account_email
 from shared.adapters.gcp.retry import RetryPolicy, describe_api_error
+from shared.adapters.gcp.run_iam import PUBLIC, InvokerGrants
 from shared.adapters.source_archive import SourceStager, normalize_dir
 from shared.architecture.model import DeploymentSpec
 from shared.deployer import (
@@ -82,11 +83,16 @@ class GcpDeployer:
         retry_attempts: int = 5,
         retry_base_delay: float = 0.5,
         poll_interval: float = 1.0,
+        default_service_account: str = "",
     ) -> None:
         self.project_id = project_id
         self.region = region
         self.source_bucket = source_bucket.removeprefix("gs://").rstrip("/")
         self.image_repo = image_repo
+        # A service without `service_account` runs as this one (terraform's runtime account,
+        # ARCHDEPLOY_DEFAULT_SERVICE_ACCOUNT) rather than as the Compute Engine default
+        # account, which the worker may not act as.
+        self.default_service_account = default_service_account
         self.build_timeout = build_timeout
         self.deploy_timeout = deploy_timeout
         self._retry = RetryPolicy(attempts=retry_attempts, base_delay=retry_base_delay)
@@ -108,6 +114,7 @@ class GcpDeployer:
             timeout=deploy_timeout,
             poll_interval=poll_interval,
         )
+        self._grants = InvokerGrants(lambda: self._client("run"), self._retry)
 
     # -- building -----------------------------------------------------------------------
 
@@ -269,14 +276,23 @@ class GcpDeployer:
             raise BackendError(f"{context}: {exc}") from None
         if not spec.image:
             raise BackendError(f"{context}: the spec has no image (build it first)")
-        account = full_account_email(service_account_email, project)
+        account = full_account_email(service_account_email or self.default_service_account, project)
         # The worker compares with the fingerprint of what it was given: the account as named.
         fingerprint = config_fingerprint(service_account_email, spec, target.health_check)
         resource = service_resource(
             spec, service_account=account, target=target, fingerprint=fingerprint
         )
         name = service_path(project, region, service_name)
-        return self._run.deploy(name, resource, context)
+        parent = name.rpartition("/services/")[0]
+        if account:  # before the deploy: its startup probe may need the calls to pass
+            member = f"serviceAccount:{account}"
+            self._grants.grant_calls(parent, spec.environment_vars, member, context)
+        else:
+            log.warning("%s: no service account (set ARCHDEPLOY_DEFAULT_SERVICE_ACCOUNT)", context)
+        url = self._run.deploy(name, resource, context)
+        if spec.public:
+            self._grants.grant(name, PUBLIC, context)
+        return url
 
     def build_and_deploy(
         self,
