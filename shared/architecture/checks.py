@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.architecture.cloud_run_limits import limit_problems
 from shared.architecture.model import Architecture, DeploymentSpec, ServiceSpec
 from shared.architecture.yaml_source import FieldPath, line_of, render_path
 from shared.core.plan import INJECTED_ENV
@@ -224,13 +225,21 @@ def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
 def _check_deployment(deployment: DeploymentSpec, path: FieldPath, report: Report) -> None:
     cpu, memory = deployment.cpu, deployment.memory
     if cpu and (not _CPU.fullmatch(cpu) or not re.search(r"[1-9]", cpu)):
-        fix = 'write a number of CPUs as text, e.g. `cpu: "1"`, `"2"`, `"0.5"` or `"1000m"`'
+        fix = (
+            'write a number of CPUs as text, e.g. `cpu: "1"`, `"2"` or `"1000m"`; a fraction'
+            ' below 1 (e.g. `"0.5"`) also means concurrency 1 and CPU only during requests'
+        )
         report.error((*path, "cpu"), f"cpu `{_shown(cpu)}` is not an amount of CPU", fix)
     if memory and (not _MEMORY.fullmatch(memory) or not re.search(r"[1-9]", memory)):
         fix = "e.g. `memory: 512Mi` or `memory: 1Gi`"
         report.error(
             (*path, "memory"), f"memory `{_shown(memory)}` is not an amount of memory", fix
         )
+    cpu_ok = not cpu or (_CPU.fullmatch(cpu) and re.search(r"[1-9]", cpu))
+    memory_ok = not memory or (_MEMORY.fullmatch(memory) and re.search(r"[1-9]", memory))
+    if cpu_ok and memory_ok:  # Cloud Run's combinations of well-formed values
+        for limit in limit_problems(deployment):
+            report.error((*path, limit.field), limit.message, limit.fix)
     _check_region(deployment.region, (*path, "region"), report)
     _check_environment_vars(deployment, path, report)
     _check_secrets(deployment, path, report)
