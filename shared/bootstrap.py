@@ -144,9 +144,12 @@ def _build_canceller(settings: Settings) -> Callable[[str], None] | None:
         return None
 
     def cancel(build_id: str) -> None:
-        from google.cloud.devtools import cloudbuild_v1
-
-        cloudbuild_v1.CloudBuildClient().cancel_build(project_id=settings.project, id=build_id)
+        # By the build's full name: builds are regional (GcpDeployer.cancel_build).
+        deployer = make_deployer(settings)
+        try:
+            deployer.cancel_build(build_id)  # type: ignore[attr-defined]
+        finally:
+            deployer.close()  # type: ignore[attr-defined]
 
     return cancel
 

@@ -324,8 +324,13 @@ def test_a_build_that_outlasts_the_timeout_is_cancelled(
 
     (cancel,) = fake_cloudbuild.calls("CancelBuild")
     (build,) = fake_cloudbuild.builds.values()
-    assert cancel.id == build.id and cancel.name == build.name
+    # By its full name only: the legacy path (project_id, id) reaches `global`, not the region
+    assert (cancel.name, cancel.id, cancel.project_id) == (build.name, "", "")
+    assert build.name.startswith(f"projects/{FAKE_PROJECT}/locations/{FAKE_REGION}/builds/")
     assert build.status == cloudbuild_v1.Build.Status.CANCELLED
+    # polled by GetBuild(name), never through the operation (google-cloud-python#12123)
+    assert {get.name for get in fake_cloudbuild.calls("GetBuild")} == {build.name}
+    assert fake_cloudbuild.calls("GetOperation") == []
 
 
 def test_transient_unavailable_errors_are_retried_until_the_build_is_created(
@@ -386,8 +391,9 @@ def test_submit_build_returns_the_build_id_without_waiting(
     build_id = gcp_deployer.submit_build("ingest", spec, target=BUILD_TARGET)
 
     assert time.monotonic() - started < 5
-    assert list(fake_cloudbuild.builds) == [build_id]
-    assert fake_cloudbuild.builds[build_id].status == cloudbuild_v1.Build.Status.QUEUED
+    (build,) = fake_cloudbuild.builds.values()
+    assert build_id == build.name  # projects/P/locations/L/builds/ID: reaches the region
+    assert build.status == cloudbuild_v1.Build.Status.QUEUED
     assert fake_cloudbuild.calls("GetOperation") == []
 
 
@@ -406,7 +412,7 @@ def test_the_task_id_round_trips_through_valid_build_tags(
 
     tags = list(fake_cloudbuild.calls("CreateBuild")[0].build.tags)
     assert all(TAG_RULE.match(tag) for tag in tags), tags
-    assert task_id_from_build(fake_cloudbuild.builds[build_id]) == task_id
+    assert task_id_from_build(fake_cloudbuild.builds[build_id.rsplit("/", 1)[-1]]) == task_id
 
 
 def test_a_successful_build_notification_names_the_task_and_the_pinned_image(
@@ -426,7 +432,7 @@ def test_a_successful_build_notification_names_the_task_and_the_pinned_image(
         "run-1",
         "ingest",
     )
-    assert parsed.build_id == published[-1].id
+    assert parsed.build_id == published[-1].name  # as submit_build returned it
     assert (parsed.status, parsed.image, parsed.error) == ("succeeded", image, "")
 
 
@@ -443,7 +449,8 @@ def test_a_failed_build_notification_carries_the_detail_and_log_url(
 
     assert parsed is not None
     assert (parsed.status, parsed.build_id, parsed.image) == ("failed", build_id, "")
-    assert parsed.error.startswith(f"building ingest: build {build_id} ended FAILURE: step 0")
+    short_id = build_id.rsplit("/", 1)[-1]
+    assert parsed.error.startswith(f"building ingest: build {short_id} ended FAILURE: step 0")
     assert published[-1].log_url in parsed.error
 
 
@@ -453,7 +460,7 @@ def test_notifications_of_running_or_foreign_builds_are_ignored(
     fake_cloudbuild.behave("ingest", latency=30)
     spec = DeploymentSpec(source_path=str(_source(tmp_path)))
     build_id = gcp_deployer.submit_build("ingest", spec, target=BUILD_TARGET)
-    queued = fake_cloudbuild.builds[build_id]
+    queued = fake_cloudbuild.builds[build_id.rsplit("/", 1)[-1]]
     foreign = cloudbuild_v1.Build(id="f-1", status="SUCCESS", tags=["nightly", "ad-svc-x"])
 
     assert parse_build_notification(*notification(queued)) is None

@@ -228,6 +228,17 @@ def build_resource(
     )
 
 
+def build_name(build: str, project: str, region: str) -> str:
+    """The full name projects/P/locations/L/builds/ID of `build` (a full name, or a bare
+    id of a build in `project` and `region`). Only the full name routes to the build's
+    region: "This method only cancels builds in the "global" region when using the legacy
+    resource path projects/{projectId}/builds/{id}:cancel" (Cloud Build REST reference,
+    projects.builds.cancel)."""
+    if "/builds/" in build:
+        return build
+    return f"projects/{project}/locations/{region}/builds/{build}"
+
+
 def failure_text(build_id: str, status: str, detail: str, log_url: str) -> str:
     text = f"build {build_id} ended {status}"
     text += f": {detail}" if detail else " (Cloud Build gave no detail)"
@@ -259,7 +270,8 @@ def parse_build_notification(
     if parts is None or (status != SUCCESS and status not in FAILED_STATUSES):
         return None
     run_id, phase, service = parts
-    build_id = str(doc.get("id") or attributes.get("buildId", ""))
+    # The full name, as `submit_build` returned and the store recorded it.
+    build_id = str(doc.get("name") or doc.get("id") or attributes.get("buildId", ""))
     task_id = f"{run_id}:{phase}:{service}"
     image = _pinned_result(doc) if status == SUCCESS else ""
     if image:
@@ -268,7 +280,8 @@ def parse_build_notification(
     if status == SUCCESS:
         detail = "it reported no image digest (the build has no `images` to push)"
     log_url = str(doc.get("logUrl") or "")
-    error = f"building {service}: {failure_text(build_id, status, detail, log_url)}"
+    short_id = build_id.rsplit("/", 1)[-1]
+    error = f"building {service}: {failure_text(short_id, status, detail, log_url)}"
     return BuildNotification(task_id, run_id, service, build_id, "failed", error=error)
 
 

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from shared.adapters.gcp.build_cache import CloudBuildCache, build_input
 from shared.adapters.gcp.cloud_build import (
+    FAILED_STATUSES,
+    SUCCESS,
     BuildNotification,
+    build_name,
     build_resource,
     build_tags,
     failure_text,
@@ -63,6 +67,7 @@ __all__ = ["BuildNotification", "GcpDeployer", "parse_build_notification", "task
 log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 60.0  # seconds, for each single API call
+FINISHED = FAILED_STATUSES | {SUCCESS}
 
 
 class GcpDeployer:
@@ -133,13 +138,43 @@ class GcpDeployer:
         return self._await_build(operation, context)
 
     def submit_build(self, service_name: str, spec: DeploymentSpec, *, target: Target) -> str:
-        """Start the build and return its id without waiting for it to finish.
+        """Start the build and return its full name (projects/P/locations/L/builds/ID)
+        without waiting for it to finish: builds are regional, and only the full name
+        reaches a regional build again (`cancel_build`).
 
         Its outcome arrives on the `cloud-builds` topic; see `parse_build_notification`.
         """
         operation = self._create_build(service_name, spec, target, f"building {service_name}")
-        build_id: str = operation.metadata.build.id
-        return build_id
+        name: str = operation.metadata.build.name
+        return name
+
+    def cancel_build(self, build: str) -> None:
+        """Cancel a build by its full name (or, as recorded by older versions, its bare id,
+        then taken as a build of this deployer's project and region). A build that has
+        finished already is fine.
+
+        Raises:
+            BackendError: Cloud Build refused or did not answer (NOT_FOUND included: the
+                build is not where its name says).
+        """
+        from google.api_core import exceptions as api
+        from google.cloud.devtools import cloudbuild_v1
+
+        name = build_name(build, self.project_id, self.region)
+        client = self._client("build")
+        try:
+            self._retry.call(
+                lambda: client.cancel_build(
+                    request=cloudbuild_v1.CancelBuildRequest(name=name),
+                    retry=None,
+                    timeout=_RPC_TIMEOUT,
+                ),
+                context=f"cancelling build {name}",
+                api_call="CancelBuild",
+                passthrough=(api.FailedPrecondition,),
+            )
+        except api.FailedPrecondition:  # finished already: nothing left to cancel
+            log.info("build %s has finished already", name)
 
     def _create_build(
         self, service_name: str, spec: DeploymentSpec, target: Target, context: str
@@ -216,22 +251,22 @@ class GcpDeployer:
         return self._cache.lookup(inputs, project=project, region=region, context=context)
 
     def _await_build(self, operation: Any, context: str) -> str:
-        from google.api_core import exceptions as api
         from google.cloud.devtools import cloudbuild_v1
 
-        build = operation.metadata.build
-        if not self._retry.wait_done(
-            operation, timeout=self.build_timeout, interval=self._poll_interval, context=context
-        ):
-            self._cancel_build(build, context)
+        started = operation.metadata.build
+        # Polled with GetBuild by its full name, not through the operation: the operations
+        # client sends no location routing header, so a regional build's operation is
+        # looked up in global and NOT_FOUND (googleapis/google-cloud-python#12123).
+        build = self._poll_build(started.name, context)
+        if build is None:
+            try:
+                self.cancel_build(started.name)
+            except BackendError as exc:  # best effort: the timeout is the real error
+                log.warning("%s: %s", context, exc)
             raise BackendError(
-                f"{context}: build {build.id} did not finish within {self.build_timeout:g}s "
-                f"and was cancelled (raise build_timeout); logs: {build.log_url}"
+                f"{context}: build {started.id} did not finish within {self.build_timeout:g}s "
+                f"and was cancelled (raise build_timeout); logs: {started.log_url}"
             )
-        try:
-            build = operation.result()
-        except api.GoogleAPICallError:
-            build = operation.metadata.build  # the LRO failed: its metadata has the build
         status = cloudbuild_v1.Build.Status(build.status).name
         images = [image for image in build.results.images if image.digest]
         if status == "SUCCESS" and images:
@@ -239,17 +274,30 @@ class GcpDeployer:
         detail = build.status_detail or ("" if status != "SUCCESS" else "no image digest reported")
         raise BackendError(f"{context}: {failure_text(build.id, status, detail, build.log_url)}")
 
-    def _cancel_build(self, build: Any, context: str) -> None:
-        from google.api_core import exceptions as api
+    def _poll_build(self, name: str, context: str) -> Any:
+        """The build `name` once it is finished, or None when `build_timeout` passed."""
         from google.cloud.devtools import cloudbuild_v1
 
-        request = cloudbuild_v1.CancelBuildRequest(
-            name=build.name, project_id=build.project_id, id=build.id
-        )
-        try:
-            self._client("build").cancel_build(request=request, retry=None, timeout=_RPC_TIMEOUT)
-        except api.GoogleAPICallError as exc:  # best effort: the timeout is the real error
-            log.warning("%s: CancelBuild %s failed: %s", context, build.id, describe_api_error(exc))
+        client = self._client("build")
+        deadline = time.monotonic() + self.build_timeout
+        delay = self._poll_interval
+        while True:
+            build = self._retry.call(
+                lambda: client.get_build(
+                    request=cloudbuild_v1.GetBuildRequest(name=name),
+                    retry=None,
+                    timeout=_RPC_TIMEOUT,
+                ),
+                context=context,
+                api_call="GetBuild",
+            )
+            if cloudbuild_v1.Build.Status(build.status).name in FINISHED:
+                return build
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 20 * self._poll_interval)
 
     # -- deploying ----------------------------------------------------------------------
 
