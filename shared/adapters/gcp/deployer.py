@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from shared.adapters.gcp.build_cache import CloudBuildCache, build_input
+from shared.adapters.gcp.builds import CloudBuilds
 from shared.adapters.gcp.cloud_build import (
-    FAILED_STATUSES,
-    SUCCESS,
     BuildNotification,
     build_name,
     build_resource,
@@ -49,7 +47,7 @@ from shared.adapters.gcp.cloud_run import (
     service_resource,
 )
 from shared.adapters.gcp.cloud_run import service_account_email as full_account_email
-from shared.adapters.gcp.retry import RetryPolicy, describe_api_error
+from shared.adapters.gcp.retry import RetryPolicy
 from shared.adapters.gcp.run_iam import PUBLIC, InvokerGrants
 from shared.adapters.source_archive import SourceStager, normalize_dir
 from shared.architecture.model import DeploymentSpec
@@ -67,7 +65,6 @@ __all__ = ["BuildNotification", "GcpDeployer", "parse_build_notification", "task
 log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 60.0  # seconds, for each single API call
-FINISHED = FAILED_STATUSES | {SUCCESS}
 
 
 class GcpDeployer:
@@ -120,6 +117,7 @@ class GcpDeployer:
             poll_interval=poll_interval,
         )
         self._grants = InvokerGrants(lambda: self._client("run"), self._retry)
+        self._builds = CloudBuilds(lambda: self._client("build"), self._retry, poll_interval)
 
     # -- building -----------------------------------------------------------------------
 
@@ -157,24 +155,7 @@ class GcpDeployer:
             BackendError: Cloud Build refused or did not answer (NOT_FOUND included: the
                 build is not where its name says).
         """
-        from google.api_core import exceptions as api
-        from google.cloud.devtools import cloudbuild_v1
-
-        name = build_name(build, self.project_id, self.region)
-        client = self._client("build")
-        try:
-            self._retry.call(
-                lambda: client.cancel_build(
-                    request=cloudbuild_v1.CancelBuildRequest(name=name),
-                    retry=None,
-                    timeout=_RPC_TIMEOUT,
-                ),
-                context=f"cancelling build {name}",
-                api_call="CancelBuild",
-                passthrough=(api.FailedPrecondition,),
-            )
-        except api.FailedPrecondition:  # finished already: nothing left to cancel
-            log.info("build %s has finished already", name)
+        self._builds.cancel(build_name(build, self.project_id, self.region))
 
     def _create_build(
         self, service_name: str, spec: DeploymentSpec, target: Target, context: str
@@ -257,7 +238,7 @@ class GcpDeployer:
         # Polled with GetBuild by its full name, not through the operation: the operations
         # client sends no location routing header, so a regional build's operation is
         # looked up in global and NOT_FOUND (googleapis/google-cloud-python#12123).
-        build = self._poll_build(started.name, context)
+        build = self._builds.wait(started.name, self.build_timeout, context)
         if build is None:
             try:
                 self.cancel_build(started.name)
@@ -273,31 +254,6 @@ class GcpDeployer:
             return pin_image(images[0].name, images[0].digest)
         detail = build.status_detail or ("" if status != "SUCCESS" else "no image digest reported")
         raise BackendError(f"{context}: {failure_text(build.id, status, detail, build.log_url)}")
-
-    def _poll_build(self, name: str, context: str) -> Any:
-        """The build `name` once it is finished, or None when `build_timeout` passed."""
-        from google.cloud.devtools import cloudbuild_v1
-
-        client = self._client("build")
-        deadline = time.monotonic() + self.build_timeout
-        delay = self._poll_interval
-        while True:
-            build = self._retry.call(
-                lambda: client.get_build(
-                    request=cloudbuild_v1.GetBuildRequest(name=name),
-                    retry=None,
-                    timeout=_RPC_TIMEOUT,
-                ),
-                context=context,
-                api_call="GetBuild",
-            )
-            if cloudbuild_v1.Build.Status(build.status).name in FINISHED:
-                return build
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, 20 * self._poll_interval)
 
     # -- deploying ----------------------------------------------------------------------
 
