@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     firestore_collection: str = "archdeploy_runs"
     source_bucket: str = Field(default="", description="bucket for uploaded build sources")
     image_repo: str = Field(default="archdeploy", description="default Artifact Registry repo")
+    build_service_account: str = Field(
+        default="",
+        description="gcp: account Cloud Build runs image builds as (then logging goes to Cloud"
+        " Logging only); empty: the project's default Cloud Build account",
+    )
     default_service_account: str = Field(
         default="",
         description="gcp: account a service without `service_account` runs as (terraform's"

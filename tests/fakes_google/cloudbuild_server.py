@@ -19,6 +19,13 @@ using the legacy resource path", REST reference projects.builds.cancel), so a re
 build is NOT_FOUND "Requested entity was not found." (backstage/backstage#21463).
 GetOperation of a regional operation needs the same header, which the operations client
 does not send: NOT_FOUND, as in googleapis/google-cloud-python#12123.
+
+A user-specified `build.service_account` must be `projects/P/serviceAccounts/ACCOUNT`, the
+caller must be able to act as it ("the users submitting the build must have the
+iam.serviceAccounts.actAs permission on the service account", Cloud Build default service
+account change), and the build must say where logs go (logs_bucket, the
+REGIONAL_USER_OWNED_BUCKET behaviour, or CLOUD_LOGGING_ONLY / NONE), else INVALID_ARGUMENT
+with Cloud Build's observed message.
 """
 
 from __future__ import annotations
@@ -72,8 +79,47 @@ def notification(build: Any) -> tuple[bytes, dict[str, str]]:
     return data, {"buildId": build.id, "status": cb.Build.Status(build.status).name}
 
 
+_ACCOUNT = re.compile(r"projects/[^/]+/serviceAccounts/([^/]+)")
+_LOG_OPTIONS = {"CLOUD_LOGGING_ONLY", "NONE"}
+
+
+def _account_problem(build: Any, may_act_as: Callable[[str], bool]) -> tuple[Any, str] | None:
+    if not build.service_account:
+        return None
+    match = _ACCOUNT.fullmatch(build.service_account)
+    if match is None:
+        return grpc.StatusCode.INVALID_ARGUMENT, (
+            "build.service_account must be of the format "
+            "projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}"
+        )
+    logging = cb.BuildOptions.LoggingMode(build.options.logging).name
+    behaviour = cb.BuildOptions.DefaultLogsBucketBehavior(
+        build.options.default_logs_bucket_behavior
+    ).name
+    if not (
+        build.logs_bucket or behaviour == "REGIONAL_USER_OWNED_BUCKET" or logging in _LOG_OPTIONS
+    ):
+        return grpc.StatusCode.INVALID_ARGUMENT, (
+            "generic::invalid_argument: if 'build.service_account' is specified, the build "
+            "must either (a) specify 'build.logs_bucket', (b) use the "
+            "REGIONAL_USER_OWNED_BUCKET build.options.default_logs_bucket_behavior option, "
+            "or (c) use either CLOUD_LOGGING_ONLY / NONE logging options"
+        )
+    if not may_act_as(match[1]):
+        return grpc.StatusCode.PERMISSION_DENIED, (
+            f"Permission 'iam.serviceaccounts.actAs' denied on service account {match[1]} "
+            "(or it may not exist)."
+        )
+    return None
+
+
+def _user_managed(account: str) -> bool:
+    return account.endswith(".iam.gserviceaccount.com")
+
+
 class FakeCloudBuild:
-    def __init__(self) -> None:
+    def __init__(self, *, may_act_as: Callable[[str], bool] = _user_managed) -> None:
+        self.may_act_as = may_act_as  # which build accounts the caller may act as
         self.requests: list[tuple[str, Any]] = []  # (method, request message)
         self.builds: dict[str, Any] = {}
         self.behaviours: dict[str, BuildBehaviour] = {}
@@ -156,6 +202,9 @@ class FakeCloudBuild:
             context.abort(behaviour.transient_code, f"try again (call {calls})")
         if behaviour.error_code is not None:
             context.abort(behaviour.error_code, behaviour.error_message)
+        refused = _account_problem(request.build, self.may_act_as)
+        if refused is not None:
+            context.abort(*refused)
         build = self._new_build(request)
         op = operations_pb2.Operation(name=f"{_location(request)}/operations/{uuid.uuid4()}")
         op.metadata.Pack(cb.BuildOperationMetadata.pb(cb.BuildOperationMetadata(build=build)))

@@ -112,3 +112,57 @@ def test_a_synchronous_build_is_polled_by_get_build_with_its_name(
         for get in gets
     )
     assert fake_cloudbuild.calls("GetOperation") == []
+
+
+def _deployer_building_as(account: str, build_client: Any, fake_gcs: Any) -> GcpDeployer:
+    from tests.fakes_google.fixtures import SOURCE_BUCKET
+
+    fake_gcs.create_bucket(SOURCE_BUCKET)
+    return GcpDeployer(
+        FAKE_PROJECT,
+        FAKE_REGION,
+        source_bucket=SOURCE_BUCKET,
+        build_client=build_client,
+        build_timeout=10,
+        retry_base_delay=0.01,
+        poll_interval=0.01,
+        build_service_account=account,
+    )
+
+
+def test_builds_run_as_the_named_account_and_log_to_cloud_logging_only(
+    cloudbuild_client: Any, fake_cloudbuild: FakeCloudBuild, fake_gcs: Any, tmp_path: Path
+) -> None:
+    deployer = _deployer_building_as("archdeploy-builder", cloudbuild_client, fake_gcs)
+    deployer.build("ingest", _spec(tmp_path), target=TARGET)
+    deployer.close()
+
+    (create,) = fake_cloudbuild.calls("CreateBuild")
+    email = f"archdeploy-builder@{FAKE_PROJECT}.iam.gserviceaccount.com"
+    assert create.build.service_account == f"projects/{FAKE_PROJECT}/serviceAccounts/{email}"
+    logging = cloudbuild_v1.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY
+    assert create.build.options.logging == logging
+
+
+def test_the_fake_refuses_a_build_account_without_a_log_destination(
+    cloudbuild_client: Any,
+) -> None:
+    email = f"archdeploy-builder@{FAKE_PROJECT}.iam.gserviceaccount.com"
+    build = cloudbuild_v1.Build(
+        steps=[cloudbuild_v1.BuildStep(name="x")],
+        service_account=f"projects/{FAKE_PROJECT}/serviceAccounts/{email}",
+    )
+    with pytest.raises(api.InvalidArgument, match="CLOUD_LOGGING_ONLY / NONE"):
+        cloudbuild_client.create_build(project_id=FAKE_PROJECT, build=build)
+
+
+def test_a_build_account_the_worker_may_not_act_as_is_refused_naming_it(
+    cloudbuild_client: Any, fake_cloudbuild: FakeCloudBuild, fake_gcs: Any, tmp_path: Path
+) -> None:
+    compute = "123456789012-compute@developer.gserviceaccount.com"
+    deployer = _deployer_building_as(compute, cloudbuild_client, fake_gcs)
+    with pytest.raises(BackendError, match=r"actAs' denied on service account 123456789012-"):
+        deployer.build("ingest", _spec(tmp_path), target=TARGET)
+    deployer.close()
+    (create,) = fake_cloudbuild.calls("CreateBuild")
+    assert create.build.service_account == f"projects/{FAKE_PROJECT}/serviceAccounts/{compute}"

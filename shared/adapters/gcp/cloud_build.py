@@ -206,8 +206,17 @@ def build_resource(
     build_dir: str,
     tags: list[str],
     timeout: float,
+    service_account: str = "",
 ) -> Any:
-    """The `cloudbuild_v1.Build` to create: one docker or pack step, pushing `image`."""
+    """The `cloudbuild_v1.Build` to create: one docker or pack step, pushing `image`.
+
+    With `service_account` (projects/P/serviceAccounts/EMAIL, `account_resource`) the
+    build runs as that account, and then logs to
+    Cloud Logging only: "if 'build.service_account' is specified, the build must either (a)
+    specify 'build.logs_bucket', (b) use the REGIONAL_USER_OWNED_BUCKET ... or (c) use
+    either CLOUD_LOGGING_ONLY / NONE logging options" (Cloud Build's answer otherwise;
+    cloud.google.com/build/docs/securing-builds/configure-user-specified-service-accounts).
+    """
     from google.cloud.devtools import cloudbuild_v1 as cb
 
     if dockerfile:
@@ -219,13 +228,17 @@ def build_resource(
         step = cb.BuildStep(
             name=PACK_STEP, entrypoint="pack", args=[*args, "--network", "cloudbuild"]
         )
-    return cb.Build(
+    build = cb.Build(
         source=cb.Source(storage_source=cb.StorageSource(bucket=bucket, object_=object_name)),
         steps=[step],
         images=[image],  # Cloud Build pushes these and reports their digests
         tags=tags,
         timeout=timedelta(seconds=timeout),
     )
+    if service_account:
+        build.service_account = service_account
+        build.options = cb.BuildOptions(logging=cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY)
+    return build
 
 
 def build_name(build: str, project: str, region: str) -> str:
@@ -237,6 +250,15 @@ def build_name(build: str, project: str, region: str) -> str:
     if "/builds/" in build:
         return build
     return f"projects/{project}/locations/{region}/builds/{build}"
+
+
+def account_resource(email: str, project: str) -> str:
+    """`projects/P/serviceAccounts/EMAIL`, the form Build.service_account requires ("Must be
+    of the format projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}"); P is the account's own
+    project for NAME@P.iam.gserviceaccount.com, else `project` (Google's default accounts)."""
+    domain = email.partition("@")[2]
+    owner = domain.removesuffix(".iam.gserviceaccount.com")
+    return f"projects/{owner if owner != domain else project}/serviceAccounts/{email}"
 
 
 def failure_text(build_id: str, status: str, detail: str, log_url: str) -> str:

@@ -29,6 +29,7 @@ from shared.adapters.gcp.build_cache import CloudBuildCache, build_input
 from shared.adapters.gcp.builds import CloudBuilds
 from shared.adapters.gcp.cloud_build import (
     BuildNotification,
+    account_resource,
     build_name,
     build_resource,
     build_tags,
@@ -86,6 +87,7 @@ class GcpDeployer:
         retry_base_delay: float = 0.5,
         poll_interval: float = 1.0,
         default_service_account: str = "",
+        build_service_account: str = "",
     ) -> None:
         self.project_id = project_id
         self.region = region
@@ -95,6 +97,7 @@ class GcpDeployer:
         # ARCHDEPLOY_DEFAULT_SERVICE_ACCOUNT) rather than as the Compute Engine default
         # account, which the worker may not act as.
         self.default_service_account = default_service_account
+        self.build_service_account = build_service_account  # empty: Cloud Build's default
         self.build_timeout = build_timeout
         self.deploy_timeout = deploy_timeout
         self._retry = RetryPolicy(attempts=retry_attempts, base_delay=retry_base_delay)
@@ -192,6 +195,7 @@ class GcpDeployer:
             build_dir=build_dir,
             tags=tags,
             timeout=self.build_timeout,
+            service_account=self._build_account(project),
         )
         request = cloudbuild_v1.CreateBuildRequest(
             parent=f"projects/{project}/locations/{region}", project_id=project, build=build
@@ -340,6 +344,10 @@ class GcpDeployer:
     def _where(self, spec: DeploymentSpec, target: Target) -> tuple[str, str]:
         project = target.project_id or self.project_id
         return project, spec.region or target.region or self.region
+
+    def _build_account(self, project: str) -> str:
+        email = full_account_email(self.build_service_account, self.project_id)
+        return account_resource(email, project) if email else ""
 
     def _service_where(self, target: Target) -> tuple[str, str]:
         # No spec here: a task's target carries the spec's region already.
