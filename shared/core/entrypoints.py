@@ -103,6 +103,14 @@ def on_dead_letter(
         fail_task(run_id, task_id, "its message was dead-lettered after repeated failures", rt)
     elif run_id:
         advance_run(run_id, rt)
+    elif attributes.get("buildId"):  # a `cloud-builds` event: its tags name the task
+        from shared.adapters.gcp.cloud_build import task_of_build_event
+
+        found = task_of_build_event(data, attributes)
+        if found is not None:
+            run_id, task_id, build = found
+            why = f"the status event of build {build} was dead-lettered after repeated failures"
+            fail_task(run_id, task_id, why, rt)
 
 
 def on_build_event(

@@ -307,6 +307,23 @@ def parse_build_notification(
     return BuildNotification(task_id, run_id, service, build_id, "failed", error=error)
 
 
+def task_of_build_event(data: bytes, attributes: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """(run_id, task_id, build name or id) of a `cloud-builds` message about one of
+    archdeploy's builds, whatever its status; None for anything else (not JSON, not a build,
+    not ours). For a dead-lettered build event, whose task must not wait for a deadline."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    parts = task_parts_from_tags(doc.get("tags") or [])
+    if parts is None:
+        return None
+    build = str(doc.get("name") or doc.get("id") or attributes.get("buildId", ""))
+    return parts[0], ":".join(parts), build
+
+
 def _status_name(value: object) -> str:
     if isinstance(value, int):
         return _STATUS_NUMBERS.get(value, "")
