@@ -5,13 +5,9 @@ the workspace-relative paths, contents and executable bits of the files it keeps
 sorted, every mtime/uid/gid is zero and the gzip header carries no name or time. Building
 the same tree twice therefore uploads the same object, named by its sha256.
 
-What is left out: `.git`, `__pycache__` and `.venv` directories anywhere, plus the patterns
-of the root `.gcloudignore` (gitignore rules: a pattern without `/` matches at any depth;
-`#!include:FILE` pulls in another file's patterns), or of the root `.gitignore` when there
-is no `.gcloudignore` (what gcloud's generated default does), and of `.dockerignore` at the
-root and in the build directory (Docker rules: patterns are anchored to the file's directory).
-Rules are applied in order, the last match wins and `!` re-includes, also below an
-excluded directory (as Docker does; gitignore would not).
+What is left out is `shared.adapters.build_context`'s rule, the same as for local images:
+`.gcloudignore` (else `.gitignore`) with gitignore rules, `.dockerignore` at the root and in
+the build directory with Docker rules, the last match winning, `!` re-including.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -30,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from shared.adapters.build_context import ContextRules
 from shared.adapters.gcp.retry import RetryPolicy
 from shared.architecture.model import DeploymentSpec
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-ALWAYS_SKIPPED = frozenset({".git", "__pycache__", ".venv"})
 _GZIP_LEVEL = 9
 
 
@@ -48,13 +43,6 @@ class SourceArchive:
 
     def has_file(self, path: str) -> bool:
         return path in self.names
-
-
-@dataclass(frozen=True)
-class _Rule:
-    regex: re.Pattern[str]
-    negate: bool
-    dir_only: bool
 
 
 def pack_source(
@@ -87,7 +75,7 @@ def source_entries(
     if not root.is_dir():
         raise ValueError(f"source_path {str(root)!r} is not a directory")
     build = normalize_dir(build_dir)
-    entries: dict[str, Path] = dict(_walk(root, _rules(root, build)))
+    entries: dict[str, Path] = dict(ContextRules(root, build).walk(root))
     for source, name in sorted((config_templates or {}).items()):
         entries[_join(build, _template_name(name))] = _template_source(source)
     return entries
@@ -126,110 +114,6 @@ def normalize_dir(path: str) -> str:
 
 def _join(directory: str, name: str) -> str:
     return f"{directory}/{name}" if directory else name
-
-
-def _walk(root: Path, rules: list[_Rule]) -> Iterable[tuple[str, Path]]:
-    can_prune = not any(rule.negate for rule in rules)
-    for dirpath, dirnames, filenames in os.walk(root):
-        base = Path(dirpath)
-        rel_dir = base.relative_to(root).as_posix()
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        kept_dirs = []
-        for name in sorted(dirnames):
-            rel = prefix + name
-            if name in ALWAYS_SKIPPED or (can_prune and _excluded(rel, True, rules)):
-                continue
-            if (base / name).is_symlink():
-                if not _excluded(rel, False, rules):
-                    yield rel, base / name
-                continue
-            kept_dirs.append(name)
-        dirnames[:] = kept_dirs  # pruned in place: ignored trees are never listed
-        for name in sorted(filenames):
-            if not _excluded(prefix + name, False, rules):
-                yield prefix + name, base / name
-
-
-def _excluded(rel: str, is_dir: bool, rules: list[_Rule]) -> bool:
-    parts = rel.split("/")
-    # A rule matches the path itself or one of its parent directories.
-    candidates = [("/".join(parts[:i]), True) for i in range(1, len(parts))]
-    candidates.append((rel, is_dir))
-    excluded = False
-    for rule in rules:
-        if any(rule.regex.fullmatch(p) and (d or not rule.dir_only) for p, d in candidates):
-            excluded = not rule.negate
-    return excluded
-
-
-def _rules(root: Path, build_dir: str) -> list[_Rule]:
-    gcloudignore = root / ".gcloudignore"
-    rules = _gitignore_rules(root, gcloudignore if gcloudignore.is_file() else root / ".gitignore")
-    rules += _pattern_rules(_read_lines(root / ".dockerignore"), base="", anywhere=False)
-    if build_dir:
-        lines = _read_lines(root / build_dir / ".dockerignore")
-        rules += _pattern_rules(lines, base=build_dir, anywhere=False)
-    return rules
-
-
-def _gitignore_rules(root: Path, path: Path) -> list[_Rule]:
-    lines: list[str] = []
-    for line in _read_lines(path):
-        if line.startswith("#!include:"):
-            lines += _read_lines(root / line.removeprefix("#!include:").strip())
-        else:
-            lines.append(line)
-    return _pattern_rules(lines, base="", anywhere=True)
-
-
-def _read_lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-
-
-def _pattern_rules(lines: Iterable[str], *, base: str, anywhere: bool) -> list[_Rule]:
-    rules = []
-    for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        negate = line.startswith("!")
-        pattern = line[1:] if negate else line.removeprefix("\\")
-        dir_only = pattern.endswith("/")
-        pattern = pattern.strip("/")
-        if not pattern:
-            continue
-        # gitignore: a pattern with no inner "/" matches a name at any depth.
-        lead = "(?:.*/)?" if anywhere and "/" not in pattern else ""
-        prefix = re.escape(base + "/") if base else ""
-        regex = re.compile(prefix + lead + _glob_regex(pattern))
-        rules.append(_Rule(regex, negate, dir_only))
-    return rules
-
-
-def _glob_regex(pattern: str) -> str:
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
-            end = pattern.index("]", i + 2)
-            body = pattern[i + 1 : end].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return "".join(out)
 
 
 def _template_name(name: str) -> str:

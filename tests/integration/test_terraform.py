@@ -551,6 +551,7 @@ DISTRIBUTIONS = {
     "google.cloud.storage": "google-cloud-storage",
     "click": "click",
     "rich": "rich",
+    "pathspec": "pathspec",
 }
 CLI_ONLY = {"click", "rich"}
 
