@@ -33,6 +33,7 @@ from shared.errors import BackendError
 log = logging.getLogger(__name__)
 
 _GZIP_LEVEL = 9
+UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024  # resumable uploads want multiples of 256 KiB
 
 
 @dataclass(frozen=True)
@@ -132,15 +133,36 @@ def _template_source(source: str) -> Path:
 
 def _tar_gz(entries: Iterable[tuple[str, Path]]) -> bytes:
     buffer = io.BytesIO()
+    write_tar_gz(entries, buffer)
+    return buffer.getvalue()
+
+
+def write_tar_gz(entries: Iterable[tuple[str, Path]], out: Any) -> None:
+    """Write the archive of `entries` to the binary file object `out`, a chunk at a time."""
     with (
         gzip.GzipFile(
-            filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=_GZIP_LEVEL
+            filename="", mode="wb", fileobj=out, mtime=0, compresslevel=_GZIP_LEVEL
         ) as compressed,
         tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for name, path in entries:
             _add(tar, name, path)
-    return buffer.getvalue()
+
+
+class _Digest:
+    """A write-only file object that keeps only the sha256 and size of what it is given."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def _add(tar: tarfile.TarFile, name: str, path: Path) -> None:
@@ -185,8 +207,10 @@ class SourceStager:
         *,
         region: str,
         rpc_timeout: float = 60.0,
+        chunk_bytes: int = UPLOAD_CHUNK_BYTES,
     ) -> None:
         self._client = client
+        self._chunk_bytes = chunk_bytes
         self._bucket = bucket
         self._retry = retry
         self._region = region
@@ -196,15 +220,23 @@ class SourceStager:
     def stage(self, service_name: str, spec: DeploymentSpec, context: str) -> StagedSource:
         if spec.source_path.startswith("gs://"):
             return self._remote_source(spec.source_path, context)
+        # Never the whole archive in memory (a function's /tmp is memory too): one pass
+        # hashes it to name the object, a second, byte-identical one (the archive is
+        # deterministic) streams it in chunks, and only when the object is not there yet.
         try:
-            archive = pack_source(
-                spec.source_path, spec.config_templates, build_dir=spec.buildable_module_path
+            entries = sorted(
+                source_entries(
+                    spec.source_path, spec.config_templates, build_dir=spec.buildable_module_path
+                ).items()
             )
+            digest = _Digest()
+            write_tar_gz(entries, digest)
         except (OSError, ValueError) as exc:
             raise BackendError(f"{context}: {exc}") from exc
-        object_name = f"sources/{service_name}/{archive.sha256}.tar.gz"
-        self._upload(object_name, archive.data, context)
-        return StagedSource(self._bucket, object_name, archive.sha256, archive.names)
+        sha256 = digest.sha.hexdigest()
+        object_name = f"sources/{service_name}/{sha256}.tar.gz"
+        self._upload(object_name, entries, context)
+        return StagedSource(self._bucket, object_name, sha256, tuple(name for name, _ in entries))
 
     def _remote_source(self, url: str, context: str) -> StagedSource:
         bucket_name, _, object_name = url.removeprefix("gs://").partition("/")
@@ -220,7 +252,7 @@ class SourceStager:
             raise BackendError(f"{context}: {url} is not a .tar.gz or .zip: {exc}") from exc
         return StagedSource(bucket_name, object_name, hashlib.sha256(data).hexdigest(), names)
 
-    def _upload(self, object_name: str, data: bytes, context: str) -> None:
+    def _upload(self, object_name: str, entries: list[tuple[str, Path]], context: str) -> None:
         from google.api_core import exceptions as api
 
         bucket = self._source_bucket(context)
@@ -236,17 +268,24 @@ class SourceStager:
         # A parallel build may stage the same bytes first: its 412 means "already there".
         with contextlib.suppress(api.PreconditionFailed):
             self._retry.call(
-                lambda: blob.upload_from_string(
-                    data,
-                    content_type="application/gzip",
-                    if_generation_match=0,  # content-addressed: never overwrite
-                    retry=None,
-                    timeout=self._rpc_timeout,
-                ),
+                lambda: self._stream(blob, entries),  # a retry packs and sends it again
                 context=context,
                 api_call="storage.objects.insert",
                 passthrough=(api.PreconditionFailed,),
             )
+
+    def _stream(self, blob: Any, entries: list[tuple[str, Path]]) -> None:
+        """A resumable upload, `chunk_bytes` at a time: memory stays at about one chunk."""
+        with blob.open(
+            "wb",
+            chunk_size=self._chunk_bytes,
+            ignore_flush=True,
+            content_type="application/gzip",
+            if_generation_match=0,  # content-addressed: never overwrite
+            retry=None,
+            timeout=self._rpc_timeout,
+        ) as out:
+            write_tar_gz(entries, out)
 
     def _source_bucket(self, context: str) -> Any:
         from google.api_core import exceptions as api

@@ -695,3 +695,33 @@ def test_importing_and_constructing_the_deployer_loads_no_google_sdk() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_source_is_streamed_in_chunks_and_staged_byte_for_byte_as_packed(
+    fake_gcs: FakeGcs, tmp_path: Path
+) -> None:
+    import random
+
+    from shared.adapters.gcp.retry import RetryPolicy
+    from shared.adapters.source_archive import SourceStager
+
+    fake_gcs.create_bucket(SOURCE_BUCKET)
+    source = _source(tmp_path)
+    # incompressible, so the archive spans several 256 KiB chunks
+    (source / "blob.bin").write_bytes(random.Random(7).randbytes(700 * 1024))
+    import google.cloud.storage as storage
+
+    stager = SourceStager(
+        lambda: storage.Client(project=FAKE_PROJECT),
+        SOURCE_BUCKET,
+        RetryPolicy(attempts=2, base_delay=0.01),
+        region=FAKE_REGION,
+        chunk_bytes=256 * 1024,
+    )
+
+    staged = stager.stage("ingest", DeploymentSpec(source_path=str(source)), "building ingest")
+
+    expected = pack_source(source)
+    stored = fake_gcs.objects[(SOURCE_BUCKET, staged.object_name)]
+    assert stored.data == expected.data and staged.sha256 == expected.sha256
+    assert len(fake_gcs.chunks) >= 3 and max(fake_gcs.chunks) <= 256 * 1024
