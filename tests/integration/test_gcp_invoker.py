@@ -283,3 +283,22 @@ def test_a_secret_the_account_may_not_read_fails_the_deploy_with_the_fix(
 
     fake.grant_secret(f"projects/{FAKE_PROJECT}/secrets/db-password", account("ingest-sa"))
     assert deployer.deploy_service("ingest", "ingest-sa", spec, target=TARGET)
+
+
+def test_without_a_metadata_server_the_example_registers_its_local_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLES / "common"))
+    import registration  # type: ignore[import-not-found]
+
+    monkeypatch.setenv("K_SERVICE", "ingest")  # as the local deployer sets it
+    monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{_free_port()}")  # nobody there
+    monkeypatch.delenv("SERVICE_URL", raising=False)
+    try:
+        started = time.monotonic()
+        assert registration.own_url(8080) == "http://127.0.0.1:8080"
+        assert registration.id_token("https://director.example") is None
+        assert time.monotonic() - started < 5
+        assert registration._NO_METADATA.is_set()  # and it is not asked again
+    finally:
+        registration._NO_METADATA.clear()

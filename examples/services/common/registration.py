@@ -45,9 +45,14 @@ REGISTER_FOR = 20.0  # seconds
 METADATA_TIMEOUT = 2.0  # seconds
 
 
+_NO_METADATA = threading.Event()  # set once it did not answer: not asked again
+
+
 def metadata(path: str) -> str | None:
     """A value from the metadata server (`path` under /computeMetadata/v1/), or None when it
-    does not answer: off Google Cloud, or not reachable."""
+    does not answer: off Google Cloud, or not reachable (then it is not asked again)."""
+    if _NO_METADATA.is_set():
+        return None
     host = os.environ.get("GCE_METADATA_HOST") or "metadata.google.internal"
     request = urllib.request.Request(
         f"http://{host}/computeMetadata/v1/{path}", headers={"Metadata-Flavor": "Google"}
@@ -56,8 +61,13 @@ def metadata(path: str) -> str | None:
     try:
         with opener.open(request, timeout=METADATA_TIMEOUT) as response:
             return str(response.read().decode())
+    except urllib.error.HTTPError as exc:  # it answered: this path, not the server, failed
+        exc.close()
+        log.warning("metadata %s: %s", path, exc)
+        return None
     except (OSError, ValueError) as exc:
-        log.debug("metadata %s: %s", path, exc)
+        log.info("no metadata server (%s): not on Google Cloud", exc)
+        _NO_METADATA.set()
         return None
 
 
