@@ -7,7 +7,7 @@ anything else with Cloud Native Buildpacks; Cloud Build pushes the image to Arti
 Registry and `build` returns it pinned by digest.
 
 Builds can outlast a function's 540 s limit, so a worker uses `submit_build` (returns the
-build id at once) and learns the outcome from the `cloud-builds` topic through
+build's full regional name at once) and learns the outcome from the `cloud-builds` topic through
 `gcp_build.parse_build_notification`. `build` waits, for the CLI and local facades.
 
 Repeated runs skip unchanged work (`IncrementalDeployer`) with no store of its own: a
