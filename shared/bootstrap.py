@@ -145,12 +145,10 @@ def _build_canceller(settings: Settings) -> Callable[[str], None] | None:
         return None
 
     def cancel(build_id: str) -> None:
-        # By the build's full name: builds are regional (GcpDeployer.cancel_build).
-        deployer = make_deployer(settings)
-        try:
-            deployer.cancel_build(build_id)  # type: ignore[attr-defined]
-        finally:
-            deployer.close()  # type: ignore[attr-defined]
+        # By the build's full name: builds are regional.
+        from shared.adapters.gcp.builds import cancel_submitted_build
+
+        cancel_submitted_build(build_id, project=settings.project, region=settings.region)
 
     return cancel
 
