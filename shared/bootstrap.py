@@ -83,6 +83,8 @@ def make_deployer(settings: Settings) -> ContainerDeployer:
             settings.region,
             source_bucket=settings.source_bucket,
             image_repo=settings.image_repo,
+            default_service_account=settings.default_service_account,
+            build_service_account=settings.build_service_account,
             build_timeout=settings.build_timeout_seconds,
             deploy_timeout=settings.deploy_timeout_seconds,
         )

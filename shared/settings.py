@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     firestore_collection: str = "archdeploy_runs"
     source_bucket: str = Field(default="", description="bucket for uploaded build sources")
     image_repo: str = Field(default="archdeploy", description="default Artifact Registry repo")
+    build_service_account: str = Field(
+        default="",
+        description="gcp: account Cloud Build runs image builds as (then logging goes to Cloud"
+        " Logging only); empty: the project's default Cloud Build account",
+    )
+    default_service_account: str = Field(
+        default="",
+        description="gcp: account a service without `service_account` runs as (terraform's"
+        " archdeploy-runtime); empty: Cloud Run's default, the Compute Engine account",
+    )
     build_deadline_seconds: float = Field(default=3600, gt=0, description="a build task's")
     deploy_deadline_seconds: float = Field(default=1200, gt=0, description="a deploy task's")
     run_deadline_seconds: float = Field(default=7200, gt=0, description="a whole run's")

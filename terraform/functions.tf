@@ -140,6 +140,8 @@ locals {
     ARCHDEPLOY_FIRESTORE_COLLECTION      = var.firestore_collection
     ARCHDEPLOY_SOURCE_BUCKET             = google_storage_bucket.sources.name
     ARCHDEPLOY_IMAGE_REPO                = google_artifact_registry_repository.images.repository_id
+    ARCHDEPLOY_DEFAULT_SERVICE_ACCOUNT   = local.runtime_account
+    ARCHDEPLOY_BUILD_SERVICE_ACCOUNT     = local.cloud_build_account
     ARCHDEPLOY_BUILD_CONCURRENCY         = tostring(var.build_concurrency)
     ARCHDEPLOY_DEPLOY_CONCURRENCY        = tostring(var.deploy_concurrency)
     ARCHDEPLOY_BUILD_TIMEOUT_SECONDS     = tostring(var.build_timeout_seconds)

@@ -14,6 +14,7 @@ locals {
     scheduler   = "Cloud Scheduler's identity when it calls archdeploy-sweep"
     pubsub-push = "Pub/Sub's identity when it pushes to archdeploy's event functions"
     fn-builder  = "Cloud Build's identity when it builds archdeploy's own functions"
+    builder     = "Cloud Build's identity when it builds the images of deployed services"
     runtime     = "Default identity for services archdeploy deploys (no roles)"
   }
 
@@ -63,9 +64,9 @@ locals {
   runtime_account  = "archdeploy-runtime@${var.project_id}.iam.gserviceaccount.com"
   runtime_accounts = toset(concat([local.runtime_account], var.runtime_service_accounts))
 
-  # The account Cloud Build runs image builds as. The legacy Cloud Build account needs no
-  # actAs from the caller; any other (e.g. the Compute Engine default) does.
-  build_account_needs_act_as = local.cloud_build_account != local.legacy_cloud_build_account
+  # The account Cloud Build runs image builds as: the worker names it in every build
+  # (Build.service_account), so it needs actAs on it, whichever account it is.
+  build_account_needs_act_as = true
 
   sa_member = { for k, sa in google_service_account.sa : k => "serviceAccount:${sa.email}" }
 }
@@ -233,6 +234,24 @@ resource "google_project_iam_member" "worker" {
   member  = local.sa_member["worker"]
 }
 
+# Cloud Run refuses callers without roles/run.invoker, so the worker grants it to each
+# service's account on the services whose URLs it is handed (the director's, today), and
+# to allUsers for `deployment.public` services. roles/run.developer "Can get but not set
+# IAM policies" (run/docs/securing/managing-access); roles/run.admin could, but also
+# everything else. This role holds just the two permissions.
+resource "google_project_iam_custom_role" "run_invoker_admin" {
+  role_id     = "archdeployRunInvokerAdmin"
+  title       = "archdeploy: set who may invoke deployed services"
+  description = "Read and set the IAM policy of Cloud Run services (invoker bindings)."
+  permissions = ["run.services.getIamPolicy", "run.services.setIamPolicy"]
+}
+
+resource "google_project_iam_member" "worker_run_invoker_admin" {
+  project = var.project_id
+  role    = google_project_iam_custom_role.run_invoker_admin.id
+  member  = local.sa_member["worker"]
+}
+
 # Cancelling submitted builds: the aggregator (a failed build with
 # cancel_builds_on_failure, the deadline sweep), the dispatcher and api (a run
 # superseded or cancelled). There is no narrower predefined role that can cancel.
@@ -271,6 +290,8 @@ resource "google_service_account_iam_member" "worker_act_as_builder" {
   service_account_id = local.account_resource[local.cloud_build_account]
   role               = "roles/iam.serviceAccountUser"
   member             = local.sa_member["worker"]
+
+  depends_on = [google_service_account.sa] # the build account may be created here
 }
 
 # --- Cloud Build, building deployed services' images -------------------------------------
@@ -280,18 +301,24 @@ resource "google_artifact_registry_repository_iam_member" "image_builder" {
   repository = google_artifact_registry_repository.images.name
   role       = "roles/artifactregistry.writer"
   member     = "serviceAccount:${local.cloud_build_account}"
+
+  depends_on = [google_service_account.sa] # the build account may be created here
 }
 
 resource "google_storage_bucket_iam_member" "image_builder_sources" {
   bucket = google_storage_bucket.sources.name
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${local.cloud_build_account}"
+
+  depends_on = [google_service_account.sa] # the build account may be created here
 }
 
 resource "google_project_iam_member" "image_builder_logs" {
   project = var.project_id
   role    = "roles/logging.logWriter"
   member  = "serviceAccount:${local.cloud_build_account}"
+
+  depends_on = [google_service_account.sa] # the build account may be created here
 }
 
 # --- Cloud Build, building archdeploy's own functions -------------------------------------

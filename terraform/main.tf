@@ -32,8 +32,12 @@ locals {
 
   # Google-managed identities this configuration grants roles to.
   pubsub_service_agent = "serviceAccount:service-${local.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
-  # The account Cloud Build runs archdeploy's image builds as (the worker submits them
-  # without naming one, so the project's default Cloud Build service account is used).
-  legacy_cloud_build_account = "${local.project_number}@cloudbuild.gserviceaccount.com"
-  cloud_build_account        = coalesce(var.cloud_build_service_account, local.legacy_cloud_build_account)
+  # The account Cloud Build runs archdeploy's image builds as, named in every build
+  # (ARCHDEPLOY_BUILD_SERVICE_ACCOUNT): archdeploy-builder unless another is given. Since
+  # 2024 new projects default to the Compute Engine account (Cloud Build "default service
+  # account change"), so naming one is the only predictable choice.
+  cloud_build_account = coalesce(
+    var.cloud_build_service_account,
+    "archdeploy-builder@${var.project_id}.iam.gserviceaccount.com",
+  )
 }

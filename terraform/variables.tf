@@ -327,7 +327,7 @@ variable "runtime_service_accounts" {
 }
 
 variable "cloud_build_service_account" {
-  description = "Email of the account Cloud Build runs image builds as: the project's default Cloud Build service account (see `gcloud builds get-default-service-account`). null: the legacy PROJECT_NUMBER@cloudbuild.gserviceaccount.com."
+  description = "Email of the account Cloud Build runs image builds as (ARCHDEPLOY_BUILD_SERVICE_ACCOUNT); builds then log to Cloud Logging only. null: archdeploy-builder, created here."
   type        = string
   default     = null
 

@@ -205,8 +205,11 @@ class FakeDeployer:
         deploy_seconds: float = 0.0,
         fail_build: Mapping[str, str] | None = None,
         fail_deploy: Mapping[str, str] | None = None,
+        build_gate: threading.Barrier | None = None,
     ) -> None:
         self.build_seconds = build_seconds
+        # Builds wait here until every party has started: all in flight at once, by event.
+        self.build_gate = build_gate
         self.deploy_seconds = deploy_seconds
         self.fail_build = dict(fail_build or {})
         self.fail_deploy = dict(fail_deploy or {})
@@ -225,6 +228,8 @@ class FakeDeployer:
     ) -> str:
         self._event("build-start", service_name)
         time.sleep(self.build_seconds)
+        if self.build_gate is not None:
+            self.build_gate.wait(timeout=30)
         if service_name in self.fail_build:
             self._event("build-failed", service_name)
             raise BackendError(f"building {service_name}: {self.fail_build[service_name]}")

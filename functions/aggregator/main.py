@@ -32,7 +32,7 @@ def build_events(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def dead_letters(event: CloudEvent) -> None:
     """Messages Pub/Sub gave up on: their tasks fail, so their runs finish."""
-    pubsub.handle(event, handlers.on_dead_letter, runtime)
+    pubsub.handle(event, cloud_builds.on_dead_message, runtime)
 
 
 @functions_framework.http

@@ -10,13 +10,14 @@ memory, environment variables, secret references) and source paths. Used by
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.architecture.cloud_run_limits import limit_problems
 from shared.architecture.model import INJECTED_ENV, Architecture, DeploymentSpec, ServiceSpec
+from shared.architecture.path_checks import check_paths, shown
 from shared.architecture.yaml_source import FieldPath, line_of, render_path
 from shared.errors import Problem
 
@@ -77,12 +78,7 @@ _URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")
 _AUTH_VALUE = re.compile(r"\s*(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}\s*", re.I)
 _RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"})
 _INJECTED_ENV = frozenset(INJECTED_ENV)
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _DIRECTOR: FieldPath = ("service_manager_spec",)
-
-
-def _shown(value: str) -> str:
-    return value if len(value) <= 60 else value[:57] + "..."
 
 
 def check_architecture(architecture: Architecture, report: Report, environment: str | None) -> None:
@@ -118,7 +114,7 @@ def _check_environment(architecture: Architecture, report: Report, environment: 
         if known
         else "this file defines no `deployment_environments`"
     )
-    report.error(("deployment_environments",), f"unknown environment `{_shown(environment)}`", fix)
+    report.error(("deployment_environments",), f"unknown environment `{shown(environment)}`", fix)
 
 
 def _check_root(architecture: Architecture, report: Report, environment: str | None) -> None:
@@ -140,7 +136,7 @@ def _check_project_id(project_id: str, path: FieldPath, report: Report) -> None:
     elif not _PROJECT_ID.fullmatch(project_id):
         report.error(
             path,
-            f"`{_shown(project_id)}` is not a valid Google Cloud project id",
+            f"`{shown(project_id)}` is not a valid Google Cloud project id",
             "a project id is 6 to 30 lowercase letters, digits and hyphens, starts with a"
             " letter and does not end with a hyphen, e.g. `acme-dev`",
         )
@@ -148,7 +144,7 @@ def _check_project_id(project_id: str, path: FieldPath, report: Report) -> None:
 
 def _check_region(region: str, path: FieldPath, report: Report) -> None:
     if region and not _REGION.fullmatch(region):
-        message = f"region `{_shown(region)}` does not look like a Google Cloud region"
+        message = f"region `{shown(region)}` does not look like a Google Cloud region"
         report.error(path, message, "e.g. `europe-west1` or `us-central1`")
 
 
@@ -159,7 +155,7 @@ def _check_names(services: list[tuple[FieldPath, ServiceSpec]], report: Report) 
         at = (*path, "name") if written else path
         if path != _DIRECTOR and spec.name != path[-1]:
             message = (
-                f"service `{path[-1]}` is named `{_shown(spec.name)}`, which is what gets deployed"
+                f"service `{path[-1]}` is named `{shown(spec.name)}`, which is what gets deployed"
             )
             report.warn(at, message, f"use the same name for the key and `name`: `{spec.name}`")
         if not spec.name:
@@ -167,14 +163,14 @@ def _check_names(services: list[tuple[FieldPath, ServiceSpec]], report: Report) 
         elif not _SERVICE_NAME.fullmatch(spec.name):
             report.error(
                 at,
-                f"`{_shown(spec.name)}` is not a valid Cloud Run service name",
+                f"`{shown(spec.name)}` is not a valid Cloud Run service name",
                 "use lowercase letters, digits and hyphens, start with a letter, do not end"
                 f" with a hyphen, at most 49 characters: e.g. `{_suggest_name(spec.name)}`",
             )
         if spec.name in first:
             report.error(
                 at,
-                f"service name `{_shown(spec.name)}` is used twice:"
+                f"service name `{shown(spec.name)}` is used twice:"
                 f" at {report.where(first[spec.name])} and at {report.where(at)}",
                 "give each service its own name, unique across all dataflows and the director",
             )
@@ -199,7 +195,7 @@ def _check_dependencies(services: list[tuple[FieldPath, ServiceSpec]], report: R
                 continue
             close = difflib.get_close_matches(dependency, list(where), n=1)
             fix = f"did you mean `{close[0]}`?" if close else f"known services: {', '.join(where)}"
-            message = f"`{_shown(dependency)}` is not a service of this architecture"
+            message = f"`{shown(dependency)}` is not a service of this architecture"
             report.error((*path, "dependencies", index), message, fix)
     for cycle in _cycles(graph):
         report.error(
@@ -236,23 +232,29 @@ def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
 def _check_deployment(deployment: DeploymentSpec, path: FieldPath, report: Report) -> None:
     cpu, memory = deployment.cpu, deployment.memory
     if cpu and (not _CPU.fullmatch(cpu) or not re.search(r"[1-9]", cpu)):
-        fix = 'write a number of CPUs as text, e.g. `cpu: "1"`, `"2"`, `"0.5"` or `"1000m"`'
-        report.error((*path, "cpu"), f"cpu `{_shown(cpu)}` is not an amount of CPU", fix)
+        fix = (
+            'write a number of CPUs as text, e.g. `cpu: "1"`, `"2"` or `"1000m"`; a fraction'
+            ' below 1 (e.g. `"0.5"`) also means concurrency 1 and CPU only during requests'
+        )
+        report.error((*path, "cpu"), f"cpu `{shown(cpu)}` is not an amount of CPU", fix)
     if memory and (not _MEMORY.fullmatch(memory) or not re.search(r"[1-9]", memory)):
         fix = "e.g. `memory: 512Mi` or `memory: 1Gi`"
-        report.error(
-            (*path, "memory"), f"memory `{_shown(memory)}` is not an amount of memory", fix
-        )
+        report.error((*path, "memory"), f"memory `{shown(memory)}` is not an amount of memory", fix)
+    cpu_ok = not cpu or (_CPU.fullmatch(cpu) and re.search(r"[1-9]", cpu))
+    memory_ok = not memory or (_MEMORY.fullmatch(memory) and re.search(r"[1-9]", memory))
+    if cpu_ok and memory_ok:  # Cloud Run's combinations of well-formed values
+        for limit in limit_problems(deployment):
+            report.error((*path, limit.field), limit.message, limit.fix)
     _check_region(deployment.region, (*path, "region"), report)
     _check_environment_vars(deployment, path, report)
     _check_secrets(deployment, path, report)
-    _check_paths(deployment, path, report)
+    check_paths(deployment, path, report)
 
 
 def _check_env_name(name: str, path: FieldPath, report: Report) -> bool:
     if not _ENV_NAME.fullmatch(name):
         fix = "use letters, digits and underscores, not starting with a digit: e.g. `LOG_LEVEL`"
-        report.error(path, f"`{_shown(name)}` is not a valid environment variable name", fix)
+        report.error(path, f"`{shown(name)}` is not a valid environment variable name", fix)
     elif name in _RESERVED_ENV:
         fix = "remove it: Cloud Run sets it for every container"
         report.error(path, f"`{name}` is reserved by Cloud Run", fix)
@@ -321,75 +323,3 @@ def _check_secrets(deployment: DeploymentSpec, path: FieldPath, report: Report) 
                 "use the secret's id, e.g. `db-password`, or its resource name"
                 " `projects/PROJECT/secrets/SECRET[/versions/VERSION]`",
             )
-
-
-def _check_paths(deployment: DeploymentSpec, path: FieldPath, report: Report) -> None:
-    # Remote sources (gs://, github://) are fetched by the source adapters, not read here.
-    source = "" if _URI.match(deployment.source_path) else deployment.source_path
-    if source and _check_inside(source, (*path, "source_path"), report):
-        _check_exists(source, (*path, "source_path"), report, directory=True)
-        _check_links(source, (*path, "source_path"), report)
-    if deployment.buildable_module_path:
-        module = os.path.join(source or ".", deployment.buildable_module_path)
-        _check_inside(module, (*path, "buildable_module_path"), report)
-    for template, target in deployment.config_templates.items():
-        at = (*path, "config_templates", template)
-        if not _URI.match(template) and _check_inside(template, at, report):
-            _check_exists(template, at, report, directory=False)
-        if not target or os.path.isabs(target) or ".." in re.split(r"[/\\]", target):
-            message = (
-                f"template target `{_shown(target)}` must be a file name inside the build directory"
-            )
-            report.error(at, message, "write it relative, without `..`: e.g. `config/app.yaml`")
-
-
-def _check_inside(relative: str, path: FieldPath, report: Report) -> bool:
-    reason = _escape(relative, report.base_dir)
-    if reason is not None:
-        fix = "keep source files inside the architecture file's directory, relative to it"
-        report.error(path, f"`{_shown(relative)}` {reason}", fix)
-    return reason is None
-
-
-def _escape(relative: str, base_dir: Path | None) -> str | None:
-    """Why `relative` leads outside `base_dir`, or None when it stays inside."""
-    if "\0" in relative:
-        return "contains a NUL character"
-    if os.path.isabs(relative) and base_dir is None:
-        return "is absolute, and this architecture has no directory to check it against"
-    normal = os.path.normpath(relative)
-    if normal == os.pardir or normal.startswith(os.pardir + os.sep):
-        return "leads out of the architecture file's directory with `..`"
-    if base_dir is None:
-        return None
-    try:
-        base, target = base_dir.resolve(), (base_dir / relative).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return "cannot be resolved (a loop of symbolic links?)"
-    return None if target.is_relative_to(base) else f"resolves to {target}, outside {base}"
-
-
-def _check_exists(relative: str, path: FieldPath, report: Report, *, directory: bool) -> None:
-    if not report.check_paths_exist:
-        return
-    target = (report.base_dir or Path.cwd()) / relative
-    try:
-        target = target.resolve()
-        found = target.is_dir() if directory else target.is_file()
-    except (OSError, RuntimeError, ValueError):
-        found = False
-    if not found:
-        what = "directory" if directory else "file"
-        fix = "correct the path: relative paths start at the architecture file's directory"
-        report.error(path, f"{what} {target} does not exist", fix)
-
-
-def _check_links(relative: str, path: FieldPath, report: Report) -> None:
-    """Links out of the source tree would put the files they lead to in the image."""
-    from shared.architecture.source_links import FIX, links_leaving
-
-    root = (report.base_dir or Path.cwd()) / relative
-    if not report.check_paths_exist or not root.is_dir():
-        return
-    for link in links_leaving(root.resolve()):
-        report.error(path, f"symbolic link {link} leads outside the source tree {root}", FIX)

@@ -59,6 +59,23 @@ class DeploymentSpec(_Model):
     platform: str = ""
     cpu: str = ""
     memory: str = ""
+    cpu_always_allocated: bool = Field(
+        default=False,
+        description="Cloud Run: CPU stays allocated between requests (instance-based billing);"
+        " false: CPU only during requests (request-based billing), required when cpu < 1",
+    )
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Cloud Run: most requests one instance serves at once (must be 1 when cpu"
+        " < 1; unset: 80, or 1 when cpu < 1)",
+    )
+    public: bool = Field(
+        default=False,
+        description="Cloud Run: anyone may call the service (allUsers gets roles/run.invoker);"
+        " false: only accounts archdeploy grants, e.g. services handed its URL",
+    )
     min_instances: int | None = Field(default=None, ge=0)
     max_instances: int | None = Field(default=None, ge=1)
     environment_vars: dict[str, str] = Field(default_factory=dict)

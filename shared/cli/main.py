@@ -107,6 +107,33 @@ def validate(file: str, strict: bool, environment: str | None) -> None:
 
 
 @cli.command()
+@_file_options
+@click.pass_context
+def preflight(ctx: click.Context, file: str, strict: bool, environment: str | None) -> None:
+    """Check that Google Cloud is ready for FILE: APIs, repositories, accounts, secrets.
+
+    Exits 2 when a check fails; each failure comes with its fix."""
+    import os
+
+    from shared.adapters.gcp import preflight as checks
+
+    arch = _load(file, strict, environment, check_paths=False).architecture
+    settings = _settings(ctx)
+    needs = checks.needs_of(
+        arch,
+        region=settings.region,
+        image_repo=settings.image_repo,
+        default_service_account=settings.default_service_account,
+        build_service_account=settings.build_service_account,
+    )
+    base = os.environ.get("ARCHDEPLOY_PREFLIGHT_BASE_URL", "")
+    endpoints = checks.Endpoints.all_at(base) if base else checks.Endpoints()
+    found = checks.Preflight(checks.session_for(base), endpoints).run(needs)
+    click.echo(checks.render(found))
+    sys.exit(2 if any(not check.ok for check in found) else 0)
+
+
+@cli.command()
 def schema() -> None:
     """Print the architecture file's JSON Schema (for editor completion)."""
     from shared.architecture.loading import architecture_json_schema

@@ -12,7 +12,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from shared.core.run_engine import attributes
+from shared.core.run_engine import attributes, halt_run
 from shared.core.runtime import Runtime
 from shared.deployer import (
     BuildSubmitter,
@@ -77,8 +77,18 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
 
 
 def report(completion: TaskCompletion, rt: Runtime) -> None:
-    """Store the outcome, then announce it; the aggregator moves the run on."""
-    rt.store.complete_task(completion)
+    """Store the outcome, then announce it; the aggregator moves the run on.
+
+    A failed build halts the run here, before the completion travels: builds still queued
+    behind it must not start in the time the aggregator takes to hear of it. (Halting is
+    a compare-and-set, so the aggregator's own halt on the same completion is a no-op.)"""
+    applied = rt.store.complete_task(completion)
+    if (
+        applied is not None
+        and completion.phase is Phase.BUILD
+        and completion.status is TaskStatus.FAILED
+    ):
+        halt_run(completion.run_id, f"build of {completion.service} failed", rt)
     rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=attributes(completion))
 
 

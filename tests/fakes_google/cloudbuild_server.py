@@ -10,6 +10,22 @@ ListBuilds serves the build history newest first, paged, and understands the fil
 archdeploy sends: `field="value"` terms on `tags` and `status` joined by `AND` (values
 double-quoted, as Cloud Build wants). Any other filter is refused with INVALID_ARGUMENT,
 so a filter the fake cannot check never passes silently.
+
+Builds live in a location, as on Cloud Build. GetBuild and CancelBuild by `name`
+(projects/P/locations/L/builds/ID) reach location L, and only with the routing header
+`x-goog-request-params: location=L` the client sends for such a name; by `project_id` and
+`id` they reach `global` only ("This method only cancels builds in the "global" region when
+using the legacy resource path", REST reference projects.builds.cancel), so a regional
+build is NOT_FOUND "Requested entity was not found." (backstage/backstage#21463).
+GetOperation of a regional operation needs the same header, which the operations client
+does not send: NOT_FOUND, as in googleapis/google-cloud-python#12123.
+
+A user-specified `build.service_account` must be `projects/P/serviceAccounts/ACCOUNT`, the
+caller must be able to act as it ("the users submitting the build must have the
+iam.serviceAccounts.actAs permission on the service account", Cloud Build default service
+account change), and the build must say where logs go (logs_bucket, the
+REGIONAL_USER_OWNED_BUCKET behaviour, or CLOUD_LOGGING_ONLY / NONE), else INVALID_ARGUMENT
+with Cloud Build's observed message.
 """
 
 from __future__ import annotations
@@ -63,8 +79,47 @@ def notification(build: Any) -> tuple[bytes, dict[str, str]]:
     return data, {"buildId": build.id, "status": cb.Build.Status(build.status).name}
 
 
+_ACCOUNT = re.compile(r"projects/[^/]+/serviceAccounts/([^/]+)")
+_LOG_OPTIONS = {"CLOUD_LOGGING_ONLY", "NONE"}
+
+
+def _account_problem(build: Any, may_act_as: Callable[[str], bool]) -> tuple[Any, str] | None:
+    if not build.service_account:
+        return None
+    match = _ACCOUNT.fullmatch(build.service_account)
+    if match is None:
+        return grpc.StatusCode.INVALID_ARGUMENT, (
+            "build.service_account must be of the format "
+            "projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}"
+        )
+    logging = cb.BuildOptions.LoggingMode(build.options.logging).name
+    behaviour = cb.BuildOptions.DefaultLogsBucketBehavior(
+        build.options.default_logs_bucket_behavior
+    ).name
+    if not (
+        build.logs_bucket or behaviour == "REGIONAL_USER_OWNED_BUCKET" or logging in _LOG_OPTIONS
+    ):
+        return grpc.StatusCode.INVALID_ARGUMENT, (
+            "generic::invalid_argument: if 'build.service_account' is specified, the build "
+            "must either (a) specify 'build.logs_bucket', (b) use the "
+            "REGIONAL_USER_OWNED_BUCKET build.options.default_logs_bucket_behavior option, "
+            "or (c) use either CLOUD_LOGGING_ONLY / NONE logging options"
+        )
+    if not may_act_as(match[1]):
+        return grpc.StatusCode.PERMISSION_DENIED, (
+            f"Permission 'iam.serviceaccounts.actAs' denied on service account {match[1]} "
+            "(or it may not exist)."
+        )
+    return None
+
+
+def _user_managed(account: str) -> bool:
+    return account.endswith(".iam.gserviceaccount.com")
+
+
 class FakeCloudBuild:
-    def __init__(self) -> None:
+    def __init__(self, *, may_act_as: Callable[[str], bool] = _user_managed) -> None:
+        self.may_act_as = may_act_as  # which build accounts the caller may act as
         self.requests: list[tuple[str, Any]] = []  # (method, request message)
         self.builds: dict[str, Any] = {}
         self.behaviours: dict[str, BuildBehaviour] = {}
@@ -147,6 +202,9 @@ class FakeCloudBuild:
             context.abort(behaviour.transient_code, f"try again (call {calls})")
         if behaviour.error_code is not None:
             context.abort(behaviour.error_code, behaviour.error_message)
+        refused = _account_problem(request.build, self.may_act_as)
+        if refused is not None:
+            context.abort(*refused)
         build = self._new_build(request)
         op = operations_pb2.Operation(name=f"{_location(request)}/operations/{uuid.uuid4()}")
         op.metadata.Pack(cb.BuildOperationMetadata.pb(cb.BuildOperationMetadata(build=build)))
@@ -170,22 +228,31 @@ class FakeCloudBuild:
     def _get_build(self, request: Any, context: grpc.ServicerContext) -> Any:
         with self._lock:
             self.requests.append(("GetBuild", request))
-            build = self.builds.get(request.id)
-        if build is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"build {request.id} not found")
-        return build
+            return self._routed(request, context)
 
     def _cancel_build(self, request: Any, context: grpc.ServicerContext) -> Any:
         with self._lock:
             self.requests.append(("CancelBuild", request))
-            build = self.builds.get(request.id)
-            timer = self._timers.pop(request.id, None)
-        if build is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"build {request.id} not found")
+            build = self._routed(request, context)
+            timer = self._timers.pop(build.id, None)
         if timer is not None:
             timer.cancel()
-            self._finish(request.id, BuildBehaviour(status="CANCELLED"))
-        return self.builds[request.id]
+            self._finish(build.id, BuildBehaviour(status="CANCELLED"))
+        return self.builds[build.id]
+
+    def _routed(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The build `request` reaches, given its name or legacy path and routing header."""
+        if request.name:
+            name = request.name
+            location = name.split("/")[3] if name.count("/") == 5 else ""
+            if location != "global" and _routing_location(context) != location:
+                context.abort(grpc.StatusCode.NOT_FOUND, "Requested entity was not found.")
+        else:
+            name = f"projects/{request.project_id}/locations/global/builds/{request.id}"
+        build = self.builds.get(name.rsplit("/", 1)[-1])
+        if build is None or build.name != name:
+            context.abort(grpc.StatusCode.NOT_FOUND, "Requested entity was not found.")
+        return build
 
     def _list_builds(self, request: Any, context: grpc.ServicerContext) -> Any:
         with self._lock:
@@ -215,6 +282,9 @@ class FakeCloudBuild:
             self.requests.append(("GetOperation", request))
             op = self._operations.get(request.name)
             copy = operations_pb2.Operation.FromString(op.SerializeToString()) if op else None
+        location = request.name.split("/")[3] if request.name.count("/") == 5 else ""
+        if location not in ("", "global") and _routing_location(context) != location:
+            copy = None  # looked up in global: googleapis/google-cloud-python#12123
         if copy is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"operation {request.name} not found")
         return copy
@@ -279,6 +349,17 @@ def _matches(build: Any, field: str, value: str) -> bool:
     if field == "tags":
         return value in build.tags
     return bool(cb.Build.Status(build.status).name == value)
+
+
+def _routing_location(context: grpc.ServicerContext) -> str:
+    """The `location` of the request's x-goog-request-params header, or ""."""
+    for key, value in context.invocation_metadata():
+        if key == "x-goog-request-params":
+            for part in str(value).split("&"):
+                field, _, text = part.partition("=")
+                if field == "location":
+                    return text
+    return ""
 
 
 def _location(request: Any) -> str:

@@ -12,6 +12,13 @@ and `latest_ready_revision` when it is ready). `traffic` (empty: all to the late
 revision) is checked against the service's revisions, so a revision that is not there, or
 not ready, is refused with INVALID_ARGUMENT, and it is reported in `traffic_statuses`.
 An update that only moves traffic makes no revision and is ready when its targets are.
+
+Strict where Cloud Run is strict, each rule citing its source: CPU, memory, billing,
+concurrency, traffic and tags (`run_rules`: INVALID_ARGUMENT); actAs on the revision's
+account, the Compute Engine default one when empty (PERMISSION_DENIED); secret access of
+that account (the operation fails, code 13); IAM policies with etags, setting them needs
+run.services.setIamPolicy (`run_access`). With `serve_urls`, each service URL is a local
+`identity.Ingress` that admits only what Cloud Run would (invoker and ID token).
 """
 
 from __future__ import annotations
@@ -29,8 +36,20 @@ from typing import Any
 
 import grpc
 from google.cloud import run_v2
+from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2, status_pb2
+
+from tests.fakes_google.identity import Ingress, TokenAuthority
+from tests.fakes_google.run_access import (
+    PROJECT_NUMBER,
+    WORKER_PERMISSIONS,
+    IamPolicies,
+    refusal,
+    secret_problem,
+    user_managed,
+)
+from tests.fakes_google.run_rules import traffic_problems
 
 SERVICES = "google.cloud.run.v2.Services"
 OPERATIONS = "google.longrunning.Operations"
@@ -38,7 +57,6 @@ _MUTATIONS = ("CreateService", "UpdateService", "DeleteService")
 _READY = run_v2.Condition.State.CONDITION_SUCCEEDED
 _FAILED = run_v2.Condition.State.CONDITION_FAILED
 _LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
-_BY_REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 
 
 @dataclass
@@ -59,14 +77,29 @@ class RunBehaviour:
     latency: float = 0.0  # seconds until an operation is done
     readiness_failure: str = ""  # message of a FAILED Ready condition
     readiness_as_operation_error: bool = True
+    readiness_code: int = code_pb2.FAILED_PRECONDITION  # of the failed operation
     transient_errors: int = 0  # the first k Create/Update/Delete calls fail with transient_code
     transient_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     error_code: grpc.StatusCode | None = None  # every Create/Update/Delete fails with this
     error_message: str = "invalid service"
 
 
-class FakeCloudRun:
-    def __init__(self) -> None:
+class FakeCloudRun(IamPolicies):
+    def __init__(
+        self,
+        *,
+        permissions: frozenset[str] = WORKER_PERMISSIONS,
+        may_act_as: Any = user_managed,
+        serve_urls: bool = False,
+        authority: TokenAuthority | None = None,
+    ) -> None:
+        self.permissions = permissions  # the caller's (the worker's) on services
+        self.may_act_as = may_act_as  # account email -> bool
+        self.secret_readers: dict[str, set[str]] = {}  # projects/P/secrets/S -> accounts
+        self.policies: dict[str, policy_pb2.Policy] = {}  # service full name -> policy
+        self.serve_urls = serve_urls
+        self.authority = authority or TokenAuthority()
+        self.ingresses: dict[str, Ingress] = {}  # service full name -> its URL's listener
         self.requests: list[tuple[str, Any]] = []
         self.services: dict[str, Any] = {}  # full name -> run_v2.Service
         self.revisions: dict[str, list[Revision]] = {}  # service full name -> oldest first
@@ -97,12 +130,24 @@ class FakeCloudRun:
             "CreateService": (self._create, run_v2.CreateServiceRequest, operation),
             "UpdateService": (self._update, run_v2.UpdateServiceRequest, operation),
             "DeleteService": (self._delete, run_v2.DeleteServiceRequest, operation),
+            "ListServices": (
+                self._list,
+                run_v2.ListServicesRequest,
+                run_v2.ListServicesResponse.serialize,
+            ),
         }
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         service_handlers = {
             name: grpc.unary_unary_rpc_method_handler(fn, request_type.deserialize, serializer)
             for name, (fn, request_type, serializer) in handlers.items()
         }
+        policy = policy_pb2.Policy.SerializeToString
+        service_handlers["GetIamPolicy"] = grpc.unary_unary_rpc_method_handler(
+            self._get_policy, iam_policy_pb2.GetIamPolicyRequest.FromString, policy
+        )
+        service_handlers["SetIamPolicy"] = grpc.unary_unary_rpc_method_handler(
+            self._set_policy, iam_policy_pb2.SetIamPolicyRequest.FromString, policy
+        )
         get_operation = grpc.unary_unary_rpc_method_handler(
             self._get_operation,
             operations_pb2.GetOperationRequest.FromString,
@@ -123,6 +168,12 @@ class FakeCloudRun:
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop(grace=None).wait()
+        for ingress in self.ingresses.values():
+            ingress.stop()
+
+    def grant_secret(self, secret: str, account: str) -> None:
+        """`account` gets roles/secretmanager.secretAccessor on `projects/P/secrets/S`."""
+        self.secret_readers.setdefault(secret, set()).add(account)
 
     # -- RPCs ---------------------------------------------------------------------------
 
@@ -137,6 +188,7 @@ class FakeCloudRun:
     def _create(self, request: Any, context: grpc.ServicerContext) -> Any:
         name = f"{request.parent}/services/{request.service_id}"
         behaviour = self._mutation("CreateService", request, name, context)
+        self._refuse(request.service, name, context)
         with self._lock:
             if name in self.services:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, f"Resource '{name}' already exists")
@@ -145,13 +197,13 @@ class FakeCloudRun:
             service.uid = str(uuid.uuid4())
             service.generation = 1
             service.create_time = datetime.now(UTC)
-            service.uri = _uri(name)
-            service.urls = [service.uri]
+            service.uri, service.urls = self._urls(name)
             return self._settle(service, behaviour, None, context)
 
     def _update(self, request: Any, context: grpc.ServicerContext) -> Any:
         name = request.service.name
         behaviour = self._mutation("UpdateService", request, name, context)
+        self._refuse(request.service, name, context)
         with self._lock:
             current = self.services.get(name)
             if current is None and not request.allow_missing:
@@ -160,8 +212,9 @@ class FakeCloudRun:
             service.uid = current.uid if current else str(uuid.uuid4())
             service.generation = (current.generation if current else 0) + 1
             service.create_time = current.create_time if current else datetime.now(UTC)
-            service.uri = _uri(name)
-            service.urls = [service.uri]
+            service.uri, service.urls = (
+                (current.uri, list(current.urls)) if current else self._urls(name)
+            )
             return self._settle(service, behaviour, current, context)
 
     def _delete(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -175,6 +228,14 @@ class FakeCloudRun:
             op.metadata.Pack(run_v2.Service.pb(service))
             op.response.Pack(run_v2.Service.pb(service))
             return self._store(op, behaviour)
+
+    def _list(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._lock:
+            self.requests.append(("ListServices", request))
+            found = [
+                s for n, s in sorted(self.services.items()) if n.startswith(request.parent + "/")
+            ]
+        return run_v2.ListServicesResponse(services=found)
 
     def _get_operation(self, request: Any, context: grpc.ServicerContext) -> Any:
         with self._lock:
@@ -212,7 +273,7 @@ class FakeCloudRun:
         revisions = self.revisions.setdefault(service.name, [])
         known = {r.id: r for r in revisions}
         targets = list(service.traffic) or [run_v2.TrafficTarget(type_=_LATEST, percent=100)]
-        problem = _traffic_problem(targets, known)
+        problem = traffic_problems(service.name.rsplit("/", 1)[-1], targets, known)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         # Output-only fields come from what Cloud Run knows, never from the request.
@@ -220,6 +281,14 @@ class FakeCloudRun:
         service.latest_ready_revision = previous.latest_ready_revision if previous else ""
         failed = False
         if previous is None or _changed(previous.template, service.template):
+            secret_problem = self._secret_problem(service)
+            if secret_problem:
+                # Observed: the operation fails with code 13 (terraform-docs-samples#168).
+                behaviour = RunBehaviour(
+                    latency=behaviour.latency,
+                    readiness_failure=secret_problem,
+                    readiness_code=code_pb2.INTERNAL,
+                )
             failed = bool(behaviour.readiness_failure)
             revision = self._new_revision(service, revisions, ready=not failed)
             service.latest_created_revision = revision.name
@@ -249,11 +318,39 @@ class FakeCloudRun:
         op = self._operation(service.name)
         op.metadata.Pack(run_v2.Service.pb(service))
         if failed and behaviour.readiness_as_operation_error:
-            error = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=_why(service))
+            error = status_pb2.Status(code=behaviour.readiness_code, message=_why(service))
             op.error.CopyFrom(error)
         else:
             op.response.Pack(run_v2.Service.pb(service))
         return self._store(op, behaviour)
+
+    def _refuse(self, service: Any, name: str, context: grpc.ServicerContext) -> None:
+        """Refuse what Cloud Run refuses before it starts an operation."""
+        refused = refusal(service, self.may_act_as)
+        if refused is not None:
+            context.abort(*refused)
+
+    def _secret_problem(self, service: Any) -> str:
+        return secret_problem(service, self.secret_readers)
+
+    def _urls(self, name: str) -> tuple[str, list[str]]:
+        """(uri, urls) of a new service: the deterministic URL
+        https://SERVICE-PROJECT_NUMBER.REGION.run.app and the older hashed one; with
+        `serve_urls`, a local ingress first, which is then the uri (lock held)."""
+        parts = name.split("/")
+        deterministic = f"https://{parts[5]}-{PROJECT_NUMBER}.{parts[3]}.run.app"
+        urls = [deterministic, _uri(name)]
+        if self.serve_urls:
+            ingress = self.ingresses.get(name)
+            if ingress is None:
+                ingress = Ingress(
+                    self.authority,
+                    lambda: self.invokers(name),
+                    lambda: list(self.services[name].urls) if name in self.services else [],
+                )
+                self.ingresses[name] = ingress
+            urls.insert(0, ingress.url)
+        return urls[0] if self.serve_urls else urls[1], urls
 
     def _new_revision(self, service: Any, revisions: list[Revision], *, ready: bool) -> Revision:
         service_id = service.name.rsplit("/", 1)[-1]
@@ -278,21 +375,6 @@ class FakeCloudRun:
 
 def _changed(old: Any, new: Any) -> bool:
     return bool(run_v2.RevisionTemplate.serialize(old) != run_v2.RevisionTemplate.serialize(new))
-
-
-def _traffic_problem(targets: list[Any], revisions: dict[str, Revision]) -> str:
-    """Why Cloud Run would refuse `targets`, or ""."""
-    if sum(t.percent for t in targets) != 100:
-        return f"traffic percentages add up to {sum(t.percent for t in targets)}, not 100"
-    for target in targets:
-        if target.type_ != _BY_REVISION:
-            continue
-        revision = revisions.get(target.revision)
-        if revision is None:
-            return f"Revision '{target.revision}' referenced in traffic not found"
-        if not revision.ready:
-            return f"Revision '{target.revision}' referenced in traffic is not ready"
-    return ""
 
 
 def _uri(name: str) -> str:

@@ -30,6 +30,7 @@ from tests.fakes_google.gcs_server import FakeGcs
 __all__ = [
     "FAKE_PROJECT",
     "FAKE_REGION",
+    "RUNTIME_ACCOUNT",
     "SOURCE_BUCKET",
     "cloudbuild_client",
     "cloudrun_client",
@@ -42,6 +43,8 @@ __all__ = [
 FAKE_PROJECT = "archdeploy-fake"
 FAKE_REGION = "europe-west1"
 SOURCE_BUCKET = "archdeploy-fake-sources"
+# What terraform creates and sets as ARCHDEPLOY_DEFAULT_SERVICE_ACCOUNT.
+RUNTIME_ACCOUNT = f"archdeploy-runtime@{FAKE_PROJECT}.iam.gserviceaccount.com"
 
 
 @pytest.fixture
@@ -100,6 +103,7 @@ def gcp_deployer(cloudbuild_client: Any, cloudrun_client: Any, fake_gcs: FakeGcs
         retry_attempts=4,
         retry_base_delay=0.01,
         poll_interval=0.01,
+        default_service_account=RUNTIME_ACCOUNT,
     )
     yield deployer
     deployer.close()

@@ -2,8 +2,10 @@
 
 Point the client at it with `STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT` (the client
 then uses anonymous credentials). Serves what the deployer uses: bucket get, object
-metadata get, media download and multipart upload (the client's choice for objects up
-to 8 MiB), with `ifGenerationMatch` preconditions and the crc32c/md5 the client checks.
+metadata get, media download, multipart upload (the client's choice for objects up to
+8 MiB) and resumable upload (`blob.open("wb")`, which streams in chunks: a POST starting
+a session answered with its `Location`, PUTs of `Content-Range` chunks answered 308 until
+the last), with `ifGenerationMatch` preconditions and the crc32c/md5 the client checks.
 Objects live in memory; every request is recorded in `requests`.
 """
 
@@ -25,6 +27,7 @@ import google_crc32c
 _BUCKET = re.compile(r"^/storage/v1/b/(?P<bucket>[^/]+)$")
 _OBJECT = re.compile(r"^/(?:download/)?storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>.+)$")
 _UPLOAD = re.compile(r"^/upload/storage/v1/b/(?P<bucket>[^/]+)/o$")
+_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
 
 @dataclass
@@ -70,6 +73,8 @@ class FakeGcs:
         self.url = ""
         self._lock = threading.Lock()
         self._generation = 1_700_000_000_000_000
+        self._sessions: list[tuple[str, dict[str, Any], dict[str, list[str]], bytearray]] = []
+        self.chunks: list[int] = []  # sizes of the resumable chunks received
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -90,8 +95,9 @@ class FakeGcs:
             return self.objects[(bucket, name)]
 
     def uploads(self) -> list[Request]:
+        """The uploads started (a multipart upload, or a resumable session)."""
         with self._lock:
-            return [r for r in self.requests if r.path.startswith("/upload/")]
+            return [r for r in self.requests if r.path.startswith("/upload/storage/")]
 
     def start(self) -> str:
         fake = self
@@ -128,10 +134,14 @@ class FakeGcs:
             return self._get_object(unquote(match["bucket"]), unquote(match["name"]), query)
         if method == "POST" and (match := _UPLOAD.match(path)):
             kind = query.get("uploadType", [""])[0]
-            if kind != "multipart":
-                return _error(501, f"the fake supports multipart uploads only, not {kind!r}")
             bucket = unquote(match["bucket"])
+            if kind == "resumable":
+                return self._start_session(bucket, body, query)
+            if kind != "multipart":
+                return _error(501, f"the fake supports multipart and resumable, not {kind!r}")
             return self._insert(bucket, headers.get("content-type", ""), body, query)
+        if method == "PUT" and path == "/upload/session" and "upload_id" in query:
+            return self._chunk(query["upload_id"][0], headers.get("content-range", ""), body)
         return _error(404, f"the fake does not serve {method} {path}")
 
     def _get_bucket(self, bucket: str) -> tuple[int, Any]:
@@ -151,10 +161,43 @@ class FakeGcs:
             return 200, stored
         return 200, stored.resource()
 
+    def _start_session(
+        self, bucket: str, body: bytes, query: dict[str, list[str]]
+    ) -> tuple[int, Any]:
+        metadata = json.loads(body or b"{}")
+        metadata.setdefault("name", query.get("name", [""])[0])
+        with self._lock:
+            self._sessions.append((bucket, metadata, query, bytearray()))
+            upload_id = len(self._sessions) - 1
+        return 200, {"__location__": f"{self.url}/upload/session?upload_id={upload_id}"}
+
+    def _chunk(self, upload_id: str, content_range: str, body: bytes) -> tuple[int, Any]:
+        bucket, metadata, query, received = self._sessions[int(upload_id)]
+        match = _RANGE.fullmatch(content_range.strip())
+        if match is None:
+            return _error(400, f"bad Content-Range {content_range!r}")
+        if match[1] is not None and int(match[1]) != len(received):
+            return _error(400, f"chunk starts at {match[1]}, not at {len(received)}")
+        received += body
+        self.chunks.append(len(body))
+        if match[3] == "*":  # not the last chunk
+            return 308, {"__range__": f"bytes=0-{len(received) - 1}"}
+        return self._store(bucket, metadata, "application/octet-stream", bytes(received), query)
+
     def _insert(
         self, bucket: str, content_type: str, body: bytes, query: dict[str, list[str]]
     ) -> tuple[int, Any]:
         metadata, media_type, data = _multipart(content_type, body)
+        return self._store(bucket, metadata, media_type, data, query)
+
+    def _store(
+        self,
+        bucket: str,
+        metadata: dict[str, Any],
+        media_type: str,
+        data: bytes,
+        query: dict[str, list[str]],
+    ) -> tuple[int, Any]:
         name = metadata["name"]
         sent_crc = metadata.get("crc32c")
         if sent_crc and base64.b64decode(sent_crc) != google_crc32c.Checksum(data).digest():
@@ -201,6 +244,12 @@ class _Handler(BaseHTTPRequestHandler):
             md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
             headers["x-goog-hash"] = f"crc32c={crc},md5={md5}"
             headers["x-goog-generation"] = str(payload.generation)
+        elif isinstance(payload, dict) and ("__location__" in payload or "__range__" in payload):
+            if "__location__" in payload:
+                headers["location"] = payload["__location__"]
+            else:
+                headers["range"] = payload["__range__"]
+            data, content_type = b"", "text/plain"
         else:
             data = json.dumps(payload).encode()
             content_type = "application/json; charset=UTF-8"

@@ -139,6 +139,12 @@ def test_the_example_deploys_through_pubsub_firestore_cloud_build_and_cloud_run(
     for name in ("ingest", "enrich", "notify"):
         assert env[name]["SERVICE_DIRECTOR_URL"] == result.urls["director"]
         assert env[name]["PROJECT_ID"] == "archdeploy-demo"
+    # and each of them may call it: Cloud Run requires roles/run.invoker of the caller
+    director = "projects/archdeploy-demo/locations/europe-west1/services/director"
+    assert fake_cloudrun.invokers(director) == {
+        f"serviceAccount:{name}-sa@archdeploy-demo.iam.gserviceaccount.com"
+        for name in ("ingest", "enrich", "notify")
+    }
     image_by_service = {c.service_id: c.service.template.containers[0].image for c in created}
     assert image_by_service == result.images
 

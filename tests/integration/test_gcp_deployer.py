@@ -324,8 +324,13 @@ def test_a_build_that_outlasts_the_timeout_is_cancelled(
 
     (cancel,) = fake_cloudbuild.calls("CancelBuild")
     (build,) = fake_cloudbuild.builds.values()
-    assert cancel.id == build.id and cancel.name == build.name
+    # By its full name only: the legacy path (project_id, id) reaches `global`, not the region
+    assert (cancel.name, cancel.id, cancel.project_id) == (build.name, "", "")
+    assert build.name.startswith(f"projects/{FAKE_PROJECT}/locations/{FAKE_REGION}/builds/")
     assert build.status == cloudbuild_v1.Build.Status.CANCELLED
+    # polled by GetBuild(name), never through the operation (google-cloud-python#12123)
+    assert {get.name for get in fake_cloudbuild.calls("GetBuild")} == {build.name}
+    assert fake_cloudbuild.calls("GetOperation") == []
 
 
 def test_transient_unavailable_errors_are_retried_until_the_build_is_created(
@@ -386,24 +391,26 @@ def test_submit_build_returns_the_build_id_without_waiting(
     build_id = gcp_deployer.submit_build("ingest", spec, target=BUILD_TARGET)
 
     assert time.monotonic() - started < 5
-    assert list(fake_cloudbuild.builds) == [build_id]
-    assert fake_cloudbuild.builds[build_id].status == cloudbuild_v1.Build.Status.QUEUED
+    (build,) = fake_cloudbuild.builds.values()
+    assert build_id == build.name  # projects/P/locations/L/builds/ID: reaches the region
+    assert build.status == cloudbuild_v1.Build.Status.QUEUED
     assert fake_cloudbuild.calls("GetOperation") == []
 
 
-def test_a_submitted_build_is_cancelled_by_its_id(
+def test_a_submitted_build_is_cancelled_by_its_full_name(
     gcp_deployer: GcpDeployer, fake_cloudbuild: FakeCloudBuild, tmp_path: Path
 ) -> None:
     # Given a build submitted and still running
     assert isinstance(gcp_deployer, BuildSubmitter)
     fake_cloudbuild.behave("ingest", latency=30)
     spec = DeploymentSpec(source_path=str(_source(tmp_path)))
-    build_id = gcp_deployer.submit_build("ingest", spec, target=BUILD_TARGET)
-    # When the run that submitted it cancels it
-    gcp_deployer.cancel_build(build_id)
-    # Then Cloud Build was asked to cancel that build, and it ended cancelled
+    name = gcp_deployer.submit_build("ingest", spec, target=BUILD_TARGET)
+    # When the run that submitted it cancels it, by the full name submit_build returned
+    gcp_deployer.cancel_build(name)
+    # Then Cloud Build was asked to cancel that build where it runs, and it ended cancelled
     (cancel,) = fake_cloudbuild.calls("CancelBuild")
-    assert cancel.id == build_id and cancel.project_id == FAKE_PROJECT
+    assert cancel.name == name and name.startswith(f"projects/{FAKE_PROJECT}/locations/")
+    build_id = name.rsplit("/", 1)[1]
     assert fake_cloudbuild.builds[build_id].status == cloudbuild_v1.Build.Status.CANCELLED
 
 
@@ -422,7 +429,7 @@ def test_the_task_id_round_trips_through_valid_build_tags(
 
     tags = list(fake_cloudbuild.calls("CreateBuild")[0].build.tags)
     assert all(TAG_RULE.match(tag) for tag in tags), tags
-    assert task_id_from_build(fake_cloudbuild.builds[build_id]) == task_id
+    assert task_id_from_build(fake_cloudbuild.builds[build_id.rsplit("/", 1)[-1]]) == task_id
 
 
 def test_a_successful_build_notification_names_the_task_and_the_pinned_image(
@@ -442,7 +449,7 @@ def test_a_successful_build_notification_names_the_task_and_the_pinned_image(
         "run-1",
         "ingest",
     )
-    assert parsed.build_id == published[-1].id
+    assert parsed.build_id == published[-1].name  # as submit_build returned it
     assert (parsed.status, parsed.image, parsed.error) == ("succeeded", image, "")
 
 
@@ -459,7 +466,8 @@ def test_a_failed_build_notification_carries_the_detail_and_log_url(
 
     assert parsed is not None
     assert (parsed.status, parsed.build_id, parsed.image) == ("failed", build_id, "")
-    assert parsed.error.startswith(f"building ingest: build {build_id} ended FAILURE: step 0")
+    short_id = build_id.rsplit("/", 1)[-1]
+    assert parsed.error.startswith(f"building ingest: build {short_id} ended FAILURE: step 0")
     assert published[-1].log_url in parsed.error
 
 
@@ -469,7 +477,7 @@ def test_notifications_of_running_or_foreign_builds_are_ignored(
     fake_cloudbuild.behave("ingest", latency=30)
     spec = DeploymentSpec(source_path=str(_source(tmp_path)))
     build_id = gcp_deployer.submit_build("ingest", spec, target=BUILD_TARGET)
-    queued = fake_cloudbuild.builds[build_id]
+    queued = fake_cloudbuild.builds[build_id.rsplit("/", 1)[-1]]
     foreign = cloudbuild_v1.Build(id="f-1", status="SUCCESS", tags=["nightly", "ad-svc-x"])
 
     assert parse_build_notification(*notification(queued)) is None
@@ -543,6 +551,9 @@ def test_the_service_template_carries_the_whole_spec(
         labels={"Team": "Data Eng", "cost_center": "42"},
         health_check=HealthCheck(port=8081, path="/healthz"),
     )
+    runner = f"runner@{FAKE_PROJECT}.iam.gserviceaccount.com"
+    fake_cloudrun.grant_secret(f"projects/{FAKE_PROJECT}/secrets/db-password", runner)
+    fake_cloudrun.grant_secret("projects/p/secrets/api-key", runner)
 
     gcp_deployer.deploy_service("ingest", "runner", spec, target=target)
 
@@ -560,6 +571,8 @@ def test_the_service_template_carries_the_whole_spec(
     pinned = secrets["API_KEY"].value_source.secret_key_ref
     assert (pinned.secret, pinned.version) == ("projects/p/secrets/api-key", "3")
     assert dict(container.resources.limits) == {"cpu": "1", "memory": "512Mi"}
+    assert container.resources.cpu_idle  # request-based billing, as when nothing is set
+    assert service.template.max_instance_request_concurrency == 0  # Cloud Run's default
     assert [p.container_port for p in container.ports] == [8081]
     assert container.startup_probe.http_get.path == "/healthz"
     scaling = service.template.scaling
@@ -699,3 +712,33 @@ def test_importing_and_constructing_the_deployer_loads_no_google_sdk() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_source_is_streamed_in_chunks_and_staged_byte_for_byte_as_packed(
+    fake_gcs: FakeGcs, tmp_path: Path
+) -> None:
+    import random
+
+    from shared.adapters.gcp.retry import RetryPolicy
+    from shared.adapters.gcp.source_archive import SourceStager
+
+    fake_gcs.create_bucket(SOURCE_BUCKET)
+    source = _source(tmp_path)
+    # incompressible, so the archive spans several 256 KiB chunks
+    (source / "blob.bin").write_bytes(random.Random(7).randbytes(700 * 1024))
+    import google.cloud.storage as storage
+
+    stager = SourceStager(
+        lambda: storage.Client(project=FAKE_PROJECT),
+        SOURCE_BUCKET,
+        RetryPolicy(attempts=2, base_delay=0.01),
+        region=FAKE_REGION,
+        chunk_bytes=256 * 1024,
+    )
+
+    staged = stager.stage("ingest", DeploymentSpec(source_path=str(source)), "building ingest")
+
+    expected = pack_source(source)
+    stored = fake_gcs.objects[(SOURCE_BUCKET, staged.object_name)]
+    assert stored.data == expected.data and staged.sha256 == expected.sha256
+    assert len(fake_gcs.chunks) >= 3 and max(fake_gcs.chunks) <= 256 * 1024

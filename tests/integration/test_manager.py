@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from shared.errors import DeploymentError
@@ -36,8 +38,11 @@ def test_build_all_services_builds_every_dataflow_and_the_director() -> None:
 
 
 def test_build_all_services_raises_one_error_listing_every_failed_build() -> None:
-    # Long enough that every build has started before the first failure is known.
-    deployer = FakeDeployer(build_seconds=0.05, fail_build={"ingest": "boom", "notify": "bang"})
+    # Every build is in flight before any fails (a barrier of the four), so both failures
+    # happen and are reported, whatever the machine's load.
+    deployer = FakeDeployer(
+        build_gate=threading.Barrier(4), fail_build={"ingest": "boom", "notify": "bang"}
+    )
     with pytest.raises(DeploymentError) as caught:
         DeploymentManager(architecture(), deployer).build_all_services()
     error = caught.value

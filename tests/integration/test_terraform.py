@@ -369,9 +369,30 @@ def test_no_iam_grant_is_authoritative_over_the_project() -> None:
     authoritative = [
         f"{rtype}.{name}"
         for rtype, name, _ in _iam_resources()
-        if rtype.startswith("google_project_iam_") and not rtype.endswith("_member")
+        if rtype.startswith("google_project_iam_")
+        and not rtype.endswith(("_member", "_custom_role"))  # a custom role grants nothing
     ]
     assert not authoritative
+
+
+def test_the_worker_may_set_invoker_bindings_with_a_role_of_just_that() -> None:
+    # run/docs/securing/managing-access: roles/run.developer "Can get but not set IAM
+    # policies"; the worker grants roles/run.invoker on the services it wires together.
+    (role,) = _resources("google_project_iam_custom_role").values()
+    assert sorted(role["permissions"]) == ["run.services.getIamPolicy", "run.services.setIamPolicy"]
+    grant = _resources("google_project_iam_member")["worker_run_invoker_admin"]
+    assert "run_invoker_admin" in grant["role"] and "worker" in grant["member"]
+
+
+def test_builds_run_as_a_builder_account_the_worker_may_act_as() -> None:
+    # Since 2024 new projects' builds default to the Compute Engine account ("Cloud Build
+    # default service account change"); the worker names archdeploy-builder instead.
+    assert "builder" in _locals()["service_accounts"]
+    assert "archdeploy-builder@" in str(_locals()["cloud_build_account"])
+    assert _locals()["build_account_needs_act_as"] is True
+    for key in ("worker",):
+        env = _function_env(key)
+        assert {"ARCHDEPLOY_BUILD_SERVICE_ACCOUNT", "ARCHDEPLOY_DEFAULT_SERVICE_ACCOUNT"} <= env
 
 
 def test_only_the_webhook_function_has_a_public_invoker() -> None:
@@ -524,9 +545,13 @@ DISTRIBUTIONS = {
     "google.cloud.firestore_v1": "google-cloud-firestore",
     "google.cloud.devtools": "google-cloud-build",
     "google.cloud.run_v2": "google-cloud-run",
+    # Cloud Run's IAM messages: grpc-google-iam-v1, which google-cloud-run requires and
+    # imports itself (its Services client has Get/SetIamPolicy).
+    "google.iam.v1": "google-cloud-run",
     "google.cloud.storage": "google-cloud-storage",
     "click": "click",
     "rich": "rich",
+    "pathspec": "pathspec",
 }
 CLI_ONLY = {"click", "rich"}
 

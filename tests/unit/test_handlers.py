@@ -83,20 +83,23 @@ def test_a_dataflow_filter_deploys_only_that_dataflow() -> None:
     assert sorted(result.services) == ["director", "notify"]
 
 
-def test_a_failed_build_deploys_nothing_and_every_build_error_is_reported() -> None:
+def test_a_failed_build_deploys_nothing_and_the_builds_queued_behind_it_never_start() -> None:
+    # The fake bus runs one task at a time: director, ingest, enrich, notify.
     deployer = FakeDeployer(fail_build={"ingest": "no Dockerfile", "notify": "syntax error"})
     system = System(deployer)
     result = system.run(architecture())
     assert result.status is RunStatus.FAILED
     assert system.deployer.deploys == []
+    assert [name for name, _ in deployer.built] == ["director"]
     errors = {(e.service, e.phase): e.error for e in result.errors}
     assert errors == {
         ("ingest", Phase.BUILD): "building ingest: no Dockerfile",
-        ("notify", Phase.BUILD): "building notify: syntax error",
+        ("enrich", Phase.BUILD): "not started: build of ingest failed",
+        ("notify", Phase.BUILD): "not started: build of ingest failed",
     }
     # What did build is kept beside the errors.
-    assert sorted(result.images) == ["director", "enrich"]
-    assert result.services["enrich"].status == "not deployed"
+    assert sorted(result.images) == ["director"]
+    assert result.services["director"].status == "not deployed"
 
 
 def test_deploy_failures_do_not_stop_other_deploys_and_are_all_reported() -> None:

@@ -32,7 +32,7 @@ SOURCE = {
     "main.py": "print('hello')\n",
     "lib/util.py": "VALUE = 1\n",
     "static/logo.txt": "logo\n",
-    ".dockerignore": "# local noise\n*.log\n",
+    ".dockerignore": "# local noise (Docker rules: anchored, so any depth is **/)\n**/*.log\n",
     ".gcloudignore": "docs/\n",
 }
 

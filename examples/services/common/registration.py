@@ -4,9 +4,24 @@ Copied into each service's build as `registration.py` by the architecture's
 `config_templates`, so each service image stays self-contained. Stdlib only.
 
 A service registers with the director at $SERVICE_DIRECTOR_URL in a background thread,
-every 0.5 s for up to 20 s, under the name $SERVICE_NAME (else $K_SERVICE) and the URL
-$SERVICE_URL (else http://127.0.0.1:$PORT). GET /healthz answers 200 once registered,
-503 before: a deployer waiting for health waits for registration.
+every 0.5 s for up to 20 s, under the name $SERVICE_NAME (else $K_SERVICE) and its own URL.
+GET /healthz answers 200 once registered, 503 before: a deployer waiting for health waits
+for registration.
+
+On Cloud Run ($K_SERVICE set), both ends of the call need Google:
+- The director accepts only callers with an ID token whose audience is its URL and whose
+  account holds roles/run.invoker on it (archdeploy grants that to every service handed
+  the director's URL). The token comes from the metadata server
+  (https://cloud.google.com/docs/authentication/get-id-token, metadata server:
+  .../service-accounts/default/identity?audience=URL, header Metadata-Flavor: Google);
+  $GCE_METADATA_HOST overrides its address, as in Google's own libraries. When the
+  metadata server does not answer, the call goes without a token (and the director says
+  why it refused).
+- The URL registered must reach the service on Cloud Run: $SERVICE_URL when set, else the
+  service's deterministic URL https://$K_SERVICE-PROJECT_NUMBER.REGION.run.app
+  (https://cloud.google.com/run/docs/triggering/https-request, "Deterministic URL"),
+  from the metadata server's project number and region. Off Cloud Run it is
+  http://127.0.0.1:$PORT, which only the local deployer's processes can reach.
 """
 
 from __future__ import annotations
@@ -17,6 +32,7 @@ import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +42,55 @@ log = logging.getLogger("registration")
 
 REGISTER_EVERY = 0.5  # seconds
 REGISTER_FOR = 20.0  # seconds
+METADATA_TIMEOUT = 2.0  # seconds
+
+
+_NO_METADATA = threading.Event()  # set once it did not answer: not asked again
+
+
+def metadata(path: str) -> str | None:
+    """A value from the metadata server (`path` under /computeMetadata/v1/), or None when it
+    does not answer: off Google Cloud, or not reachable (then it is not asked again)."""
+    if _NO_METADATA.is_set():
+        return None
+    host = os.environ.get("GCE_METADATA_HOST") or "metadata.google.internal"
+    request = urllib.request.Request(
+        f"http://{host}/computeMetadata/v1/{path}", headers={"Metadata-Flavor": "Google"}
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=METADATA_TIMEOUT) as response:
+            return str(response.read().decode())
+    except urllib.error.HTTPError as exc:  # it answered: this path, not the server, failed
+        exc.close()
+        log.warning("metadata %s: %s", path, exc)
+        return None
+    except (OSError, ValueError) as exc:
+        log.info("no metadata server (%s): not on Google Cloud", exc)
+        _NO_METADATA.set()
+        return None
+
+
+def id_token(audience: str) -> str | None:
+    """An ID token for `audience` on Cloud Run; None elsewhere."""
+    if not os.environ.get("K_SERVICE"):
+        return None
+    query = urllib.parse.urlencode({"audience": audience})
+    return metadata(f"instance/service-accounts/default/identity?{query}")
+
+
+def own_url(port: int) -> str:
+    """The URL others reach this service at (see the module doc)."""
+    if os.environ.get("SERVICE_URL"):
+        return os.environ["SERVICE_URL"]
+    service = os.environ.get("K_SERVICE")
+    if service:
+        number = metadata("project/numeric-project-id")
+        region = metadata("instance/region")  # projects/NUMBER/regions/REGION
+        if number and region:
+            return f"https://{service}-{number}.{region.rsplit('/', 1)[-1]}.run.app"
+    return f"http://127.0.0.1:{port}"
+
 
 Route = Callable[["ServiceHandler"], tuple[int, dict[str, Any]]]
 
@@ -57,11 +122,14 @@ class Registration:
 
     def _post(self) -> None:
         body = json.dumps({"name": self.name, "url": self.url}).encode()
-        request = urllib.request.Request(
-            f"{self.director}/register", data=body, headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
+        token = id_token(self.director)  # Cloud Run: audience = the director's URL
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(f"{self.director}/register", data=body, headers=headers)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:
+            with opener.open(request, timeout=2) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
             exc.close()
@@ -126,7 +194,7 @@ def serve(handler: type[ServiceHandler], port: int | None = None) -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(message)s")
     port = port or int(os.environ.get("PORT", "8080"))
     name = os.environ.get("SERVICE_NAME") or os.environ.get("K_SERVICE") or "unnamed"
-    url = os.environ.get("SERVICE_URL") or f"http://127.0.0.1:{port}"
+    url = own_url(port)
     handler.registration = Registration(name, url, os.environ.get("SERVICE_DIRECTOR_URL", ""))
     # All interfaces, as Cloud Run requires; the local deployer only probes 127.0.0.1.
     server = ThreadingHTTPServer(("", port), handler)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from shared.adapters.gcp.cloud_build import parse_build_notification
+from shared.adapters.gcp.cloud_build import parse_build_notification, task_of_build_event
 from shared.core.aggregator import record_completion
+from shared.core.control import fail_task
+from shared.core.handlers import on_dead_letter
 from shared.core.runtime import Runtime
 from shared.messages import Phase, TaskCompletion, TaskStatus
 
@@ -38,3 +40,20 @@ def on_build_event(
         worker="cloud-build",
     )
     record_completion(completion, rt)
+
+
+def on_dead_message(
+    data: bytes, attributes: Mapping[str, str], rt: Runtime, message_id: str = ""
+) -> None:
+    """The `dead_letters` entry point: a dead-lettered `cloud-builds` event fails its build
+    task at once (its tags name the task) instead of leaving the run to wait for the build
+    deadline; any other message goes to the core's `on_dead_letter`."""
+    found = task_of_build_event(data, attributes) if attributes.get("buildId") else None
+    if found is None:
+        if not attributes.get("buildId"):
+            on_dead_letter(data, attributes, rt, message_id)
+        return
+    run_id, task_id, build = found
+    log.error("build event %s of build %s was dead-lettered", message_id, build)
+    why = f"the status event of build {build} was dead-lettered after repeated failures"
+    fail_task(run_id, task_id, why, rt)

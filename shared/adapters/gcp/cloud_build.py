@@ -206,8 +206,17 @@ def build_resource(
     build_dir: str,
     tags: list[str],
     timeout: float,
+    service_account: str = "",
 ) -> Any:
-    """The `cloudbuild_v1.Build` to create: one docker or pack step, pushing `image`."""
+    """The `cloudbuild_v1.Build` to create: one docker or pack step, pushing `image`.
+
+    With `service_account` (projects/P/serviceAccounts/EMAIL, `account_resource`) the
+    build runs as that account, and then logs to
+    Cloud Logging only: "if 'build.service_account' is specified, the build must either (a)
+    specify 'build.logs_bucket', (b) use the REGIONAL_USER_OWNED_BUCKET ... or (c) use
+    either CLOUD_LOGGING_ONLY / NONE logging options" (Cloud Build's answer otherwise;
+    cloud.google.com/build/docs/securing-builds/configure-user-specified-service-accounts).
+    """
     from google.cloud.devtools import cloudbuild_v1 as cb
 
     if dockerfile:
@@ -219,13 +228,37 @@ def build_resource(
         step = cb.BuildStep(
             name=PACK_STEP, entrypoint="pack", args=[*args, "--network", "cloudbuild"]
         )
-    return cb.Build(
+    build = cb.Build(
         source=cb.Source(storage_source=cb.StorageSource(bucket=bucket, object_=object_name)),
         steps=[step],
         images=[image],  # Cloud Build pushes these and reports their digests
         tags=tags,
         timeout=timedelta(seconds=timeout),
     )
+    if service_account:
+        build.service_account = service_account
+        build.options = cb.BuildOptions(logging=cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY)
+    return build
+
+
+def build_name(build: str, project: str, region: str) -> str:
+    """The full name projects/P/locations/L/builds/ID of `build` (a full name, or a bare
+    id of a build in `project` and `region`). Only the full name routes to the build's
+    region: "This method only cancels builds in the "global" region when using the legacy
+    resource path projects/{projectId}/builds/{id}:cancel" (Cloud Build REST reference,
+    projects.builds.cancel)."""
+    if "/builds/" in build:
+        return build
+    return f"projects/{project}/locations/{region}/builds/{build}"
+
+
+def account_resource(email: str, project: str) -> str:
+    """`projects/P/serviceAccounts/EMAIL`, the form Build.service_account requires ("Must be
+    of the format projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}"); P is the account's own
+    project for NAME@P.iam.gserviceaccount.com, else `project` (Google's default accounts)."""
+    domain = email.partition("@")[2]
+    owner = domain.removesuffix(".iam.gserviceaccount.com")
+    return f"projects/{owner if owner != domain else project}/serviceAccounts/{email}"
 
 
 def failure_text(build_id: str, status: str, detail: str, log_url: str) -> str:
@@ -259,7 +292,8 @@ def parse_build_notification(
     if parts is None or (status != SUCCESS and status not in FAILED_STATUSES):
         return None
     run_id, phase, service = parts
-    build_id = str(doc.get("id") or attributes.get("buildId", ""))
+    # The full name, as `submit_build` returned and the store recorded it.
+    build_id = str(doc.get("name") or doc.get("id") or attributes.get("buildId", ""))
     task_id = f"{run_id}:{phase}:{service}"
     image = _pinned_result(doc) if status == SUCCESS else ""
     if image:
@@ -268,8 +302,26 @@ def parse_build_notification(
     if status == SUCCESS:
         detail = "it reported no image digest (the build has no `images` to push)"
     log_url = str(doc.get("logUrl") or "")
-    error = f"building {service}: {failure_text(build_id, status, detail, log_url)}"
+    short_id = build_id.rsplit("/", 1)[-1]
+    error = f"building {service}: {failure_text(short_id, status, detail, log_url)}"
     return BuildNotification(task_id, run_id, service, build_id, "failed", error=error)
+
+
+def task_of_build_event(data: bytes, attributes: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """(run_id, task_id, build name or id) of a `cloud-builds` message about one of
+    archdeploy's builds, whatever its status; None for anything else (not JSON, not a build,
+    not ours). For a dead-lettered build event, whose task must not wait for a deadline."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    parts = task_parts_from_tags(doc.get("tags") or [])
+    if parts is None:
+        return None
+    build = str(doc.get("name") or doc.get("id") or attributes.get("buildId", ""))
+    return parts[0], ":".join(parts), build
 
 
 def _status_name(value: object) -> str:

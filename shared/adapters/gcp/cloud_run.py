@@ -79,8 +79,13 @@ def service_resource(
 
     container = run_v2.Container(image=spec.image, env=_env(spec))
     limits = {key: value for key, value in (("cpu", spec.cpu), ("memory", spec.memory)) if value}
-    if limits:
-        container.resources = run_v2.ResourceRequirements(limits=limits)
+    fractional = cpu_below_one(spec.cpu)
+    # Once `resources` is set, an unset cpu_idle means CPU always allocated (instance-based
+    # billing): ResourceRequirements.cpu_idle, "the caller must explicitly set this field to
+    # true to preserve the default behavior". So it is always sent, from the file.
+    container.resources = run_v2.ResourceRequirements(
+        limits=limits, cpu_idle=not spec.cpu_always_allocated
+    )
     check = target.health_check
     if check is not None and check.port is not None:
         container.ports = [run_v2.ContainerPort(container_port=check.port)]
@@ -88,8 +93,14 @@ def service_resource(
         probe = run_v2.HTTPGetAction(path=check.path, port=check.port or 0)
         container.startup_probe = run_v2.Probe(http_get=probe)
     annotations = {FINGERPRINT_ANNOTATION: fingerprint} if fingerprint else {}
+    # run/docs/configuring/services/cpu, "CPU below 1": concurrency 1, first generation.
+    generation = run_v2.ExecutionEnvironment.EXECUTION_ENVIRONMENT_GEN1 if fractional else 0
     template = run_v2.RevisionTemplate(
-        containers=[container], service_account=service_account, annotations=annotations
+        containers=[container],
+        service_account=service_account,
+        annotations=annotations,
+        max_instance_request_concurrency=1 if fractional else (spec.concurrency or 0),
+        execution_environment=generation,
     )
     if spec.min_instances is not None or spec.max_instances is not None:
         template.scaling = run_v2.RevisionScaling(
@@ -105,6 +116,14 @@ def service_resource(
     return run_v2.Service(
         labels=sanitize_labels(labels), annotations=annotations, template=template, traffic=[latest]
     )
+
+
+def cpu_below_one(cpu: str) -> bool:
+    """Whether a (validated) cpu quantity is a fraction of one vCPU."""
+    if not cpu:
+        return False
+    value = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return value < 1
 
 
 def _env(spec: DeploymentSpec) -> list[Any]:

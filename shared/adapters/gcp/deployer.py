@@ -7,7 +7,7 @@ anything else with Cloud Native Buildpacks; Cloud Build pushes the image to Arti
 Registry and `build` returns it pinned by digest.
 
 Builds can outlast a function's 540 s limit, so a worker uses `submit_build` (returns the
-build id at once) and learns the outcome from the `cloud-builds` topic through
+build's full regional name at once) and learns the outcome from the `cloud-builds` topic through
 `gcp_build.parse_build_notification`. `build` waits, for the CLI and local facades.
 
 Repeated runs skip unchanged work (`IncrementalDeployer`) with no store of its own: a
@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import SimpleNamespace
 from typing import Any
 
 from shared.adapters.gcp.build_cache import CloudBuildCache, build_input
+from shared.adapters.gcp.builds import CloudBuilds
 from shared.adapters.gcp.cloud_build import (
     BuildNotification,
+    account_resource,
+    build_name,
     build_resource,
     build_tags,
     failure_text,
@@ -46,7 +48,8 @@ from shared.adapters.gcp.cloud_run import (
     service_resource,
 )
 from shared.adapters.gcp.cloud_run import service_account_email as full_account_email
-from shared.adapters.gcp.retry import RetryPolicy, describe_api_error
+from shared.adapters.gcp.retry import RetryPolicy
+from shared.adapters.gcp.run_iam import PUBLIC, InvokerGrants
 from shared.adapters.gcp.source_archive import SourceStager, normalize_dir
 from shared.architecture.model import DeploymentSpec
 from shared.deployer import (
@@ -83,11 +86,18 @@ class GcpDeployer:
         retry_attempts: int = 5,
         retry_base_delay: float = 0.5,
         poll_interval: float = 1.0,
+        default_service_account: str = "",
+        build_service_account: str = "",
     ) -> None:
         self.project_id = project_id
         self.region = region
         self.source_bucket = source_bucket.removeprefix("gs://").rstrip("/")
         self.image_repo = image_repo
+        # A service without `service_account` runs as this one (terraform's runtime account,
+        # ARCHDEPLOY_DEFAULT_SERVICE_ACCOUNT) rather than as the Compute Engine default
+        # account, which the worker may not act as.
+        self.default_service_account = default_service_account
+        self.build_service_account = build_service_account  # empty: Cloud Build's default
         self.build_timeout = build_timeout
         self.deploy_timeout = deploy_timeout
         self._retry = RetryPolicy(attempts=retry_attempts, base_delay=retry_base_delay)
@@ -109,6 +119,8 @@ class GcpDeployer:
             timeout=deploy_timeout,
             poll_interval=poll_interval,
         )
+        self._grants = InvokerGrants(lambda: self._client("run"), self._retry)
+        self._builds = CloudBuilds(lambda: self._client("build"), self._retry, poll_interval)
 
     # -- building -----------------------------------------------------------------------
 
@@ -127,18 +139,26 @@ class GcpDeployer:
         return self._await_build(operation, context)
 
     def submit_build(self, service_name: str, spec: DeploymentSpec, *, target: Target) -> str:
-        """Start the build and return its id without waiting for it to finish.
+        """Start the build and return its full name (projects/P/locations/L/builds/ID)
+        without waiting for it to finish: builds are regional, and only the full name
+        reaches a regional build again (`cancel_build`).
 
         Its outcome arrives on the `cloud-builds` topic; see `parse_build_notification`.
         """
         operation = self._create_build(service_name, spec, target, f"building {service_name}")
-        build_id: str = operation.metadata.build.id
-        return build_id
+        name: str = operation.metadata.build.name
+        return name
 
-    def cancel_build(self, build_id: str) -> None:
-        """Cancel a submitted build (`BuildSubmitter`); best effort, like a timed-out one."""
-        build = SimpleNamespace(name="", project_id=self.project_id, id=build_id)
-        self._cancel_build(build, f"cancelling build {build_id}")
+    def cancel_build(self, build: str) -> None:
+        """Cancel a build by its full name (or, as recorded by older versions, its bare id,
+        then taken as a build of this deployer's project and region). A build that has
+        finished already is fine.
+
+        Raises:
+            BackendError: Cloud Build refused or did not answer (NOT_FOUND included: the
+                build is not where its name says).
+        """
+        self._builds.cancel(build_name(build, self.project_id, self.region))
 
     def _create_build(
         self, service_name: str, spec: DeploymentSpec, target: Target, context: str
@@ -160,13 +180,11 @@ class GcpDeployer:
         dockerfile = f"{build_dir}/Dockerfile" if build_dir else "Dockerfile"
         if inputs is not None:
             tags.append(source_tag(inputs.digest))
-            image = inputs.image
-        else:  # a gs:// archive, named by its bytes
-            repo = spec.image_repo or self.image_repo
-            tag = source.sha256[:12]
-            image = spec.image or image_uri(
-                region=region, project=project, repo=repo, service=service_name, tag=tag
-            )
+        image = (
+            inputs.image
+            if inputs
+            else self._archive_image(service_name, spec, source.sha256, (project, region))
+        )
         build = build_resource(
             image=image,
             bucket=source.bucket,
@@ -175,6 +193,7 @@ class GcpDeployer:
             build_dir=build_dir,
             tags=tags,
             timeout=self.build_timeout,
+            service_account=self._build_account(project),
         )
         request = cloudbuild_v1.CreateBuildRequest(
             parent=f"projects/{project}/locations/{region}", project_id=project, build=build
@@ -190,6 +209,19 @@ class GcpDeployer:
             "%s: started build %s of %s (logs: %s)", context, created.id, image, created.log_url
         )
         return operation
+
+    def _archive_image(
+        self, service_name: str, spec: DeploymentSpec, sha256: str, where: tuple[str, str]
+    ) -> str:
+        """A gs:// archive's image, tagged by the archive's bytes."""
+        project, region = where
+        return spec.image or image_uri(
+            region=region,
+            project=project,
+            repo=spec.image_repo or self.image_repo,
+            service=service_name,
+            tag=sha256[:12],
+        )
 
     def cached_image(
         self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
@@ -215,40 +247,28 @@ class GcpDeployer:
         return self._cache.lookup(inputs, project=project, region=region, context=context)
 
     def _await_build(self, operation: Any, context: str) -> str:
-        from google.api_core import exceptions as api
         from google.cloud.devtools import cloudbuild_v1
 
-        build = operation.metadata.build
-        if not self._retry.wait_done(
-            operation, timeout=self.build_timeout, interval=self._poll_interval, context=context
-        ):
-            self._cancel_build(build, context)
+        started = operation.metadata.build
+        # Polled with GetBuild by its full name, not through the operation: the operations
+        # client sends no location routing header, so a regional build's operation is
+        # looked up in global and NOT_FOUND (googleapis/google-cloud-python#12123).
+        build = self._builds.wait(started.name, self.build_timeout, context)
+        if build is None:
+            try:
+                self.cancel_build(started.name)
+            except BackendError as exc:  # best effort: the timeout is the real error
+                log.warning("%s: %s", context, exc)
             raise BackendError(
-                f"{context}: build {build.id} did not finish within {self.build_timeout:g}s "
-                f"and was cancelled (raise build_timeout); logs: {build.log_url}"
+                f"{context}: build {started.id} did not finish within {self.build_timeout:g}s "
+                f"and was cancelled (raise build_timeout); logs: {started.log_url}"
             )
-        try:
-            build = operation.result()
-        except api.GoogleAPICallError:
-            build = operation.metadata.build  # the LRO failed: its metadata has the build
         status = cloudbuild_v1.Build.Status(build.status).name
         images = [image for image in build.results.images if image.digest]
         if status == "SUCCESS" and images:
             return pin_image(images[0].name, images[0].digest)
         detail = build.status_detail or ("" if status != "SUCCESS" else "no image digest reported")
         raise BackendError(f"{context}: {failure_text(build.id, status, detail, build.log_url)}")
-
-    def _cancel_build(self, build: Any, context: str) -> None:
-        from google.api_core import exceptions as api
-        from google.cloud.devtools import cloudbuild_v1
-
-        request = cloudbuild_v1.CancelBuildRequest(
-            name=build.name, project_id=build.project_id, id=build.id
-        )
-        try:
-            self._client("build").cancel_build(request=request, retry=None, timeout=_RPC_TIMEOUT)
-        except api.GoogleAPICallError as exc:  # best effort: the timeout is the real error
-            log.warning("%s: CancelBuild %s failed: %s", context, build.id, describe_api_error(exc))
 
     # -- deploying ----------------------------------------------------------------------
 
@@ -275,14 +295,23 @@ class GcpDeployer:
             raise BackendError(f"{context}: {exc}") from None
         if not spec.image:
             raise BackendError(f"{context}: the spec has no image (build it first)")
-        account = full_account_email(service_account_email, project)
+        account = full_account_email(service_account_email or self.default_service_account, project)
         # The worker compares with the fingerprint of what it was given: the account as named.
         fingerprint = config_fingerprint(service_account_email, spec, target.health_check)
         resource = service_resource(
             spec, service_account=account, target=target, fingerprint=fingerprint
         )
         name = service_path(project, region, service_name)
-        return self._run.deploy(name, resource, context)
+        parent = name.rpartition("/services/")[0]
+        if account:  # before the deploy: its startup probe may need the calls to pass
+            member = f"serviceAccount:{account}"
+            self._grants.grant_calls(parent, spec.environment_vars, member, context)
+        else:
+            log.warning("%s: no service account (set ARCHDEPLOY_DEFAULT_SERVICE_ACCOUNT)", context)
+        url = self._run.deploy(name, resource, context)
+        if spec.public:
+            self._grants.grant(name, PUBLIC, context)
+        return url
 
     def build_and_deploy(
         self,
@@ -326,6 +355,10 @@ class GcpDeployer:
     def _where(self, spec: DeploymentSpec, target: Target) -> tuple[str, str]:
         project = target.project_id or self.project_id
         return project, spec.region or target.region or self.region
+
+    def _build_account(self, project: str) -> str:
+        email = full_account_email(self.build_service_account, self.project_id)
+        return account_resource(email, project) if email else ""
 
     def _service_where(self, target: Target) -> tuple[str, str]:
         # No spec here: a task's target carries the spec's region already.

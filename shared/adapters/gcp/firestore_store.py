@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from shared import store_rules as rules
+from shared.adapters.gcp.retry import is_transient
 from shared.errors import BackendError
 from shared.messages import (
     Phase,
@@ -66,7 +67,6 @@ CHUNK_BYTES = 900_000
 CAS_ATTEMPTS = 20
 TRANSACTION_ATTEMPTS = 5
 CONTENTION_ROUNDS = 6
-_TRANSIENT = ("Aborted", "ServiceUnavailable", "DeadlineExceeded", "ResourceExhausted")
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -375,5 +375,4 @@ def _translated(action: str) -> Iterator[None]:
     except gexc.RetryError as exc:
         raise BackendError(f"{action}: gave up retrying: {exc.message}", retryable=True) from exc
     except gexc.GoogleAPICallError as exc:
-        transient = tuple(getattr(gexc, name) for name in _TRANSIENT)
-        raise BackendError(f"{action}: {exc}", retryable=isinstance(exc, transient)) from exc
+        raise BackendError(f"{action}: {exc}", retryable=is_transient(exc)) from exc

@@ -10,6 +10,7 @@ import re
 import threading
 from typing import Any
 
+from shared.adapters.gcp.retry import is_transient
 from shared.architecture.loading import (
     MAX_ARCHITECTURE_BYTES,
     LoadedArchitecture,
@@ -20,7 +21,6 @@ from shared.errors import ArchdeployError, ArchitectureError, BackendError, Prob
 PREFIX = "gs://"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _URI_FIX = "write gs://BUCKET/path/to/architecture.yaml"
-_RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 _TIMEOUT = 30.0
 
 
@@ -66,7 +66,7 @@ class GcsArchitectures:
         except exceptions.GoogleAPICallError as exc:
             raise _translated(exc, uri) from None
         except (exceptions.RetryError, OSError) as exc:  # requests' errors are OSErrors
-            raise BackendError(f"reading {uri}: {exc}", retryable=True) from None
+            raise BackendError(f"reading {uri}: {exc}", retryable=is_transient(exc)) from None
 
     def client(self) -> Any:
         with self._lock:
@@ -79,7 +79,7 @@ class GcsArchitectures:
 
 def _translated(exc: Any, uri: str) -> ArchdeployError:
     code = int(exc.code or 0)
-    if code in _RETRYABLE:
+    if is_transient(exc):
         return BackendError(f"reading {uri}: Cloud Storage answered {code}", retryable=True)
     fixes = {
         404: "check the bucket and object name, and that the object was uploaded",

@@ -18,19 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from shared.adapters.gcp.retry import is_transient
 from shared.errors import BackendError
 
 logger = logging.getLogger(__name__)
 
 # The high-level publisher takes attributes as **kwargs beside these parameters.
 _RESERVED_ATTRIBUTES = frozenset({"topic", "data", "ordering_key", "retry", "timeout"})
-_TRANSIENT = (
-    "ServiceUnavailable",
-    "DeadlineExceeded",
-    "TooManyRequests",
-    "ResourceExhausted",
-    "InternalServerError",
-)
 
 
 class PubSubBus:
@@ -176,5 +170,4 @@ def _describe(exc: Exception) -> tuple[str, bool]:
 
     if isinstance(exc, gexc.RetryError):
         return f"gave up retrying: {exc.message}", True
-    transient = tuple(getattr(gexc, name) for name in _TRANSIENT)
-    return str(exc), isinstance(exc, transient)
+    return str(exc), is_transient(exc)

@@ -1,4 +1,6 @@
-"""One retry policy for every Google API call the GCP adapters make.
+"""One retry policy for every Google API call the GCP adapters make, and the one answer to
+"is this Google error transient?" (`is_transient`) that every Google adapter uses: the
+Pub/Sub bus, the Firestore store, the Cloud Storage readers, Cloud Build and Cloud Run.
 
 The client libraries' own per-method retries are switched off (`retry=None`) so that this
 is the only policy and each attempt is visible in the logs.
@@ -10,7 +12,10 @@ Transient, retried with exponential backoff and full jitter:
     500 InternalServerError / INTERNAL         usually a passing server fault (the storage
                                                client's own default retries it too)
     502 BadGateway, 409 ABORTED                a front end or a concurrent change interfered
-    connection errors of the HTTP transport    (Cloud Storage)
+    408 Request Timeout                        (Cloud Storage's JSON API answers it)
+    RetryError                                 a client library's own retries ran out on
+                                               transient errors; later may succeed
+    connection errors and timeouts of the HTTP transport (Cloud Storage, REST)
 Permanent, raised at once: everything else, notably 400 InvalidArgument, 401/403,
 404 NotFound (callers that expect it pass it through), 412 FailedPrecondition and
 409 AlreadyExists; retrying them only repeats the same answer.
@@ -38,7 +43,7 @@ _MAX_DELAY = 30.0  # seconds
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether trying the same call again later can succeed."""
+    """Whether trying the same call again later can succeed (table in the module doc)."""
     import requests
     from google.api_core import exceptions as api
 
@@ -49,8 +54,12 @@ def is_transient(exc: BaseException) -> bool:
         api.InternalServerError,
         api.BadGateway,
         api.Aborted,
+        api.RetryError,
     )
-    return isinstance(exc, (*transient, requests.ConnectionError, requests.Timeout))
+    if isinstance(exc, api.GoogleAPICallError) and exc.code == 408:
+        return True
+    connection = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
+    return isinstance(exc, (*transient, *connection))
 
 
 def describe_api_error(exc: BaseException) -> str:

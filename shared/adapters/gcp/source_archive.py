@@ -5,13 +5,9 @@ the workspace-relative paths, contents and executable bits of the files it keeps
 sorted, every mtime/uid/gid is zero and the gzip header carries no name or time. Building
 the same tree twice therefore uploads the same object, named by its sha256.
 
-What is left out: `.git`, `__pycache__` and `.venv` directories anywhere, plus the patterns
-of the root `.gcloudignore` (gitignore rules: a pattern without `/` matches at any depth;
-`#!include:FILE` pulls in another file's patterns), or of the root `.gitignore` when there
-is no `.gcloudignore` (what gcloud's generated default does), and of `.dockerignore` at the
-root and in the build directory (Docker rules: patterns are anchored to the file's directory).
-Rules are applied in order, the last match wins and `!` re-includes, also below an
-excluded directory (as Docker does; gitignore would not).
+What is left out is `shared.adapters.build_context`'s rule, the same as for local images:
+`.gcloudignore` (else `.gitignore`) with gitignore rules, `.dockerignore` at the root and in
+the build directory with Docker rules, the last match winning, `!` re-including.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -30,14 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from shared.adapters.build_context import ContextRules
 from shared.adapters.gcp.retry import RetryPolicy
 from shared.architecture.model import DeploymentSpec
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-ALWAYS_SKIPPED = frozenset({".git", "__pycache__", ".venv"})
 _GZIP_LEVEL = 9
+UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024  # resumable uploads want multiples of 256 KiB
 
 
 @dataclass(frozen=True)
@@ -48,13 +44,6 @@ class SourceArchive:
 
     def has_file(self, path: str) -> bool:
         return path in self.names
-
-
-@dataclass(frozen=True)
-class _Rule:
-    regex: re.Pattern[str]
-    negate: bool
-    dir_only: bool
 
 
 def pack_source(
@@ -87,7 +76,7 @@ def source_entries(
     if not root.is_dir():
         raise ValueError(f"source_path {str(root)!r} is not a directory")
     build = normalize_dir(build_dir)
-    entries: dict[str, Path] = dict(_walk(root, _rules(root, build)))
+    entries: dict[str, Path] = dict(ContextRules(root, build).walk(root))
     for source, name in sorted((config_templates or {}).items()):
         entries[_join(build, _template_name(name))] = _template_source(source)
     return entries
@@ -128,110 +117,6 @@ def _join(directory: str, name: str) -> str:
     return f"{directory}/{name}" if directory else name
 
 
-def _walk(root: Path, rules: list[_Rule]) -> Iterable[tuple[str, Path]]:
-    can_prune = not any(rule.negate for rule in rules)
-    for dirpath, dirnames, filenames in os.walk(root):
-        base = Path(dirpath)
-        rel_dir = base.relative_to(root).as_posix()
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        kept_dirs = []
-        for name in sorted(dirnames):
-            rel = prefix + name
-            if name in ALWAYS_SKIPPED or (can_prune and _excluded(rel, True, rules)):
-                continue
-            if (base / name).is_symlink():
-                if not _excluded(rel, False, rules):
-                    yield rel, base / name
-                continue
-            kept_dirs.append(name)
-        dirnames[:] = kept_dirs  # pruned in place: ignored trees are never listed
-        for name in sorted(filenames):
-            if not _excluded(prefix + name, False, rules):
-                yield prefix + name, base / name
-
-
-def _excluded(rel: str, is_dir: bool, rules: list[_Rule]) -> bool:
-    parts = rel.split("/")
-    # A rule matches the path itself or one of its parent directories.
-    candidates = [("/".join(parts[:i]), True) for i in range(1, len(parts))]
-    candidates.append((rel, is_dir))
-    excluded = False
-    for rule in rules:
-        if any(rule.regex.fullmatch(p) and (d or not rule.dir_only) for p, d in candidates):
-            excluded = not rule.negate
-    return excluded
-
-
-def _rules(root: Path, build_dir: str) -> list[_Rule]:
-    gcloudignore = root / ".gcloudignore"
-    rules = _gitignore_rules(root, gcloudignore if gcloudignore.is_file() else root / ".gitignore")
-    rules += _pattern_rules(_read_lines(root / ".dockerignore"), base="", anywhere=False)
-    if build_dir:
-        lines = _read_lines(root / build_dir / ".dockerignore")
-        rules += _pattern_rules(lines, base=build_dir, anywhere=False)
-    return rules
-
-
-def _gitignore_rules(root: Path, path: Path) -> list[_Rule]:
-    lines: list[str] = []
-    for line in _read_lines(path):
-        if line.startswith("#!include:"):
-            lines += _read_lines(root / line.removeprefix("#!include:").strip())
-        else:
-            lines.append(line)
-    return _pattern_rules(lines, base="", anywhere=True)
-
-
-def _read_lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-
-
-def _pattern_rules(lines: Iterable[str], *, base: str, anywhere: bool) -> list[_Rule]:
-    rules = []
-    for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        negate = line.startswith("!")
-        pattern = line[1:] if negate else line.removeprefix("\\")
-        dir_only = pattern.endswith("/")
-        pattern = pattern.strip("/")
-        if not pattern:
-            continue
-        # gitignore: a pattern with no inner "/" matches a name at any depth.
-        lead = "(?:.*/)?" if anywhere and "/" not in pattern else ""
-        prefix = re.escape(base + "/") if base else ""
-        regex = re.compile(prefix + lead + _glob_regex(pattern))
-        rules.append(_Rule(regex, negate, dir_only))
-    return rules
-
-
-def _glob_regex(pattern: str) -> str:
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
-            end = pattern.index("]", i + 2)
-            body = pattern[i + 1 : end].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return "".join(out)
-
-
 def _template_name(name: str) -> str:
     path = PurePosixPath(name.replace(os.sep, "/"))
     if not path.parts or path.is_absolute() or ".." in path.parts:
@@ -248,15 +133,36 @@ def _template_source(source: str) -> Path:
 
 def _tar_gz(entries: Iterable[tuple[str, Path]]) -> bytes:
     buffer = io.BytesIO()
+    write_tar_gz(entries, buffer)
+    return buffer.getvalue()
+
+
+def write_tar_gz(entries: Iterable[tuple[str, Path]], out: Any) -> None:
+    """Write the archive of `entries` to the binary file object `out`, a chunk at a time."""
     with (
         gzip.GzipFile(
-            filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=_GZIP_LEVEL
+            filename="", mode="wb", fileobj=out, mtime=0, compresslevel=_GZIP_LEVEL
         ) as compressed,
         tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for name, path in entries:
             _add(tar, name, path)
-    return buffer.getvalue()
+
+
+class _Digest:
+    """A write-only file object that keeps only the sha256 and size of what it is given."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def _add(tar: tarfile.TarFile, name: str, path: Path) -> None:
@@ -301,8 +207,10 @@ class SourceStager:
         *,
         region: str,
         rpc_timeout: float = 60.0,
+        chunk_bytes: int = UPLOAD_CHUNK_BYTES,
     ) -> None:
         self._client = client
+        self._chunk_bytes = chunk_bytes
         self._bucket = bucket
         self._retry = retry
         self._region = region
@@ -312,15 +220,23 @@ class SourceStager:
     def stage(self, service_name: str, spec: DeploymentSpec, context: str) -> StagedSource:
         if spec.source_path.startswith("gs://"):
             return self._remote_source(spec.source_path, context)
+        # Never the whole archive in memory (a function's /tmp is memory too): one pass
+        # hashes it to name the object, a second, byte-identical one (the archive is
+        # deterministic) streams it in chunks, and only when the object is not there yet.
         try:
-            archive = pack_source(
-                spec.source_path, spec.config_templates, build_dir=spec.buildable_module_path
+            entries = sorted(
+                source_entries(
+                    spec.source_path, spec.config_templates, build_dir=spec.buildable_module_path
+                ).items()
             )
+            digest = _Digest()
+            write_tar_gz(entries, digest)
         except (OSError, ValueError) as exc:
             raise BackendError(f"{context}: {exc}") from exc
-        object_name = f"sources/{service_name}/{archive.sha256}.tar.gz"
-        self._upload(object_name, archive.data, context)
-        return StagedSource(self._bucket, object_name, archive.sha256, archive.names)
+        sha256 = digest.sha.hexdigest()
+        object_name = f"sources/{service_name}/{sha256}.tar.gz"
+        self._upload(object_name, entries, context)
+        return StagedSource(self._bucket, object_name, sha256, tuple(name for name, _ in entries))
 
     def _remote_source(self, url: str, context: str) -> StagedSource:
         bucket_name, _, object_name = url.removeprefix("gs://").partition("/")
@@ -336,7 +252,7 @@ class SourceStager:
             raise BackendError(f"{context}: {url} is not a .tar.gz or .zip: {exc}") from exc
         return StagedSource(bucket_name, object_name, hashlib.sha256(data).hexdigest(), names)
 
-    def _upload(self, object_name: str, data: bytes, context: str) -> None:
+    def _upload(self, object_name: str, entries: list[tuple[str, Path]], context: str) -> None:
         from google.api_core import exceptions as api
 
         bucket = self._source_bucket(context)
@@ -352,17 +268,24 @@ class SourceStager:
         # A parallel build may stage the same bytes first: its 412 means "already there".
         with contextlib.suppress(api.PreconditionFailed):
             self._retry.call(
-                lambda: blob.upload_from_string(
-                    data,
-                    content_type="application/gzip",
-                    if_generation_match=0,  # content-addressed: never overwrite
-                    retry=None,
-                    timeout=self._rpc_timeout,
-                ),
+                lambda: self._stream(blob, entries),  # a retry packs and sends it again
                 context=context,
                 api_call="storage.objects.insert",
                 passthrough=(api.PreconditionFailed,),
             )
+
+    def _stream(self, blob: Any, entries: list[tuple[str, Path]]) -> None:
+        """A resumable upload, `chunk_bytes` at a time: memory stays at about one chunk."""
+        with blob.open(
+            "wb",
+            chunk_size=self._chunk_bytes,
+            ignore_flush=True,
+            content_type="application/gzip",
+            if_generation_match=0,  # content-addressed: never overwrite
+            retry=None,
+            timeout=self._rpc_timeout,
+        ) as out:
+            write_tar_gz(entries, out)
 
     def _source_bucket(self, context: str) -> Any:
         from google.api_core import exceptions as api

@@ -15,7 +15,6 @@ digest, extended to the whole image).
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import gzip
 import hashlib
 import json
@@ -33,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
+from shared.adapters.build_context import ContextRules
 from shared.adapters.local.processes import file_lock, pip_install, write_json_atomic
 from shared.architecture.source_links import refuse_links_leaving
 from shared.errors import BackendError
@@ -45,9 +45,6 @@ MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-ALWAYS_IGNORED = (".git", "__pycache__", "*.pyc", ".venv", ".archdeploy")
-IGNORE_FILES = (".dockerignore", ".gcloudignore")
-GITIGNORE = ".gitignore"  # read when there is no .gcloudignore, as gcloud does
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
@@ -79,21 +76,11 @@ def image_digest(reference: str) -> str:
 def collect_files(directory: Path, templates: Mapping[str, str] | None = None) -> dict[str, Path]:
     """Workspace-relative POSIX path -> file, for everything an image of `directory` holds.
 
-    Skips ALWAYS_IGNORED and the fnmatch patterns of `.dockerignore`/`.gcloudignore` (and
-    of `.gitignore` when there is no `.gcloudignore`: gcloud's default); `templates`
-    (source file -> name inside the build dir) are added on top.
+    What is kept follows `shared.adapters.build_context`, the rule Cloud Build sources
+    follow too; `templates` (source file -> name inside the build dir) are added on top.
     """
-    patterns = [*ALWAYS_IGNORED, *_ignore_patterns(directory)]
-    files: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(directory):
-        base = Path(dirpath)
-        prefix = "" if base == directory else base.relative_to(directory).as_posix() + "/"
-        # Pruned in place so that ignored trees (.venv, .git) are never even listed.
-        dirnames[:] = [d for d in dirnames if not _ignored(prefix + d, patterns)]
-        for name in filenames:
-            rel = prefix + name
-            if not _ignored(rel, patterns) and (base / name).is_file():
-                files[rel] = base / name
+    rules = ContextRules(directory)
+    files = {rel: path for rel, path in rules.walk(directory) if path.is_file()}
     refuse_links_leaving(directory, files)
     for source, name in (templates or {}).items():
         files[_template_name(name)] = _template_source(source)
@@ -327,25 +314,6 @@ def _extract(tar: tarfile.TarFile, dest: Path) -> None:
         tar.extractall(dest, filter="data")
     else:  # our own layers hold only regular files with relative names
         tar.extractall(dest)
-
-
-def _ignore_patterns(directory: Path) -> list[str]:
-    patterns: list[str] = []
-    gcloudignore = (directory / ".gcloudignore").is_file()
-    for name in IGNORE_FILES if gcloudignore else (*IGNORE_FILES, GITIGNORE):
-        path = directory / name
-        lines = path.read_text().splitlines() if path.is_file() else []
-        for line in (raw.strip() for raw in lines):
-            if line.startswith("!"):
-                log.warning("%s: negated pattern %r is not supported locally", path, line)
-            elif line and not line.startswith("#"):
-                patterns.append(line.removeprefix("**/").strip("/"))
-    return patterns
-
-
-def _ignored(rel: str, patterns: Sequence[str]) -> bool:
-    base = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(base, p) for p in patterns)
 
 
 def _template_name(name: str) -> str:

@@ -1,0 +1,94 @@
+"""The source path checks: every path the file names stays inside the architecture file's
+directory tree, exists (when asked), and holds no symbolic link leading out of it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.architecture.model import DeploymentSpec
+from shared.architecture.yaml_source import FieldPath
+
+if TYPE_CHECKING:
+    from shared.architecture.checks import Report
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def shown(value: str) -> str:
+    """A value as quoted in a message: cut short when long."""
+    return value if len(value) <= 60 else value[:57] + "..."
+
+
+def check_paths(deployment: DeploymentSpec, path: FieldPath, report: Report) -> None:
+    # Remote sources (gs://, github://) are fetched by the source adapters, not read here.
+    source = "" if _URI.match(deployment.source_path) else deployment.source_path
+    if source and _check_inside(source, (*path, "source_path"), report):
+        _check_exists(source, (*path, "source_path"), report, directory=True)
+        _check_links(source, (*path, "source_path"), report)
+    if deployment.buildable_module_path:
+        module = os.path.join(source or ".", deployment.buildable_module_path)
+        _check_inside(module, (*path, "buildable_module_path"), report)
+    for template, target in deployment.config_templates.items():
+        at = (*path, "config_templates", template)
+        if not _URI.match(template) and _check_inside(template, at, report):
+            _check_exists(template, at, report, directory=False)
+        if not target or os.path.isabs(target) or ".." in re.split(r"[/\\]", target):
+            message = (
+                f"template target `{shown(target)}` must be a file name inside the build directory"
+            )
+            report.error(at, message, "write it relative, without `..`: e.g. `config/app.yaml`")
+
+
+def _check_inside(relative: str, path: FieldPath, report: Report) -> bool:
+    reason = _escape(relative, report.base_dir)
+    if reason is not None:
+        fix = "keep source files inside the architecture file's directory, relative to it"
+        report.error(path, f"`{shown(relative)}` {reason}", fix)
+    return reason is None
+
+
+def _escape(relative: str, base_dir: Path | None) -> str | None:
+    """Why `relative` leads outside `base_dir`, or None when it stays inside."""
+    if "\0" in relative:
+        return "contains a NUL character"
+    if os.path.isabs(relative) and base_dir is None:
+        return "is absolute, and this architecture has no directory to check it against"
+    normal = os.path.normpath(relative)
+    if normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        return "leads out of the architecture file's directory with `..`"
+    if base_dir is None:
+        return None
+    try:
+        base, target = base_dir.resolve(), (base_dir / relative).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return "cannot be resolved (a loop of symbolic links?)"
+    return None if target.is_relative_to(base) else f"resolves to {target}, outside {base}"
+
+
+def _check_exists(relative: str, path: FieldPath, report: Report, *, directory: bool) -> None:
+    if not report.check_paths_exist:
+        return
+    target = (report.base_dir or Path.cwd()) / relative
+    try:
+        target = target.resolve()
+        found = target.is_dir() if directory else target.is_file()
+    except (OSError, RuntimeError, ValueError):
+        found = False
+    if not found:
+        what = "directory" if directory else "file"
+        fix = "correct the path: relative paths start at the architecture file's directory"
+        report.error(path, f"{what} {target} does not exist", fix)
+
+
+def _check_links(relative: str, path: FieldPath, report: Report) -> None:
+    """Links out of the source tree would put the files they lead to in the image."""
+    from shared.architecture.source_links import FIX, links_leaving
+
+    root = (report.base_dir or Path.cwd()) / relative
+    if not report.check_paths_exist or not root.is_dir():
+        return
+    for link in links_leaving(root.resolve()):
+        report.error(path, f"symbolic link {link} leads outside the source tree {root}", FIX)
