@@ -50,7 +50,7 @@ def test_up_deploys_the_example_and_prints_a_complete_run_result(state: Path) ->
     down = _archdeploy(state, "down", str(EXAMPLE))
     assert down.returncode == 0, down.stderr
     assert LocalDeployer(state).running() == {}
-    for record in (state / "run").glob("*.json"):
+    for record in (state / "run").glob("*/*/*.json"):
         pytest.fail(f"a process record survived `down`: {record}")
 
 
