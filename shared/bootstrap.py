@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from shared.adapters.local.inprocess_bus import InProcessBus
 from shared.core.entrypoints import subscribe_all
 from shared.core.handlers import Runtime, dispatch_request, sweep
+from shared.core.runtime import Driver
 from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
 from shared.errors import UsageError
@@ -99,6 +100,8 @@ def runtime(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         cancel_build=_build_canceller(settings),
         fetch_architecture=_remote_architectures(settings),
         sources=_github_sources(settings),
+        # On the in-process bus this process is the only one that can run the tasks.
+        driver=Driver.this_process() if isinstance(bus, InProcessBus) else None,
     )
     if isinstance(bus, InProcessBus):
 
@@ -252,6 +255,7 @@ def embedded(
         bus=bus,
         deployer=deployer or make_deployer(settings),
         **knobs(settings),
+        driver=Driver.this_process(),
     )
     if callable(clock):
         rt.clock = clock

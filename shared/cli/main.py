@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,11 +36,14 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ArchdeployError as exc:
+        except (ArchdeployError, OSError) as exc:
             if ctx.meta.get("debug"):
                 raise
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-            ctx.exit(exc.exit_code)
+            from shared.cli.local import as_usage_error
+
+            known = exc if isinstance(exc, ArchdeployError) else as_usage_error(exc)
+            err.print(f"[bold red]error:[/] {known}", markup=True, highlight=False, soft_wrap=True)
+            ctx.exit(known.exit_code)
         except KeyboardInterrupt:
             err.print("interrupted")
             ctx.exit(130)
@@ -53,7 +55,7 @@ class _Group(click.Group):
     "--state-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where embedded runs keep state (default: .archdeploy).",
+    help="Where embedded runs keep state (default: .archdeploy beside the architecture file).",
 )
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, state_dir: Path | None) -> None:
@@ -65,12 +67,18 @@ def cli(ctx: click.Context, debug: bool, state_dir: Path | None) -> None:
     logs.configure(json_lines=False, level="DEBUG" if debug else "WARNING")
 
 
-def _settings(ctx: click.Context, **overrides: Any) -> Any:
+def _settings(ctx: click.Context, file: str | None = None, **overrides: Any) -> Any:
+    """Settings, with the state folder anchored beside `file` unless given explicitly."""
+    from shared.cli.local import anchored_state_dir
     from shared.settings import load_settings
 
     if ctx.meta.get("state_dir") is not None:
         overrides["state_dir"] = ctx.meta["state_dir"]
-    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    state_dir = anchored_state_dir(settings, file)
+    if state_dir == settings.state_dir:
+        return settings
+    return settings.model_copy(update={"state_dir": state_dir})
 
 
 def _load(file: str, strict: bool, environment: str | None, check_paths: bool) -> Any:
@@ -82,6 +90,25 @@ def _load(file: str, strict: bool, environment: str | None, check_paths: bool) -
     for warning in loaded.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return loaded
+
+
+def _no_wait_option(func: F) -> F:
+    return click.option(
+        "--no-wait",
+        is_flag=True,
+        help="Refuse (exit 2) instead of waiting when another up/down holds the state.",
+    )(func)
+
+
+def _state_file_option(func: F) -> F:
+    return click.option(
+        "--file",
+        "-f",
+        "file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Read the state beside this architecture file (default: ./.archdeploy).",
+    )(func)
 
 
 def _file_options(func: F) -> F:
@@ -186,6 +213,7 @@ def plan(
     is_flag=True,
     help="If deploys fail, put every service back on what it served before.",
 )
+@_no_wait_option
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -199,14 +227,12 @@ def up(
     endpoint: str | None,
     no_cache: bool,
     rollback_on_failure: bool,
+    no_wait: bool,
 ) -> None:
     """Build every service in parallel, then deploy them, and show the result.
 
     Unchanged services are neither rebuilt nor redeployed (`--no-cache` forces both).
     """
-    from shared.bootstrap import embedded
-    from shared.cli.progress import follow
-
     loaded = _load(file, strict, environment, check_paths=True)
     options: dict[str, Any] = {
         "source_root": str(loaded.base_dir) if loaded.base_dir else None,
@@ -222,72 +248,26 @@ def up(
 
         request = DeployRequest(architecture=loaded.text, **options)
         _report(up_over_http(endpoint, request, _settings(ctx).http_token), as_json)
-    settings = _settings(ctx, parallelism=parallelism)
+    settings = _settings(ctx, file, parallelism=parallelism)
     if settings.bus_kind == "pubsub":
         request = DeployRequest(architecture=loaded.text, **options)
-        _report(_up_over_pubsub(settings, request), as_json)
-    system = embedded(settings)
+        from shared.cli.remote import up_over_pubsub
+
+        _report(up_over_pubsub(settings, request, err), as_json)
+    from shared.cli.local import EXIT_INTERRUPTED, prepare, up_embedded
+
+    prepare(settings.state_dir)
     request = DeployRequest(architecture_uri=str(Path(file).resolve()), **options)
-    try:
-        run = system.submit(request)
-        err.print(
-            f"run {run.run_id}: {len(list(loaded.architecture.services()))} services, "
-            f"state in {settings.state_dir}"
-        )
-        waiter = threading.Thread(target=_wait, args=(system, run.run_id), daemon=True)
-        waiter.start()
-        result = follow(
-            system.store, run.run_id, stream=sys.stderr, done=lambda: not waiter.is_alive()
-        )
-        waiter.join()
-    finally:
-        system.close()
-    _report(result, as_json)
+    services = len(list(loaded.architecture.services()))
+    result, interrupted = up_embedded(settings, request, services, wait=not no_wait, say=_say)
+    _report(result, as_json, EXIT_INTERRUPTED if interrupted else None)
 
 
-def _up_over_pubsub(settings: Any, request: DeployRequest) -> RunResult:
-    """Publish the request on the requests topic and follow the run in the store, as the
-    deployed functions (or `archdeploy dev`'s) run it. Sources must be readable by the
-    workers: a pushed commit, `gs://`, or a filesystem they share (dev)."""
-    import uuid
-
-    from shared.bootstrap import make_bus, make_store
-    from shared.cli.progress import follow
-    from shared.core.handlers import run_id_for
-    from shared.messages import TOPIC_REQUESTS
-
-    key = request.idempotency_key or f"cli-{uuid.uuid4().hex}"
-    request = request.model_copy(update={"idempotency_key": key})
-    make_bus(settings).publish(TOPIC_REQUESTS, request, attributes={"kind": "request"})
-    run_id = run_id_for(key)
-    err.print(f"run {run_id} published to {settings.topic_requests} ({settings.project})")
-    store = make_store(settings)
-    _await_run(store, run_id)
-    return follow(store, run_id, stream=sys.stderr, timeout=settings.run_deadline_seconds)
+def _say(line: str) -> None:
+    err.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _await_run(store: Any, run_id: str, timeout: float = 60.0) -> None:
-    """The dispatcher creates the run when it gets the message: wait for it to appear."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while store.get_run(run_id) is None:
-        if time.monotonic() > deadline:
-            raise UsageError(
-                f"run {run_id} was published but no dispatcher created it in "
-                f"{timeout:g}s: is the dispatcher function subscribed?"
-            )
-        time.sleep(0.2)
-
-
-def _wait(system: Any, run_id: str) -> None:
-    try:
-        system.wait(run_id)
-    except Exception as exc:  # shown to the user; the run's record says the rest
-        err.print(f"[bold red]error:[/] a handler gave up: {exc.__cause__ or exc}")
-
-
-def _report(result: RunResult, as_json: bool) -> None:
+def _report(result: RunResult, as_json: bool, exit_code: int | None = None) -> None:
     from shared.cli.progress import print_errors, result_table
 
     out = Console(highlight=False)
@@ -297,19 +277,20 @@ def _report(result: RunResult, as_json: bool) -> None:
         out.print(result_table(result))
     print_errors(result, err)
     code = EXIT_OK if result.status is RunStatus.SUCCEEDED else EXIT_RUN_FAILED
-    sys.exit(code)
+    sys.exit(code if exit_code is None else exit_code)
 
 
 @cli.command()
 @click.argument("run_id", required=False)
+@_state_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print the RunResult as JSON.")
 @click.pass_context
-def status(ctx: click.Context, run_id: str | None, as_json: bool) -> None:
+def status(ctx: click.Context, run_id: str | None, file: str | None, as_json: bool) -> None:
     """Show a run (the latest by default)."""
-    from shared.bootstrap import make_store
+    from shared.cli.local import open_store
     from shared.core.handlers import run_view as current
 
-    store = make_store(_settings(ctx))
+    store = open_store(_settings(ctx, file), _say)
     if run_id is None:
         runs = store.list_runs(1)
         if not runs:
@@ -323,8 +304,9 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("run_id")
+@_state_file_option
 @click.pass_context
-def cancel(ctx: click.Context, run_id: str) -> None:
+def cancel(ctx: click.Context, run_id: str, file: str | None) -> None:
     """Cancel a run: no new task starts, submitted builds are cancelled, and the run ends
     `cancelled` (listing what had deployed) once what is in flight has finished."""
     import getpass
@@ -332,7 +314,12 @@ def cancel(ctx: click.Context, run_id: str) -> None:
     from shared.bootstrap import runtime
     from shared.core.handlers import cancel_run
 
-    run = cancel_run(run_id, runtime(_settings(ctx)), by=getpass.getuser())
+    settings = _settings(ctx, file)
+    if settings.store_kind == "sqlite":
+        from shared.cli.local import check_readable
+
+        check_readable(settings.state_dir)
+    run = cancel_run(run_id, runtime(settings), by=getpass.getuser())
     if run is None:
         raise RunNotFound(run_id)
     state = run.status.value if run.status.terminal else "cancelling (tasks in flight finish)"
@@ -341,16 +328,17 @@ def cancel(ctx: click.Context, run_id: str) -> None:
 
 @cli.command()
 @click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20)
+@_state_file_option
 @click.pass_context
-def runs(ctx: click.Context, limit: int) -> None:
+def runs(ctx: click.Context, limit: int, file: str | None) -> None:
     """List recent runs."""
-    from shared.bootstrap import make_store
+    from shared.cli.local import open_store
 
-    for run in make_store(_settings(ctx)).list_runs(limit):
+    for run in open_store(_settings(ctx, file), _say).list_runs(limit):
         when = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(
             f"{run.run_id}  {when}  {run.status.value:<10} {run.phase.value:<9} "
-            f"{run.architecture_file}"
+            f"{run.architecture_file}" + (f"  ({run.error})" if run.error else "")
         )
 
 
@@ -360,6 +348,7 @@ def runs(ctx: click.Context, limit: int) -> None:
     "--dataflow", "-d", "dataflows", multiple=True, help="Only this dataflow (repeatable)."
 )
 @click.option("--force", is_flag=True, help="Tear down even with teardown_protection set.")
+@_no_wait_option
 @click.pass_context
 def down(
     ctx: click.Context,
@@ -368,6 +357,7 @@ def down(
     environment: str | None,
     dataflows: tuple[str, ...],
     force: bool,
+    no_wait: bool,
 ) -> None:
     """Stop and delete the deployed services of the architecture (or some dataflows)."""
     from shared.bootstrap import make_deployer
@@ -383,7 +373,14 @@ def down(
     names = [s.name for f in selected for s in arch.dataflows[f].services.values() if s.deployment]
     if not dataflows and arch.service_manager_spec is not None:
         names.append(arch.service_manager_spec.name)
-    deployer = make_deployer(_settings(ctx))
+    settings = _settings(ctx, file)
+    if settings.deployer_kind == "local":
+        from shared.cli.local import down_local
+
+        project, env = arch.project_id, environment or ""
+        click.echo(down_local(settings, names, project, env, wait=not no_wait, say=_say))
+        return
+    deployer = make_deployer(settings)
     for name in names:
         deployer.teardown(name)
         err.print(f"  {name:<24} stopped")

@@ -35,6 +35,25 @@ DEFAULT_DEADLINES = {
 }
 
 
+@dataclass(frozen=True)
+class Driver:
+    """The process that drives a run in embedded mode: its tasks run there and nowhere
+    else, and once it is gone the run is abandoned (see `shared.core.control`)."""
+
+    pid: int
+    started: float  # psutil's create_time: with the pid, names one process
+    host: str
+
+    @classmethod
+    def this_process(cls) -> Driver:
+        import psutil
+
+        return cls(os.getpid(), round(psutil.Process().create_time(), 2), socket.gethostname())
+
+    def fields(self) -> dict[str, object]:
+        return {"driver_pid": self.pid, "driver_started": self.started, "driver_host": self.host}
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -62,6 +81,9 @@ class Runtime:
     deploy_concurrency: int | None = None
     cancel_builds_on_failure: bool = False
     cancel_build: Callable[[str], None] | None = None  # cancels a submitted build by id
+    # Embedded: this process, recorded on the runs it creates; the sweep touches only
+    # those, and ends as abandoned the runs whose driver is gone. None on Google Cloud.
+    driver: Driver | None = None
     # Runs an aggregator thread of this process is advancing now, and whether another
     # completion arrived meanwhile (see `shared.core.aggregator.advance_soon`).
     advancing: dict[str, bool] = field(default_factory=dict, repr=False)
