@@ -25,12 +25,34 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
+
+import click
 
 from shared.errors import UsageError
 
 STATE_DIR_NAME = ".archdeploy"
 EXIT_INTERRUPTED = 130
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def no_wait_option(func: Fn) -> Fn:
+    return click.option(
+        "--no-wait",
+        is_flag=True,
+        help="Refuse (exit 2) instead of waiting when another up/down holds the state.",
+    )(func)
+
+
+def state_file_option(func: Fn) -> Fn:
+    return click.option(
+        "--file",
+        "-f",
+        "file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Read the state beside this architecture file (default: ./.archdeploy).",
+    )(func)
 
 
 def anchored_state_dir(settings: Any, file: str | None) -> Path:

@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 
 from shared.cli.dev import dev
+from shared.cli.local import no_wait_option, state_file_option
 from shared.errors import (
     EXIT_OK,
     EXIT_RUN_FAILED,
@@ -92,25 +93,6 @@ def _load(file: str, strict: bool, environment: str | None, check_paths: bool) -
     return loaded
 
 
-def _no_wait_option(func: F) -> F:
-    return click.option(
-        "--no-wait",
-        is_flag=True,
-        help="Refuse (exit 2) instead of waiting when another up/down holds the state.",
-    )(func)
-
-
-def _state_file_option(func: F) -> F:
-    return click.option(
-        "--file",
-        "-f",
-        "file",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="Read the state beside this architecture file (default: ./.archdeploy).",
-    )(func)
-
-
 def _file_options(func: F) -> F:
     func = click.option("--strict", is_flag=True, help="Unknown keys are errors.")(func)
     func = click.option(
@@ -137,7 +119,7 @@ def schema() -> None:
     """Print the architecture file's JSON Schema (for editor completion)."""
     from shared.architecture.loading import architecture_json_schema
 
-    click.echo(json.dumps(architecture_json_schema(), indent=2))
+    click.echo(json.dumps(architecture_json_schema(), indent=2, ensure_ascii=False))
 
 
 @cli.command()
@@ -169,10 +151,13 @@ def plan(
     if as_json:
         click.echo(
             json.dumps(
-                [t.model_dump(mode="json", exclude_none=True) for t in result.tasks], indent=2
+                [t.model_dump(mode="json", exclude_none=True) for t in result.tasks],
+                indent=2,
+                ensure_ascii=False,
             )
         )
         return
+    director = loaded.architecture.service_manager_spec is not None
     for phase in ("build", "director", "deploy"):
         tasks = [t for t in result.tasks if t.phase.value == phase]
         if not tasks:
@@ -183,8 +168,13 @@ def plan(
             click.echo(f"  {t.service}{after}")
             if phase != "build" and t.spec is not None:
                 for key, value in sorted(t.spec.environment_vars.items()):
-                    shown = value or "(the director's URL, once deployed)"
-                    click.echo(f"      {key}={shown}")
+                    click.echo(f"      {key}={value or _unset(key, director)}")
+
+
+def _unset(key: str, director: bool) -> str:
+    if key != "SERVICE_DIRECTOR_URL":
+        return '""'
+    return "(the director's URL, once deployed)" if director else '"" (no director in the file)'
 
 
 @cli.command()
@@ -213,7 +203,7 @@ def plan(
     is_flag=True,
     help="If deploys fail, put every service back on what it served before.",
 )
-@_no_wait_option
+@no_wait_option
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -282,7 +272,7 @@ def _report(result: RunResult, as_json: bool, exit_code: int | None = None) -> N
 
 @cli.command()
 @click.argument("run_id", required=False)
-@_state_file_option
+@state_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print the RunResult as JSON.")
 @click.pass_context
 def status(ctx: click.Context, run_id: str | None, file: str | None, as_json: bool) -> None:
@@ -304,7 +294,7 @@ def status(ctx: click.Context, run_id: str | None, file: str | None, as_json: bo
 
 @cli.command()
 @click.argument("run_id")
-@_state_file_option
+@state_file_option
 @click.pass_context
 def cancel(ctx: click.Context, run_id: str, file: str | None) -> None:
     """Cancel a run: no new task starts, submitted builds are cancelled, and the run ends
@@ -328,7 +318,7 @@ def cancel(ctx: click.Context, run_id: str, file: str | None) -> None:
 
 @cli.command()
 @click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20)
-@_state_file_option
+@state_file_option
 @click.pass_context
 def runs(ctx: click.Context, limit: int, file: str | None) -> None:
     """List recent runs."""
@@ -348,7 +338,7 @@ def runs(ctx: click.Context, limit: int, file: str | None) -> None:
     "--dataflow", "-d", "dataflows", multiple=True, help="Only this dataflow (repeatable)."
 )
 @click.option("--force", is_flag=True, help="Tear down even with teardown_protection set.")
-@_no_wait_option
+@no_wait_option
 @click.pass_context
 def down(
     ctx: click.Context,
