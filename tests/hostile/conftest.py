@@ -117,7 +117,10 @@ class Done:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = CLI_TIMEOUT
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = CLI_TIMEOUT,
 ) -> Done:
     """Run the real CLI to its end (bounded) and return what it did."""
     proc = subprocess.run(
@@ -134,7 +137,9 @@ def run_cli(
     return done
 
 
-def start_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """Start the real CLI in the background (its own process group, for signals)."""
     return subprocess.Popen(
         command(*args),

@@ -540,10 +540,13 @@ NOT_LOADED = {
 }
 # Functions whose lazy imports a folder never runs: build_resource makes a Cloud Build
 # request, which only the worker's GcpDeployer does (the aggregator only parses builds).
+# Embedded only: a run's driver (psutil) is recorded and checked only on the in-process
+# bus, never by a function on Pub/Sub.
+_EMBEDDED_DRIVER = {("shared.core.runtime", "this_process"), ("shared.core.control", "_alive")}
 NOT_CALLED = {
-    "dispatcher": {("shared.adapters.gcp.cloud_build", "build_resource")},
-    "aggregator": {("shared.adapters.gcp.cloud_build", "build_resource")},
-    "worker": set(),
+    "dispatcher": {("shared.adapters.gcp.cloud_build", "build_resource"), *_EMBEDDED_DRIVER},
+    "aggregator": {("shared.adapters.gcp.cloud_build", "build_resource"), *_EMBEDDED_DRIVER},
+    "worker": set(_EMBEDDED_DRIVER),
 }
 
 

@@ -289,10 +289,14 @@ class LocalDeployer:
         stop_marked(self.instances.marker("")[:-1])
 
     def running(self) -> dict[str, Record]:
-        """Service -> its record, for every service of this project and environment whose
-        process is still alive."""
-        scope = self._key("")
-        keys = [key for key in self.instances.known_keys() if key.startswith(scope)]
+        """Service -> its record, for every service of this environment (and of this
+        project, if the deployer has one) whose process is still alive."""
+        project, env, _ = self._key("").split("/")
+        keys = [
+            key
+            for key in self.instances.known_keys()
+            if key.split("/")[1] == env and (not self.project or key.split("/")[0] == project)
+        ]
         records = (self.instances.read(key) for key in keys)
         return {r["service"]: r for r in records if r is not None and alive(r)}
 
