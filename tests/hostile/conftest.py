@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -24,12 +25,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT = 90.0  # seconds: the longest any one command may take
 
-# A tiny service: answers 200 on every path, after SLOW_START seconds when set; prints
-# its PROJECT_ID and environment on /env. Binds loopback only.
+# A tiny service: answers 200 and its environment (JSON) on every path, after SLOW_START
+# seconds when set; ignores SIGTERM when IGNORE_TERM is set. Binds loopback only.
 SERVICE = """\
-import json, os, time
+import json, os, signal, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+if os.environ.get("IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ignoring SIGTERM", flush=True)
 time.sleep(float(os.environ.get("SLOW_START", "0")))
 
 class Handler(BaseHTTPRequestHandler):
@@ -152,9 +156,23 @@ def start_cli(
     )
 
 
+def stderr_has(proc: subprocess.Popen[str], text: str) -> bool:
+    """Whether `proc` has written `text` to stderr so far (read without blocking; what
+    is read is kept for `finish`)."""
+    assert proc.stderr is not None
+    ready, _, _ = select.select([proc.stderr], [], [], 0.1)
+    if ready:
+        chunk = os.read(proc.stderr.fileno(), 65536).decode()
+        _SEEN[proc.pid] = _SEEN.get(proc.pid, "") + chunk
+    return text in _SEEN.get(proc.pid, "")
+
+
+_SEEN: dict[int, str] = {}
+
+
 def finish(proc: subprocess.Popen[str], timeout: float = CLI_TIMEOUT) -> Done:
     out, err = proc.communicate(timeout=timeout)
-    done = Done(proc.returncode, out, err)
+    done = Done(proc.returncode, out, _SEEN.pop(proc.pid, "") + err)
     assert "Traceback" not in done.text, done.text
     return done
 

@@ -21,6 +21,7 @@ from tests.hostile.conftest import (
     records,
     run_cli,
     start_cli,
+    stderr_has,
     wait_for,
 )
 
@@ -39,6 +40,16 @@ def _serving(state: Path, service: str) -> dict[str, object] | None:
         if record.get("service") == service and "fingerprint" in record:
             return record
     return None
+
+
+def _logged(state: Path, service: str, text: str) -> bool:
+    for record in records(state):
+        if record.get("service") == service:
+            try:
+                return text in Path(str(record["log"])).read_text()
+            except OSError:
+                return False
+    return False
 
 
 def _status(state_dir: Path, *extra: str) -> dict[str, object]:
@@ -165,7 +176,7 @@ def test_a_second_up_waits_or_refuses_and_down_waits_for_up(tmp_path: Path) -> N
     assert refused.code == 2, refused.text
     assert f"in use by archdeploy up (pid {first.pid})" in refused.err
     down = start_cli("down", str(app))
-    wait_for("down to say it waits", lambda: _stderr_has(down, "waiting for archdeploy up"), 30)
+    wait_for("down to say it waits", lambda: stderr_has(down, "waiting for archdeploy up"), 30)
 
     up_done = finish(first)
     down_done = finish(down)
@@ -176,19 +187,6 @@ def test_a_second_up_waits_or_refuses_and_down_waits_for_up(tmp_path: Path) -> N
     assert records(tmp_path / "app" / ".archdeploy") == []
     logs = list((tmp_path / "app" / ".archdeploy" / "run").rglob("*.log"))
     assert logs == [] or all(log.stat().st_size > 0 for log in logs)
-
-
-def _stderr_has(proc: object, text: str) -> bool:
-    import os
-    import select
-
-    stream = proc.stderr  # type: ignore[attr-defined]
-    ready, _, _ = select.select([stream], [], [], 0.1)
-    if not ready:
-        return False
-    chunk = os.read(stream.fileno(), 65536).decode()
-    proc.seen = getattr(proc, "seen", "") + chunk  # type: ignore[attr-defined]
-    return text in proc.seen  # type: ignore[attr-defined]
 
 
 def test_one_ctrl_c_cancels_within_two_seconds_and_stops_the_half_started(tmp_path: Path) -> None:
@@ -219,18 +217,28 @@ def test_one_ctrl_c_cancels_within_two_seconds_and_stops_the_half_started(tmp_pa
 
 
 def test_a_second_ctrl_c_exits_at_once_and_the_next_command_repairs(tmp_path: Path) -> None:
-    app = architecture(tmp_path / "app", {"stuck": SERVICE}, env={"stuck": {"SLOW_START": "300"}})
+    """The first Ctrl-C is stopping a service that ignores SIGTERM (a 5 s grace before
+    SIGKILL); the second exits at once. The next commands end the run and the service."""
+    app = architecture(
+        tmp_path / "app",
+        {"stuck": SERVICE},
+        env={"stuck": {"SLOW_START": "300", "IGNORE_TERM": "1"}},
+    )
     state = tmp_path / "app" / ".archdeploy"
     up = start_cli("up", str(app), env=cli_env(ARCHDEPLOY_HEALTH_TIMEOUT_SECONDS="400"))
-    wait_for("stuck to be starting", lambda: _starting_pid(state, "stuck"), 60)
+    wait_for("stuck to ignore SIGTERM", lambda: _logged(state, "stuck", "ignoring SIGTERM"), 60)
 
     up.send_signal(signal.SIGINT)
+    wait_for("the first Ctrl-C to be seen", lambda: stderr_has(up, "cancelling"), 10)
+    sent = time.monotonic()
     up.send_signal(signal.SIGINT)
     done = finish(up, timeout=10)
+    took = time.monotonic() - sent
 
     assert done.code == 130, done.text
+    assert took < 1.0, f"the second Ctrl-C took {took:.1f}s"
     status = run_cli("status", "--file", str(app), "--json")
-    assert status.code == 1
+    assert status.code == 1, status.text
     result = json.loads(status.out)
     assert result["status"] == "failed"
     assert result["error"] == f"abandoned: its archdeploy process (pid {up.pid}) is gone"

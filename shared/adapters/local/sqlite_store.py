@@ -63,11 +63,14 @@ def _parse(path: Path, model: type[M], text: str) -> M:
     try:
         return model.model_validate_json(text)
     except ValueError as exc:
-        first = str(exc).splitlines()[0]
-        raise UsageError(
-            f"run store {path} holds a corrupt {model.__name__} ({first}): move the file "
-            "away to start afresh (runs are history; running services are not affected)"
-        ) from None
+        raise UsageError(_corrupt(path, f"{model.__name__}: {str(exc).splitlines()[0]}")) from None
+
+
+def _corrupt(path: Path, what: str) -> str:
+    return (
+        f"run store {path} is corrupt ({what}): move the file away to start afresh "
+        "(it holds run history only; running services are not affected)"
+    )
 
 
 class SqliteRunStore:
@@ -113,7 +116,13 @@ class SqliteRunStore:
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                corrupt = "malformed" in str(exc) or type(exc) is sqlite3.DatabaseError
+                if corrupt:
+                    raise UsageError(_corrupt(self.path, str(exc))) from None
+                raise BackendError(f"run store {self.path}: {exc}", retryable=True) from exc
 
     # --- runs ---------------------------------------------------------------------------
 
