@@ -145,7 +145,7 @@ def start_cli(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
     """Start the real CLI in the background (its own process group, for signals)."""
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         command(*args),
         cwd=cwd or REPO,
         env=env or cli_env(),
@@ -154,6 +154,11 @@ def start_cli(
         text=True,
         start_new_session=True,
     )
+    _STARTED.append(proc)
+    return proc
+
+
+_STARTED: list[subprocess.Popen[str]] = []
 
 
 def stderr_has(proc: subprocess.Popen[str], text: str) -> bool:
@@ -244,6 +249,14 @@ def leftovers(root: Path) -> list[psutil.Process]:
 def no_orphans(tmp_path: Path) -> Iterator[None]:
     """Fail a test that leaves processes of its tmp folder running, and kill them."""
     yield
+    still = [proc for proc in _STARTED if proc.poll() is None]
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+    _STARTED.clear()
+    if still:
+        pytest.fail(f"archdeploy commands still running: {[p.args for p in still]}")
     left = leftovers(tmp_path)
     if not left:
         return

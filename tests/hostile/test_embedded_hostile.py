@@ -66,11 +66,11 @@ def test_a_killed_runs_tasks_are_never_run_by_a_later_up(tmp_path: Path) -> None
     a = architecture(
         tmp_path / "a",
         {"quick": SERVICE, "stuck": SERVICE},
-        project="alpha",
+        project="alpha-one",
         env={"stuck": {"SLOW_START": "300"}},
     )
     b = architecture(
-        tmp_path / "b", {"late": SERVICE}, project="beta", env={"late": {"SLOW_START": "7"}}
+        tmp_path / "b", {"late": SERVICE}, project="beta-two", env={"late": {"SLOW_START": "7"}}
     )
     fast_clock = cli_env(
         ARCHDEPLOY_REPUBLISH_AFTER_SECONDS="1",
@@ -81,7 +81,7 @@ def test_a_killed_runs_tasks_are_never_run_by_a_later_up(tmp_path: Path) -> None
     wait_for("alpha's stuck service to be starting", lambda: _starting_pid(state, "stuck"), 60)
     wait_for("alpha's quick service to serve", lambda: _serving(state, "quick"), 60)
     first.kill()
-    first.wait(timeout=10)
+    first.communicate(timeout=10)
 
     later = run_cli("--state-dir", str(state), "up", str(b), env=fast_clock)
 
@@ -94,7 +94,7 @@ def test_a_killed_runs_tasks_are_never_run_by_a_later_up(tmp_path: Path) -> None
         and f"abandoned: its archdeploy process (pid {first.pid}) is gone" in alpha
     )
     # Nothing of alpha was (re)started by beta's process: one record each, same pids.
-    alpha_records = [r for r in records(state) if str(r.get("key", "")).startswith("alpha/")]
+    alpha_records = [r for r in records(state) if str(r.get("key", "")).startswith("alpha-one/")]
     assert sorted(str(r["service"]) for r in alpha_records) == ["quick", "stuck"]
     assert all(r.get("env_project") is None for r in alpha_records)
     down = run_cli("--state-dir", str(state), "down", str(a))
@@ -114,7 +114,7 @@ def test_an_old_version_killed_mid_run_never_replaces_the_new_deploy(tmp_path: P
     old = start_cli("--state-dir", str(state), "up", str(app), env=slow_env)
     wait_for("the old version to be starting", lambda: _starting_pid(state, "web"), 60)
     old.kill()
-    old.wait(timeout=10)
+    old.communicate(timeout=10)
     architecture(tmp_path / "app", {"web": SERVICE}, env={"web": {"SLOW_START": "6", "V": "2"}})
 
     new = run_cli("--state-dir", str(state), "up", str(app), "--json", env=slow_env)
@@ -167,7 +167,7 @@ def test_state_is_anchored_to_the_file_not_the_working_directory(tmp_path: Path)
 
 
 def test_a_second_up_waits_or_refuses_and_down_waits_for_up(tmp_path: Path) -> None:
-    app = architecture(tmp_path / "app", {"web": SERVICE}, env={"web": {"SLOW_START": "4"}})
+    app = architecture(tmp_path / "app", {"web": SERVICE}, env={"web": {"SLOW_START": "15"}})
     first = start_cli("up", str(app))
     state = tmp_path / "app" / ".archdeploy"
     wait_for("the first up to start the service", lambda: _starting_pid(state, "web"), 60)
