@@ -125,6 +125,8 @@ def test_an_old_version_killed_mid_run_never_replaces_the_new_deploy(tmp_path: P
     assert get(url)["V"] == "2"
     serving = _serving(state, "web")
     assert serving is not None and serving["url"] == url
+    # The old version's half-started instance, left by the killed CLI, was stopped.
+    assert [r["instance"] for r in records(state)] == [serving["instance"]]
     assert run_cli("--state-dir", str(state), "down", str(app)).code == 0
     assert not answers(url)
 

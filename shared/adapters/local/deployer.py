@@ -334,6 +334,7 @@ class LocalDeployer:
             "root": str(root),
             "log": str(self._run_dir / start.key / f"{instance}.log"),
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cli_pid": os.getpid(),
         }
         # Recorded before anything starts: a CLI killed from here on leaves a record.
         self.instances.note_starting(start.key, record)

@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from shared.adapters.local.processes import (
     file_lock,
     start_time,
@@ -81,11 +83,18 @@ class Instances:
         (self.starting_dir(key) / f"{instance}.json").unlink(missing_ok=True)
 
     def promote(self, key: str, record: Record) -> Record | None:
-        """Make `record` the serving instance; returns the one it replaced (not stopped)."""
+        """Make `record` the serving instance; returns the one it replaced (not stopped).
+
+        Instances that a dead archdeploy process left starting are stopped here."""
         with self.lock(key):
             old = self.read(key)
             write_json_atomic(self.record_path(key), record)
             self.forget_starting(key, str(record.get("instance", "")))
+            stale = [r for r in self.starting(key) if not psutil.pid_exists(r.get("cli_pid", 0))]
+            for leftover in stale:
+                log.warning("%s: stopping %s, left starting by a dead archdeploy", key, leftover)
+                self.stop_instance(leftover)
+                self.forget_starting(key, str(leftover.get("instance", "")))
         return old
 
     def stop_instance(self, record: Record) -> bool:
