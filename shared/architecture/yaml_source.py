@@ -85,7 +85,10 @@ def render_path(path: FieldPath) -> str:
         elif _PLAIN_KEY.fullmatch(part):
             text += f".{part}" if text else part
         else:
-            text += f"[{json.dumps(part)}]"
+            # Names print as written; what would not show (controls, bidi) stays escaped.
+            quoted = json.dumps(part, ensure_ascii=False)
+            shown = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in quoted)
+            text += f"[{shown}]"
     return text
 
 
