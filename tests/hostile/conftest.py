@@ -7,6 +7,7 @@ carries the test's service marker), and kills it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -50,7 +51,8 @@ class Handler(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 """
 
-# Double fork + setsid: the server leaves the service's process group and session.
+# Double fork + setsid + chdir /: the server leaves the service's process group, session
+# and folder.
 DAEMON = """\
 import os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,6 +70,7 @@ class Handler(BaseHTTPRequestHandler):
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
+        os.chdir("/")
         ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
     os._exit(0)
 while True:
@@ -226,19 +229,24 @@ def kill_group(proc: subprocess.Popen[str], signum: int = signal.SIGKILL) -> Non
 
 
 def leftovers(root: Path) -> list[psutil.Process]:
-    """Live processes tied to `root`: in their command line, working directory or
-    environment (a service's marker names its state folder's files)."""
+    """Live processes tied to `root`: in their command line or working directory, or
+    carrying the service marker of a state folder under `root` (a daemon that changed
+    to / and renamed itself is still found)."""
     me = os.getpid()
     mine = str(root)
+    state_ids = {
+        hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+        for folder in [root, *root.rglob("*")]
+        if folder.is_dir() and not folder.is_symlink()
+    }
     found = []
     for proc in psutil.process_iter():
         try:
             if proc.pid == me or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
             cmdline = " ".join(proc.cmdline())
-            cwd = proc.cwd()
-            marked = "ARCHDEPLOY_SERVICE_ID" in proc.environ() and mine in (cmdline + cwd)
-            if mine in cmdline or cwd.startswith(mine) or marked:
+            marker = proc.environ().get("ARCHDEPLOY_SERVICE_ID", "")
+            if mine in cmdline or proc.cwd().startswith(mine) or marker[:12] in state_ids:
                 found.append(proc)
         except (psutil.Error, OSError):
             continue
