@@ -1,19 +1,18 @@
 """The embedded `ContainerDeployer`: local OCI images, run as local processes the Cloud Run way.
 
 `build` writes a content-addressed image of the service's source into the OCI image
-layout `<state_dir>/images`. `deploy_service` unpacks it into
-`<state_dir>/run/<service>/<digest12>/` and runs it on a free loopback port with `PORT`
-set, then waits for its health check. What runs is recorded in
-`<state_dir>/run/<service>.json`, so a later process (`archdeploy down`) can stop it.
+layout `<state_dir>/images`. `deploy_service` unpacks it into a new instance folder and
+runs it on a free loopback port with `PORT` set, then waits for its health check; what
+runs is recorded so a later process (`archdeploy down`) can stop it, by project,
+environment and name (`shared.adapters.local.instances`).
 
 Repeated runs skip unchanged work (`IncrementalDeployer`): `cached_image` finds the image
 built from the same input digest (`shared.adapters.input_digest`); `deployed` reports the
 running deploy's config fingerprint when its process is alive and healthy; `rollback`
 starts a saved deployment again (`shared.adapters.local.history`).
 
-What an image runs, and the environment and secrets it gets, follow `local_container`.
-`python` is the deployer's configured interpreter (`python=`, default: the one running
-archdeploy).
+What an image runs, and its environment and secrets, follow `container`; `python` is
+the deployer's interpreter (default: the one running archdeploy).
 """
 
 from __future__ import annotations
@@ -34,8 +33,10 @@ from shared.adapters.input_digest import input_digest
 from shared.adapters.local.container import (
     IMAGE_ENV,
     container_environment,
+    health_path,
     image_command,
     local_secrets,
+    source_dir,
     write_python_shims,
 )
 from shared.adapters.local.history import DeploymentHistory, revision_id
@@ -109,7 +110,7 @@ class LocalDeployer:
         Raises BackendError for a missing or relative source, nothing to run, or pip failing.
         """
         _check_name(service_name)
-        directory = _source_dir(service_name, spec)
+        directory = source_dir(service_name, spec)
         try:
             files = collect_files(directory, spec.config_templates)
             digest = input_digest(files, builder=self._builder)
@@ -139,7 +140,7 @@ class LocalDeployer:
         """
         try:
             _check_name(service_name)
-            files = collect_files(_source_dir(service_name, spec), spec.config_templates)
+            files = collect_files(source_dir(service_name, spec), spec.config_templates)
             digest = input_digest(files, builder=self._builder)
         except (BackendError, OSError) as exc:
             log.debug("%s: no cached image: %s", service_name, exc)
@@ -177,7 +178,7 @@ class LocalDeployer:
             "image": spec.image,
             "spec": spec.model_dump(mode="json"),
             "service_account": service_account_email,
-            "health_path": _health_path(target),
+            "health_path": health_path(target),
         }
         return self._deploy(service_name, spec, saved, f"deploying {service_name}")
 
@@ -385,21 +386,3 @@ def _check_name(service_name: str) -> None:
     # The name becomes part of file paths under state_dir.
     if not _SERVICE_NAME.fullmatch(service_name):
         raise BackendError(f"service name {service_name!r}: use letters, digits, '-' and '_'")
-
-
-def _source_dir(service_name: str, spec: DeploymentSpec) -> Path:
-    source = Path(spec.source_path)
-    if not source.is_absolute():
-        raise BackendError(
-            f"building {service_name}: source_path {spec.source_path!r} is not absolute "
-            "(callers resolve it against the architecture file)"
-        )
-    directory = source / spec.buildable_module_path if spec.buildable_module_path else source
-    if not directory.is_dir():
-        raise BackendError(f"building {service_name}: source directory {directory} does not exist")
-    return directory
-
-
-def _health_path(target: Target | None) -> str:
-    path = target.health_check.path if target and target.health_check else "/"
-    return path if path.startswith("/") else f"/{path}"
