@@ -118,11 +118,12 @@ class SqliteRunStore:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as exc:
-                corrupt = "malformed" in str(exc) or type(exc) is sqlite3.DatabaseError
-                if corrupt:
+            except sqlite3.DatabaseError as exc:
+                # A stored document json_extract cannot read, or not a database at all.
+                malformed = isinstance(exc, sqlite3.OperationalError) and "malformed" in str(exc)
+                if malformed or type(exc) is sqlite3.DatabaseError:
                     raise UsageError(_corrupt(self.path, str(exc))) from None
-                raise BackendError(f"run store {self.path}: {exc}", retryable=True) from exc
+                raise
 
     # --- runs ---------------------------------------------------------------------------
 
