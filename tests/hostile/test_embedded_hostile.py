@@ -72,9 +72,11 @@ def test_a_killed_runs_tasks_are_never_run_by_a_later_up(tmp_path: Path) -> None
     b = architecture(
         tmp_path / "b", {"late": SERVICE}, project="beta-two", env={"late": {"SLOW_START": "7"}}
     )
+    # A task's lease is half its deadline: alpha's claim lapses 6 s after it was taken,
+    # before beta's first sweep (5 s into beta), which used to re-send it.
     fast_clock = cli_env(
         ARCHDEPLOY_REPUBLISH_AFTER_SECONDS="1",
-        ARCHDEPLOY_DEPLOY_DEADLINE_SECONDS="600",
+        ARCHDEPLOY_DEPLOY_DEADLINE_SECONDS="12",
         ARCHDEPLOY_HEALTH_TIMEOUT_SECONDS="400",
     )
     first = start_cli("--state-dir", str(state), "up", str(a), env=fast_clock)
@@ -109,7 +111,9 @@ def test_an_old_version_killed_mid_run_never_replaces_the_new_deploy(tmp_path: P
     state = tmp_path / "state"
     app = architecture(tmp_path / "app", {"web": SERVICE}, env={"web": {"SLOW_START": "300"}})
     slow_env = cli_env(
-        ARCHDEPLOY_HEALTH_TIMEOUT_SECONDS="400", ARCHDEPLOY_REPUBLISH_AFTER_SECONDS="1"
+        ARCHDEPLOY_HEALTH_TIMEOUT_SECONDS="400",
+        ARCHDEPLOY_REPUBLISH_AFTER_SECONDS="1",
+        ARCHDEPLOY_DEPLOY_DEADLINE_SECONDS="12",  # the old claim lapses 6 s in
     )
     old = start_cli("--state-dir", str(state), "up", str(app), env=slow_env)
     wait_for("the old version to be starting", lambda: _starting_pid(state, "web"), 60)
