@@ -14,7 +14,7 @@ from shared.adapters.local.inprocess_bus import InProcessBus
 from shared.core.control import sweep
 from shared.core.dispatcher import dispatch_request
 from shared.core.handlers import subscribe_all
-from shared.core.runtime import RunPolicy, Runtime
+from shared.core.runtime import Driver, RunPolicy, Runtime
 from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
 from shared.errors import UsageError
@@ -114,6 +114,8 @@ def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         sources=_github_sources(settings),
         architectures=_remote_architectures(settings),
         policy=run_policy(settings),
+        # On the in-process bus this process is the only one that can run the tasks.
+        driver=Driver.this_process() if isinstance(bus, InProcessBus) else None,
     )
     if isinstance(bus, InProcessBus):
 
@@ -276,6 +278,7 @@ def embedded(
         bus=bus,
         deployer=deployer or make_deployer(settings),
         policy=run_policy(settings),
+        driver=Driver.this_process(),
     )
     if callable(clock):
         rt.clock = clock

@@ -231,6 +231,11 @@ class RunRecord(BaseModel):
     halted: str | None = None  # why no new task may start (a build failed, cancelled)
     cancelled_by: str | None = None  # who cancelled (a person, or the run that superseded it)
     error: str | None = None  # a run-level error: the request itself was invalid
+    # Embedded runs only: the archdeploy process that drives the run (its tasks run in it
+    # alone), by pid, start time (against pid reuse) and host. None on Google Cloud.
+    driver_pid: int | None = None
+    driver_started: float | None = None
+    driver_host: str = ""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None

@@ -73,7 +73,10 @@ def render_path(path: FieldPath) -> str:
         elif _PLAIN_KEY.fullmatch(part):
             text += f".{part}" if text else part
         else:
-            text += f"[{json.dumps(part)}]"
+            # Names print as written; what would not show (controls, bidi) stays escaped.
+            quoted = json.dumps(part, ensure_ascii=False)
+            shown = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in quoted)
+            text += f"[{shown}]"
     return text
 
 
@@ -174,6 +177,9 @@ def _yaml_problem(exc: yaml.YAMLError, text: str, file: str) -> Problem:
             else "check the indentation, quotes and brackets on that line and the one before"
         )
         message = f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {what}"
+        if "cannot start any token" in what and text[mark.index : mark.index + 1] == "\t":
+            message = f"tabs are not allowed for indentation in YAML (line {mark.line + 1})"
+            fix = "indent with spaces"
         return Problem("", message, mark.line + 1, fix, file)
     if isinstance(exc, yaml.reader.ReaderError):
         line = text.count("\n", 0, exc.position) + 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +16,8 @@ import click
 from rich.console import Console
 
 from shared.cli.dev import dev
-from shared.cli.ui import dashboard_link, ui
+from shared.cli.local import no_wait_option, state_file_option
+from shared.cli.ui import ui
 from shared.errors import (
     EXIT_OK,
     EXIT_RUN_FAILED,
@@ -38,11 +38,14 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ArchdeployError as exc:
+        except (ArchdeployError, OSError) as exc:
             if ctx.meta.get("debug"):
                 raise
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-            ctx.exit(exc.exit_code)
+            from shared.cli.local import as_usage_error
+
+            known = exc if isinstance(exc, ArchdeployError) else as_usage_error(exc)
+            err.print(f"[bold red]error:[/] {known}", markup=True, highlight=False, soft_wrap=True)
+            ctx.exit(known.exit_code)
         except KeyboardInterrupt:
             err.print("interrupted")
             ctx.exit(130)
@@ -54,7 +57,7 @@ class _Group(click.Group):
     "--state-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where embedded runs keep state (default: .archdeploy).",
+    help="Where embedded runs keep state (default: .archdeploy beside the architecture file).",
 )
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, state_dir: Path | None) -> None:
@@ -66,12 +69,18 @@ def cli(ctx: click.Context, debug: bool, state_dir: Path | None) -> None:
     logs.configure(json_lines=False, level="DEBUG" if debug else "WARNING")
 
 
-def _settings(ctx: click.Context, **overrides: Any) -> Any:
+def _settings(ctx: click.Context, file: str | None = None, **overrides: Any) -> Any:
+    """Settings, with the state folder anchored beside `file` unless given explicitly."""
+    from shared.cli.local import anchored_state_dir
     from shared.settings import load_settings
 
     if ctx.meta.get("state_dir") is not None:
         overrides["state_dir"] = ctx.meta["state_dir"]
-    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    state_dir = anchored_state_dir(settings, file)
+    if state_dir == settings.state_dir:
+        return settings
+    return settings.model_copy(update={"state_dir": state_dir})
 
 
 def _load(file: str, strict: bool, environment: str | None, check_paths: bool) -> Any:
@@ -113,24 +122,12 @@ def preflight(ctx: click.Context, file: str, strict: bool, environment: str | No
     """Check that Google Cloud is ready for FILE: APIs, repositories, accounts, secrets.
 
     Exits 2 when a check fails; each failure comes with its fix."""
-    import os
-
-    from shared.adapters.gcp import preflight as checks
+    from shared.adapters.gcp.preflight import run_preflight
 
     arch = _load(file, strict, environment, check_paths=False).architecture
-    settings = _settings(ctx)
-    needs = checks.needs_of(
-        arch,
-        region=settings.region,
-        image_repo=settings.image_repo,
-        default_service_account=settings.default_service_account,
-        build_service_account=settings.build_service_account,
-    )
-    base = os.environ.get("ARCHDEPLOY_PREFLIGHT_BASE_URL", "")
-    endpoints = checks.Endpoints.all_at(base) if base else checks.Endpoints()
-    found = checks.Preflight(checks.session_for(base), endpoints).run(needs)
-    click.echo(checks.render(found))
-    sys.exit(2 if any(not check.ok for check in found) else 0)
+    found = run_preflight(arch, _settings(ctx))
+    click.echo(found.text)
+    sys.exit(0 if found.ok else 2)
 
 
 @cli.command()
@@ -138,7 +135,7 @@ def schema() -> None:
     """Print the architecture file's JSON Schema (for editor completion)."""
     from shared.architecture.loading import architecture_json_schema
 
-    click.echo(json.dumps(architecture_json_schema(), indent=2))
+    click.echo(json.dumps(architecture_json_schema(), indent=2, ensure_ascii=False))
 
 
 @cli.command()
@@ -167,25 +164,10 @@ def plan(
         director_url=director_url,
         source_root=str(loaded.base_dir or ""),
     )
-    if as_json:
-        click.echo(
-            json.dumps(
-                [t.model_dump(mode="json", exclude_none=True) for t in result.tasks], indent=2
-            )
-        )
-        return
-    for phase in ("build", "director", "deploy"):
-        tasks = [t for t in result.tasks if t.phase.value == phase]
-        if not tasks:
-            continue
-        click.echo(f"{phase}:")
-        for t in tasks:
-            after = f" after {', '.join(t.depends_on)}" if t.depends_on else ""
-            click.echo(f"  {t.service}{after}")
-            if phase != "build" and t.spec is not None:
-                for key, value in sorted(t.spec.environment_vars.items()):
-                    shown = value or "(the director's URL, once deployed)"
-                    click.echo(f"      {key}={shown}")
+    from shared.cli.plan_text import render_plan
+
+    director = loaded.architecture.service_manager_spec is not None
+    click.echo(render_plan(result.tasks, director=director, as_json=as_json))
 
 
 @cli.command()
@@ -214,6 +196,7 @@ def plan(
     is_flag=True,
     help="If deploys fail, put every service back on what it served before.",
 )
+@no_wait_option
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -227,6 +210,7 @@ def up(
     endpoint: str | None,
     no_cache: bool,
     rollback_on_failure: bool,
+    no_wait: bool,
 ) -> None:
     """Build every service in parallel, then deploy them, and show the result.
 
@@ -242,55 +226,34 @@ def up(
         "no_cache": no_cache,
         "rollback_on_failure": rollback_on_failure,
     }
-    settings = _settings(ctx, parallelism=parallelism)
+    settings = _settings(ctx, file, parallelism=parallelism)
     if endpoint:
         from shared.cli.remote import up_over_http
 
         request = DeployRequest(architecture=loaded.text, **options)
-        result = up_over_http(endpoint, request, settings.http_token)
+        result, code = up_over_http(endpoint, request, settings.http_token), None
     elif settings.bus_kind == "pubsub":
         from shared.cli.remote import up_over_pubsub
 
         request = DeployRequest(architecture=loaded.text, **options)
-        result = up_over_pubsub(settings, request)
+        result, code = up_over_pubsub(settings, request), None
     else:
+        from shared.cli.local import EXIT_INTERRUPTED, prepare, up_embedded
+
+        prepare(settings.state_dir)
         request = DeployRequest(architecture_uri=str(Path(file).resolve()), **options)
         services = len(list(loaded.architecture.services()))
-        result = _up_embedded(settings, request, services)
-    sys.exit(_report(result, as_json))
+        result, interrupted = up_embedded(settings, request, services, wait=not no_wait, say=_say)
+        code = EXIT_INTERRUPTED if interrupted else None
+    sys.exit(_report(result, as_json, code))
 
 
-def _up_embedded(settings: Any, request: DeployRequest, services: int) -> RunResult:
-    """Run the request in this process and follow it until it ends."""
-    from shared.bootstrap import embedded
-    from shared.cli.progress import follow
-
-    system = embedded(settings)
-    try:
-        run = system.submit(request)
-        err.print(f"run {run.run_id}: {services} services, state in {settings.state_dir}")
-        if link := dashboard_link(settings.state_dir, run.run_id):
-            err.print(f"dashboard: {link}", soft_wrap=True)
-        waiter = threading.Thread(target=_wait, args=(system, run.run_id), daemon=True)
-        waiter.start()
-        result = follow(
-            system.store, run.run_id, stream=sys.stderr, done=lambda: not waiter.is_alive()
-        )
-        waiter.join()
-    finally:
-        system.close()
-    return result
+def _say(line: str) -> None:
+    err.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _wait(system: Any, run_id: str) -> None:
-    try:
-        system.wait(run_id)
-    except Exception as exc:  # shown to the user; the run's record says the rest
-        err.print(f"[bold red]error:[/] a handler gave up: {exc.__cause__ or exc}")
-
-
-def _report(result: RunResult, as_json: bool) -> int:
-    """Print the result; returns the exit code it calls for."""
+def _report(result: RunResult, as_json: bool, exit_code: int | None = None) -> int:
+    """Print the result; returns the exit code it calls for (`exit_code` overrides it)."""
     from shared.cli.progress import print_errors, result_table
 
     out = Console(highlight=False)
@@ -299,20 +262,24 @@ def _report(result: RunResult, as_json: bool) -> int:
     else:
         out.print(result_table(result))
     print_errors(result, err)
-    return EXIT_OK if result.status is RunStatus.SUCCEEDED else EXIT_RUN_FAILED
+    code = EXIT_OK if result.status is RunStatus.SUCCEEDED else EXIT_RUN_FAILED
+    return code if exit_code is None else exit_code
 
 
 @cli.command()
 @click.argument("run_id", required=False)
+@state_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print the RunResult as JSON.")
 @click.option("--timeline", is_flag=True, help="Draw each service's phases as text bars.")
 @click.pass_context
-def status(ctx: click.Context, run_id: str | None, as_json: bool, timeline: bool) -> None:
+def status(
+    ctx: click.Context, run_id: str | None, file: str | None, as_json: bool, timeline: bool
+) -> None:
     """Show a run (the latest by default)."""
-    from shared.bootstrap import make_store
+    from shared.cli.local import open_store
     from shared.core.runtime import run_view as current
 
-    store = make_store(_settings(ctx))
+    store = open_store(_settings(ctx, file), _say)
     if run_id is None:
         runs = store.list_runs(1)
         if not runs:
@@ -330,8 +297,9 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, timeline: bool
 
 @cli.command()
 @click.argument("run_id")
+@state_file_option
 @click.pass_context
-def cancel(ctx: click.Context, run_id: str) -> None:
+def cancel(ctx: click.Context, run_id: str, file: str | None) -> None:
     """Cancel a run: no new task starts, submitted builds are cancelled, and the run ends
     `cancelled` (listing what had deployed) once what is in flight has finished."""
     import getpass
@@ -339,7 +307,12 @@ def cancel(ctx: click.Context, run_id: str) -> None:
     from shared.bootstrap import wire
     from shared.core.control import cancel_run
 
-    run = cancel_run(run_id, wire(_settings(ctx)), by=getpass.getuser())
+    settings = _settings(ctx, file)
+    if settings.store_kind == "sqlite":
+        from shared.cli.local import check_readable
+
+        check_readable(settings.state_dir)
+    run = cancel_run(run_id, wire(settings), by=getpass.getuser())
     if run is None:
         raise RunNotFound(run_id)
     state = run.status.value if run.status.terminal else "cancelling (tasks in flight finish)"
@@ -348,16 +321,17 @@ def cancel(ctx: click.Context, run_id: str) -> None:
 
 @cli.command()
 @click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20)
+@state_file_option
 @click.pass_context
-def runs(ctx: click.Context, limit: int) -> None:
+def runs(ctx: click.Context, limit: int, file: str | None) -> None:
     """List recent runs."""
-    from shared.bootstrap import make_store
+    from shared.cli.local import open_store
 
-    for run in make_store(_settings(ctx)).list_runs(limit):
+    for run in open_store(_settings(ctx, file), _say).list_runs(limit):
         when = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(
             f"{run.run_id}  {when}  {run.status.value:<10} {run.phase.value:<9} "
-            f"{run.architecture_file}"
+            f"{run.architecture_file}" + (f"  ({run.error})" if run.error else "")
         )
 
 
@@ -367,6 +341,7 @@ def runs(ctx: click.Context, limit: int) -> None:
     "--dataflow", "-d", "dataflows", multiple=True, help="Only this dataflow (repeatable)."
 )
 @click.option("--force", is_flag=True, help="Tear down even with teardown_protection set.")
+@no_wait_option
 @click.pass_context
 def down(
     ctx: click.Context,
@@ -375,6 +350,7 @@ def down(
     environment: str | None,
     dataflows: tuple[str, ...],
     force: bool,
+    no_wait: bool,
 ) -> None:
     """Stop and delete the deployed services of the architecture (or some dataflows)."""
     from shared.bootstrap import make_deployer
@@ -390,7 +366,14 @@ def down(
     names = [s.name for f in selected for s in arch.dataflows[f].services.values() if s.deployment]
     if not dataflows and arch.service_manager_spec is not None:
         names.append(arch.service_manager_spec.name)
-    deployer = make_deployer(_settings(ctx))
+    settings = _settings(ctx, file)
+    if settings.deployer_kind == "local":
+        from shared.cli.local import down_local
+
+        project, env = arch.project_id, environment or ""
+        click.echo(down_local(settings, names, project, env, wait=not no_wait, say=_say))
+        return
+    deployer = make_deployer(settings)
     for name in names:
         deployer.teardown(name)
         err.print(f"  {name:<24} stopped")

@@ -15,11 +15,12 @@ from shared.core.run_engine import (
     advance_run,
     cancel_submitted_builds,
     close_tasks,
+    finish_run,
     publish_tasks,
 )
 from shared.core.runtime import Runtime
 from shared.logs import log_context
-from shared.messages import RunRecord, TaskRecord, TaskStatus
+from shared.messages import RunRecord, RunStatus, TaskRecord, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,19 @@ class SweepReport:
 
 def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     """Fail overdue tasks as `timed_out`, re-send task messages that were lost, and move
-    every active run on. Safe to run often and from several places at once."""
+    every active run on. Safe to run often and from several places at once.
+
+    Embedded (`rt.driver` set), only the runs this process drives are swept: another
+    process's run is left to it, and one whose driver is gone is ended as abandoned,
+    never re-sent here."""
     now = now or rt.clock()
     report = SweepReport()
     for run in rt.store.list_active_runs():
+        owner = run_owner(run, rt)
+        if owner == "gone":
+            abandon_run(run, rt)
+        if owner != "ours":
+            continue
         report.runs += 1
         with log_context(run_id=run.run_id):
             _sweep_run(run, now, rt, report)
@@ -83,6 +93,69 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
             len(report.republished),
         )
     return report
+
+
+def run_owner(run: RunRecord, rt: Runtime) -> str:
+    """Who drives `run`, from this process's point of view: "ours", "other" (a live
+    process, or one on another host) or "gone" (its driver exited: the run is abandoned).
+
+    On Google Cloud (no `rt.driver`) every run without a local driver is ours to sweep."""
+    if rt.driver is None:
+        return "ours" if run.driver_pid is None else "other"
+    if run.driver_pid is None:
+        return "gone"  # written by an archdeploy that did not record its driver
+    me = rt.driver
+    if run.driver_host and run.driver_host != me.host:
+        return "other"
+    if (run.driver_pid, run.driver_started) == (me.pid, me.started):
+        return "ours"
+    return "other" if _alive(run.driver_pid, run.driver_started) else "gone"
+
+
+def abandoned_reason(run: RunRecord) -> str:
+    who = f"pid {run.driver_pid}" if run.driver_pid else "unknown"
+    return f"abandoned: its archdeploy process ({who}) is gone"
+
+
+def abandon_run(run: RunRecord, rt: Runtime) -> None:
+    """End a run whose driver is gone: its open tasks fail, naming why, nothing new starts
+    and nothing is re-sent, and the run ends `failed` with the reason as its error."""
+    reason = abandoned_reason(run)
+    with log_context(run_id=run.run_id):
+        rt.store.update_run(
+            run.run_id,
+            expect={"error": None},
+            changes={"halted": reason, "error": reason, "updated_at": rt.clock()},
+        )
+        open_tasks = [t for t in rt.store.get_tasks(run.run_id) if not t.status.terminal]
+        close_tasks(open_tasks, TaskStatus.FAILED, reason, rt)
+        final = rt.store.get_run(run.run_id) or run
+        finish_run(final, rt.store.get_tasks(run.run_id), rt, RunStatus.FAILED)
+        log.warning("run %s", reason)
+
+
+def end_abandoned(rt: Runtime) -> list[str]:
+    """End every active run whose driver is gone (what `status`, `runs` and `up` do
+    first); returns their ids."""
+    ended = []
+    for run in rt.store.list_active_runs():
+        if run_owner(run, rt) == "gone":
+            abandon_run(run, rt)
+            ended.append(run.run_id)
+    return ended
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        created = round(process.create_time(), 2)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.Error:
+        return False
+    return started is None or abs(created - started) < 0.05
 
 
 def _sweep_run(run: RunRecord, now: datetime, rt: Runtime, report: SweepReport) -> None:
@@ -125,4 +198,12 @@ def _lost(task: TaskRecord, now: datetime, rt: Runtime) -> bool:
     return False
 
 
-__all__ = ["SweepReport", "cancel_run", "fail_task", "sweep"]
+__all__ = [
+    "SweepReport",
+    "abandon_run",
+    "cancel_run",
+    "end_abandoned",
+    "fail_task",
+    "run_owner",
+    "sweep",
+]

@@ -115,6 +115,7 @@ def _plan(
         rollback_on_failure=request.rollback_on_failure,
         created_at=now,
         updated_at=now,
+        **(rt.driver.fields() if rt.driver else {}),
     )
     return run, plan.tasks
 

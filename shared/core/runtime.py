@@ -35,6 +35,25 @@ DEFAULT_DEADLINES = {
 
 
 @dataclass(frozen=True)
+class Driver:
+    """The process that drives a run in embedded mode: its tasks run there and nowhere
+    else, and once it is gone the run is abandoned (see `shared.core.control`)."""
+
+    pid: int
+    started: float  # psutil's create_time: with the pid, names one process
+    host: str
+
+    @classmethod
+    def this_process(cls) -> Driver:
+        import psutil
+
+        return cls(os.getpid(), round(psutil.Process().create_time(), 2), socket.gethostname())
+
+    def fields(self) -> dict[str, object]:
+        return {"driver_pid": self.pid, "driver_started": self.started, "driver_host": self.host}
+
+
+@dataclass(frozen=True)
 class RunPolicy:
     """The knobs that shape a run: leases, deadlines, admission caps, build handling."""
 
@@ -96,6 +115,9 @@ class Runtime:
     policy: RunPolicy = field(default_factory=RunPolicy)
     worker_id: str = field(default_factory=_default_worker_id)
     clock: Callable[[], datetime] = utcnow
+    # Embedded: this process, recorded on the runs it creates; the sweep touches only
+    # those, and ends as abandoned the runs whose driver is gone. None on Google Cloud.
+    driver: Driver | None = None
     coalescer: Coalescer = field(default_factory=Coalescer, repr=False)
 
 

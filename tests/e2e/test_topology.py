@@ -161,7 +161,7 @@ def test_a_failed_build_fails_the_run_by_the_event_path_and_deploys_nothing(
     deploys = topology.store().get_tasks(run_id, Phase.DEPLOY)
     assert deploys and all(t.started_at is None for t in deploys)
     assert not set(services) & set(LocalDeployer(topology.state_dir).running())
-    assert not any((topology.state_dir / "run" / name).exists() for name in services)
+    assert not any(list((topology.state_dir / "run").glob(f"*/*/{name}*")) for name in services)
     # And the failure went worker -> completions topic -> aggregator, like any outcome
     task_id = task_id_for(run_id, Phase.BUILD, "shop-broken")
     assert _labelled(_log_entries(topology, "dispatcher"), run_id=run_id)

@@ -49,8 +49,8 @@ def test_up_deploys_the_example_and_prints_a_complete_run_result(state: Path) ->
 
     down = _archdeploy(state, "down", str(EXAMPLE))
     assert down.returncode == 0, down.stderr
-    assert LocalDeployer(state).running() == {}
-    for record in (state / "run").glob("*.json"):
+    assert LocalDeployer(state, project="archdeploy-demo").running() == {}
+    for record in (state / "run").glob("*/*/*.json"):
         pytest.fail(f"a process record survived `down`: {record}")
 
 

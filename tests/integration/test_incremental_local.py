@@ -252,9 +252,9 @@ def test_a_deploy_records_its_fingerprint_and_teardown_deletes_its_history(
     assert (current.url, current.image) == (url, image)
     assert current.fingerprint == config_fingerprint("good-sa", deployable)
     saved = json.loads(
-        (state / "run" / "good" / "history" / f"{current.revision}.json").read_text()
+        (deployer.service_dir("good") / "history" / f"{current.revision}.json").read_text()
     )
     assert (saved["image"], saved["service_account"]) == (image, "good-sa")
     deployer.teardown("good")
     assert deployer.deployed("good") is None
-    assert not (state / "run" / "good").exists()
+    assert not deployer.service_dir("good").exists()

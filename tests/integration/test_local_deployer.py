@@ -136,7 +136,7 @@ def test_the_service_gets_port_its_environment_and_nothing_else_from_the_host(
     assert env["K_SERVICE"] == "echo"
     assert env["PATH"].endswith(os.environ["PATH"])
     assert "ARCHDEPLOY_TEST_HOST_ONLY" not in env
-    assert Path(seen["cwd"]).is_relative_to(deployer.state_dir / "run" / "echo")
+    assert Path(seen["cwd"]).is_relative_to(deployer.service_dir("echo"))
     assert seen["executable"] == deployer.python
 
 
@@ -284,7 +284,7 @@ def test_a_crashing_service_fails_the_deploy_with_its_last_output(
     assert "line 99" in message
     assert "line 50\n" not in message  # only the last lines
     assert deployer.running() == {}
-    assert not (deployer.state_dir / "run" / "crashy.json").exists()
+    assert not deployer.record_path("crashy").exists()
 
 
 def test_a_service_that_never_gets_healthy_fails_after_the_timeout_and_is_stopped(
@@ -336,7 +336,7 @@ def test_another_deployer_instance_can_stop_what_this_one_started(
     assert start_time(pid) is None
     assert refuses_connections(url)
     assert later_cli.running() == deployer.running() == {}
-    assert not (deployer.state_dir / "run" / "echo.json").exists()
+    assert not deployer.record_path("echo").exists()
     later_cli.teardown("echo")  # again: nothing there, nothing to do
     later_cli.teardown("never-deployed")
 
@@ -366,15 +366,15 @@ def test_a_recorded_pid_now_used_by_another_program_is_never_signalled(
             "pgid": bystander.pid,
             "proc_start": started - 1,
         }
-        (deployer.state_dir / "run").mkdir(parents=True)
-        (deployer.state_dir / "run" / "old.json").write_text(json.dumps(record))
+        deployer.record_path("old").parent.mkdir(parents=True)
+        deployer.record_path("old").write_text(json.dumps(record))
 
         assert deployer.running() == {}
         deployer.teardown("old")
 
         assert bystander.poll() is None
         assert start_time(bystander.pid) == started
-        assert not (deployer.state_dir / "run" / "old.json").exists()
+        assert not deployer.record_path("old").exists()
     finally:
         bystander.kill()
         bystander.wait()
@@ -393,4 +393,4 @@ def test_a_service_that_died_on_its_own_is_not_running_and_teardown_forgets_it(
 
     assert deployer.running() == {}
     deployer.teardown("echo")
-    assert not (deployer.state_dir / "run" / "echo.json").exists()
+    assert not deployer.record_path("echo").exists()

@@ -579,7 +579,14 @@ _ONLY_CANCELS = {
         if isinstance(node, ast.FunctionDef)
     ),
 }
-NOT_CALLED = {"dispatcher": _ONLY_CANCELS, "aggregator": _ONLY_CANCELS, "worker": set()}
+# Embedded only: a run's driver (psutil) is recorded and checked only on the in-process
+# bus, never by a function on Pub/Sub.
+_EMBEDDED_DRIVER = {("shared.core.runtime", "this_process"), ("shared.core.control", "_alive")}
+NOT_CALLED = {
+    "dispatcher": _ONLY_CANCELS | _EMBEDDED_DRIVER,
+    "aggregator": _ONLY_CANCELS | _EMBEDDED_DRIVER,
+    "worker": _EMBEDDED_DRIVER,
+}
 
 
 def _module_file(module: str) -> Path | None:

@@ -17,7 +17,7 @@ from shared.core.control import cancel_run, fail_task, sweep
 from shared.core.dispatcher import dispatch_request
 from shared.core.handlers import on_completion, on_dead_letter, on_task, subscribe_all
 from shared.core.run_engine import advance_run
-from shared.core.runtime import RunPolicy, Runtime
+from shared.core.runtime import Driver, RunPolicy, Runtime
 from shared.deployer import Target
 from shared.messages import (
     TOPIC_COMPLETIONS,
@@ -68,7 +68,9 @@ class SubmittingDeployer(FakeDeployer):
 
 
 class System:
-    def __init__(self, deployer: FakeDeployer | None = None, **policy: Any) -> None:
+    def __init__(
+        self, deployer: FakeDeployer | None = None, driver: Driver | None = None, **policy: Any
+    ) -> None:
         self.store = FakeRunStore()
         self.bus = FakeBus()
         self.deployer = deployer or FakeDeployer()
@@ -79,6 +81,7 @@ class System:
             deployer=self.deployer,
             clock=self.clock,
             policy=RunPolicy(**policy),
+            driver=driver,
         )
         subscribe_all(self.bus, self.rt)
 

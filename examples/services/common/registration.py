@@ -189,6 +189,16 @@ class ServiceHandler(BaseHTTPRequestHandler):
         log.debug(format, *args)
 
 
+def bind_host() -> str:
+    """Loopback when run locally, all interfaces on Cloud Run (which requires it).
+
+    Cloud Run sets K_SERVICE; archdeploy's local deployer sets it too, as Cloud Run
+    would, and marks its processes with ARCHDEPLOY_SERVICE_ID: that means local."""
+    if os.environ.get("ARCHDEPLOY_SERVICE_ID") or not os.environ.get("K_SERVICE"):
+        return "127.0.0.1"
+    return "0.0.0.0"  # Cloud Run routes to the container's interfaces
+
+
 def serve(handler: type[ServiceHandler], port: int | None = None) -> None:
     """Register in the background and serve `handler` on `port` (default $PORT) forever."""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(message)s")
@@ -196,8 +206,7 @@ def serve(handler: type[ServiceHandler], port: int | None = None) -> None:
     name = os.environ.get("SERVICE_NAME") or os.environ.get("K_SERVICE") or "unnamed"
     url = own_url(port)
     handler.registration = Registration(name, url, os.environ.get("SERVICE_DIRECTOR_URL", ""))
-    # All interfaces, as Cloud Run requires; the local deployer only probes 127.0.0.1.
-    server = ThreadingHTTPServer(("", port), handler)
+    server = ThreadingHTTPServer((bind_host(), port), handler)
     threading.Thread(target=handler.registration.run, name="register", daemon=True).start()
     log.info("%s listening on port %d", name, port)
     server.serve_forever()

@@ -88,10 +88,20 @@ class Handler(BaseHTTPRequestHandler):
         log.debug(format, *args)
 
 
+def bind_host() -> str:
+    """Loopback when run locally, all interfaces on Cloud Run (which requires it).
+
+    Cloud Run sets K_SERVICE; archdeploy's local deployer sets it too, as Cloud Run
+    would, and marks its processes with ARCHDEPLOY_SERVICE_ID: that means local."""
+    if os.environ.get("ARCHDEPLOY_SERVICE_ID") or not os.environ.get("K_SERVICE"):
+        return "127.0.0.1"
+    return "0.0.0.0"  # Cloud Run routes to the container's interfaces
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(message)s")
     port = int(os.environ.get("PORT", "8080"))
-    server = ThreadingHTTPServer(("", port), Handler)
+    server = ThreadingHTTPServer((bind_host(), port), Handler)
     log.info("director listening on port %d", port)
     server.serve_forever()
 

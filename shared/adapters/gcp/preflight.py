@@ -26,12 +26,16 @@ answers for it; reading policies needs the *.getIamPolicy permissions of a revie
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.adapters.gcp.cloud_run import service_account_email
 from shared.architecture.model import Architecture
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 ACT_AS = "iam.serviceAccounts.actAs"
 SECRET_READERS = {"roles/secretmanager.secretAccessor", "roles/secretmanager.admin", "roles/owner"}
@@ -276,3 +280,25 @@ def session_for(base_url: str = "") -> Any:
 
     credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
     return AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    text: str  # the table of checks, with the fix for each failure
+    ok: bool
+
+
+def run_preflight(architecture: Architecture, settings: Settings) -> PreflightReport:
+    """Every check for `architecture` through the real APIs (or, with
+    ARCHDEPLOY_PREFLIGHT_BASE_URL, a stand-in for all of them, as the tests use)."""
+    needs = needs_of(
+        architecture,
+        region=settings.region,
+        image_repo=settings.image_repo,
+        default_service_account=settings.default_service_account,
+        build_service_account=settings.build_service_account,
+    )
+    base = os.environ.get("ARCHDEPLOY_PREFLIGHT_BASE_URL", "")
+    endpoints = Endpoints.all_at(base) if base else Endpoints()
+    found = Preflight(session_for(base), endpoints).run(needs)
+    return PreflightReport(render(found), all(check.ok for check in found))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shared.adapters.local.oci_images import ImageConfig
 from shared.architecture.model import DeploymentSpec
+from shared.deployer import Target
 from shared.errors import BackendError
 
 SECRET_PREFIX = "ARCHDEPLOY_SECRET_"
@@ -84,3 +85,21 @@ def write_python_shims(bin_dir: Path, python: str) -> None:
         staging.write_text(f'#!/bin/sh\nexec {shlex.quote(python)} "$@"\n')
         staging.chmod(0o755)
         os.replace(staging, bin_dir / name)
+
+
+def source_dir(service_name: str, spec: DeploymentSpec) -> Path:
+    source = Path(spec.source_path)
+    if not source.is_absolute():
+        raise BackendError(
+            f"building {service_name}: source_path {spec.source_path!r} is not absolute "
+            "(callers resolve it against the architecture file)"
+        )
+    directory = source / spec.buildable_module_path if spec.buildable_module_path else source
+    if not directory.is_dir():
+        raise BackendError(f"building {service_name}: source directory {directory} does not exist")
+    return directory
+
+
+def health_path(target: Target | None) -> str:
+    path = target.health_check.path if target and target.health_check else "/"
+    return path if path.startswith("/") else f"/{path}"

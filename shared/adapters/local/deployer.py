@@ -1,29 +1,30 @@
 """The embedded `ContainerDeployer`: local OCI images, run as local processes the Cloud Run way.
 
 `build` writes a content-addressed image of the service's source into the OCI image
-layout `<state_dir>/images`. `deploy_service` unpacks it into
-`<state_dir>/run/<service>/<digest12>/` and runs it on a free loopback port with `PORT`
-set, then waits for its health check. What runs is recorded in
-`<state_dir>/run/<service>.json`, so a later process (`archdeploy down`) can stop it.
+layout `<state_dir>/images`. `deploy_service` unpacks it into a new instance folder and
+runs it on a free loopback port with `PORT` set, then waits for its health check; what
+runs is recorded so a later process (`archdeploy down`) can stop it, by project,
+environment and name (`shared.adapters.local.instances`).
 
 Repeated runs skip unchanged work (`IncrementalDeployer`): `cached_image` finds the image
 built from the same input digest (`shared.adapters.input_digest`); `deployed` reports the
 running deploy's config fingerprint when its process is alive and healthy; `rollback`
 starts a saved deployment again (`shared.adapters.local.history`).
 
-What an image runs, and the environment and secrets it gets, follow `local_container`.
-`python` is the deployer's configured interpreter (`python=`, default: the one running
-archdeploy).
+What an image runs, and its environment and secrets, follow `container`; `python` is
+the deployer's interpreter (default: the one running archdeploy).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
 import re
-import shutil
 import sys
+import threading
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,24 +33,25 @@ from shared.adapters.input_digest import input_digest
 from shared.adapters.local.container import (
     IMAGE_ENV,
     container_environment,
+    health_path,
     image_command,
     local_secrets,
+    source_dir,
     write_python_shims,
 )
 from shared.adapters.local.history import DeploymentHistory, revision_id
+from shared.adapters.local.instances import Instances, alive, component
 from shared.adapters.local.oci_images import OciImageStore, collect_files, image_digest
 from shared.adapters.local.processes import (
+    SERVICE_MARKER,
     Spawned,
-    file_lock,
     free_port,
     port_free,
     probe,
     spawn,
-    start_time,
-    stop_group,
+    stop_marked,
     tail,
     wait_healthy,
-    write_json_atomic,
 )
 from shared.architecture.model import DeploymentSpec
 from shared.deployer import (
@@ -73,15 +75,30 @@ class LocalDeployer:
     """Builds OCI images under `state_dir/images` and runs them as local processes."""
 
     def __init__(
-        self, state_dir: Path, *, health_timeout: float = 30.0, python: str = sys.executable
+        self,
+        state_dir: Path,
+        *,
+        health_timeout: float = 30.0,
+        python: str = sys.executable,
+        project: str = "",
+        environment: str = "",
     ) -> None:
         # Absolute: records hold paths that a later CLI, maybe run elsewhere, must find.
         self.state_dir = Path(state_dir).absolute()
         self.health_timeout = health_timeout
         self.python = python
+        # A local service is known by project, environment and name (see `_key`): the
+        # project comes from the task (else this), the environment from the command.
+        self.project = project
+        self.environment = environment
+        # Set on Ctrl-C: health waits give up at once and half-started services stop.
+        self.interrupted = threading.Event()
         self.images = OciImageStore(self.state_dir / "images")
         self._run_dir = self.state_dir / "run"
         self.history = DeploymentHistory(self._run_dir)
+        # Unique to this state folder: its services' markers never match another's.
+        state_id = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
+        self.instances = Instances(self._run_dir, state_id)
         # Part of every input digest: deps installed by another interpreter differ.
         self._builder = f"local-oci python={os.path.realpath(python)}"
 
@@ -93,7 +110,7 @@ class LocalDeployer:
         Raises BackendError for a missing or relative source, nothing to run, or pip failing.
         """
         _check_name(service_name)
-        directory = _source_dir(service_name, spec)
+        directory = source_dir(service_name, spec)
         try:
             files = collect_files(directory, spec.config_templates)
             digest = input_digest(files, builder=self._builder)
@@ -123,7 +140,7 @@ class LocalDeployer:
         """
         try:
             _check_name(service_name)
-            files = collect_files(_source_dir(service_name, spec), spec.config_templates)
+            files = collect_files(source_dir(service_name, spec), spec.config_templates)
             digest = input_digest(files, builder=self._builder)
         except (BackendError, OSError) as exc:
             log.debug("%s: no cached image: %s", service_name, exc)
@@ -161,14 +178,16 @@ class LocalDeployer:
             "image": spec.image,
             "spec": spec.model_dump(mode="json"),
             "service_account": service_account_email,
-            "health_path": _health_path(target),
+            "health_path": health_path(target),
         }
         return self._deploy(service_name, spec, saved, f"deploying {service_name}")
 
     def deployed(self, service_name: str, *, target: Target | None = None) -> Deployed | None:
         """What runs as `service_name`, if its process is alive and passes its health check."""
-        record = self._read_record(service_name) if _SERVICE_NAME.fullmatch(service_name) else None
-        if record is None or not _alive(record):
+        if not _SERVICE_NAME.fullmatch(service_name):
+            return None
+        record = self.instances.read(self._key(service_name, target))
+        if record is None or not alive(record):
             return None
         healthy, answer = probe(record["url"] + record.get("health_path", "/"), _PROBE_TIMEOUT)
         if not healthy:
@@ -190,11 +209,11 @@ class LocalDeployer:
         """
         _check_name(service_name)
         context = f"rolling back {service_name} to {revision}"
-        current = self.deployed(service_name)
+        current = self.deployed(service_name, target=target)
         if current is not None and current.revision == revision:
             log.info("%s: %s is what runs already", context, revision)
             return current.url
-        saved = self.history.load(service_name, revision, context)
+        saved = self.history.load(self._key(service_name, target), revision, context)
         try:
             spec = DeploymentSpec.model_validate(saved["spec"])
         except (KeyError, ValueError) as exc:
@@ -209,32 +228,35 @@ class LocalDeployer:
         context: str,
         port: int | None = None,
     ) -> str:
-        revision, health_path = str(saved["revision"]), str(saved["health_path"])
+        key = self._key(service_name)
+        start = _Start(key, str(saved["revision"]), str(saved["health_path"]))
         try:
             if port is None:
-                record = self._start(service_name, spec, health_path, revision)
+                record = self._start(service_name, spec, start)
             else:
-                record = self._start_preferring(port, service_name, spec, health_path, revision)
+                record = self._start_preferring(port, service_name, spec, start)
         except (BackendError, OSError) as exc:
             raise BackendError(f"{context}: {exc}") from exc
-        record.update(revision=revision, fingerprint=saved["fingerprint"], health_path=health_path)
-        self._replace_record(service_name, record)
-        self.history.save(service_name, {**saved, "port": record["port"]})
-        log.info("%s: %s at %s (pid %d)", context, revision, record["url"], record["pid"])
+        record.update(fingerprint=saved["fingerprint"])
+        old = self.instances.promote(key, record)
+        if old is not None and old.get("instance") != record["instance"]:
+            self.instances.stop_instance(old)
+        self.history.save(key, {**saved, "port": record["port"]})
+        log.info("%s: %s at %s (pid %d)", context, start.revision, record["url"], record["pid"])
         return str(record["url"])
 
     def _start_preferring(
-        self, port: int, service_name: str, spec: DeploymentSpec, health_path: str, revision: str
+        self, port: int, service_name: str, spec: DeploymentSpec, start: _Start
     ) -> Record:
         """`_start` on `port` if it is free, else (or if the service cannot bind it after
         all) on a free port."""
         try:
-            return self._start(service_name, spec, health_path, revision, port)
+            return self._start(service_name, spec, start, port)
         except (BackendError, OSError) as exc:
             log.warning(
                 "%s: not started on port %d (%s): trying a free port", service_name, port, exc
             )
-        return self._start(service_name, spec, health_path, revision)
+        return self._start(service_name, spec, start)
 
     def build_and_deploy(
         self,
@@ -247,128 +269,120 @@ class LocalDeployer:
         return build_then_deploy(self, service_name, service_account_email, spec, target=target)
 
     def teardown(self, service_name: str, *, target: Target | None = None) -> None:
-        """Stop the service's process group and forget it, history included; an unknown
+        """Stop every process of the service and forget it, history included; an unknown
         service is a no-op."""
+        self.stop(service_name, target=target)
+
+    def stop(self, service_name: str, *, target: Target | None = None) -> bool:
+        """`teardown`, saying whether anything of the service was running."""
         _check_name(service_name)
-        self._run_dir.mkdir(parents=True, exist_ok=True)
-        with file_lock(self._run_dir / f"{service_name}.lock"):
-            record = self._read_record(service_name)
-            if record is not None:
-                self._stop(record)
-                (self._run_dir / f"{service_name}.json").unlink(missing_ok=True)
-            self.history.forget(service_name)
-        if record is not None:
-            log.info("stopped %s (pid %d)", service_name, record["pid"])
+        key = self._key(service_name, target)
+        running = self.instances.stop_key(key)
+        self.history.forget(key)
+        log.info("%s: %s", key, "stopped" if running else "was not running")
+        return running
 
     def teardown_all(self) -> None:
-        for path in sorted(self._run_dir.glob("*.json")):
-            self.teardown(path.stem)
+        """Stop every service of this state folder, in every project and environment."""
+        for key in self.instances.known_keys():
+            self.instances.stop_key(key)
+            self.history.forget(key)
+        stop_marked(self.instances.marker("")[:-1])
 
     def running(self) -> dict[str, Record]:
-        """Service -> its record, for every recorded service whose process is still alive."""
-        records = (self._read_record(path.stem) for path in sorted(self._run_dir.glob("*.json")))
-        return {r["service"]: r for r in records if r is not None and _alive(r)}
+        """Service -> its record, for every service of this environment (and of this
+        project, if the deployer has one) whose process is still alive."""
+        project, env, _ = self._key("").split("/")
+        keys = [
+            key
+            for key in self.instances.known_keys()
+            if key.split("/")[1] == env and (not self.project or key.split("/")[0] == project)
+        ]
+        records = (self.instances.read(key) for key in keys)
+        return {r["service"]: r for r in records if r is not None and alive(r)}
+
+    def service_dir(self, service_name: str) -> Path:
+        """Where the service's instances, logs and history live."""
+        return self._run_dir / self._key(service_name)
+
+    def record_path(self, service_name: str) -> Path:
+        return self.instances.record_path(self._key(service_name))
+
+    def _key(self, service_name: str, target: Target | None = None) -> str:
+        target = target or current_target()
+        project = component(target.project_id or self.project, "_")
+        return f"{project}/{component(self.environment, 'default')}/{service_name}"
 
     def _start(
-        self,
-        service_name: str,
-        spec: DeploymentSpec,
-        health_path: str,
-        revision: str,
-        port: int | None = None,
+        self, service_name: str, spec: DeploymentSpec, start: _Start, port: int | None = None
     ) -> Record:
         secrets = local_secrets(spec)
-        digest = image_digest(spec.image)
-        root = self._run_dir / service_name / digest.removeprefix("sha256:")[:12]
-        config = self.images.unpack(spec.image, root)
-        if not config.command:
-            raise BackendError(f"image {spec.image} has no command (Cmd): build it again")
-        write_python_shims(root / "bin", self.python)
+        digest = image_digest(spec.image).removeprefix("sha256:")[:12]
+        instance = f"{digest}-{uuid.uuid4().hex[:8]}"
+        root = self._run_dir / start.key / instance
         port = port if port and port_free(port) else free_port()
-        env = container_environment(service_name, revision, spec, config, root, port, secrets)
-        command = (
-            [self.python, *config.command[1:]] if config.command[0] == "python" else config.command
-        )
-        log_path = self._run_dir / service_name / "output.log"
-        cwd = root / config.working_dir.lstrip("/")
-        process = spawn(command, env=env, cwd=cwd, log_path=log_path)
         url = f"http://127.0.0.1:{port}"
-        self._await_health(process, url + health_path, log_path)
-        return {
+        record: Record = {
             "service": service_name,
-            "pid": process.pid,
-            "pgid": process.pgid,
-            "proc_start": process.started,
+            "key": start.key,
+            "instance": instance,
+            "marker": self.instances.marker(start.key, instance),
+            "revision": start.revision,
+            "health_path": start.health_path,
             "port": port,
             "url": url,
             "image": spec.image,
             "root": str(root),
-            "log": str(log_path),
+            "log": str(self._run_dir / start.key / f"{instance}.log"),
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cli_pid": os.getpid(),
         }
+        # Recorded before anything starts: a CLI killed from here on leaves a record.
+        self.instances.note_starting(start.key, record)
+        try:
+            process = self._spawn(service_name, spec, record, secrets)
+            record.update(pid=process.pid, pgid=process.pgid, proc_start=process.started)
+            self.instances.note_starting(start.key, record)
+            self._await_health(process, url + start.health_path, Path(record["log"]))
+        except BaseException:  # KeyboardInterrupt too: a half-started service must not linger
+            self.instances.stop_instance(record)
+            self.instances.forget_starting(start.key, instance)
+            raise
+        return record
+
+    def _spawn(
+        self, service_name: str, spec: DeploymentSpec, record: Record, secrets: dict[str, str]
+    ) -> Spawned:
+        root = Path(record["root"])
+        config = self.images.unpack(spec.image, root)
+        if not config.command:
+            raise BackendError(f"image {spec.image} has no command (Cmd): build it again")
+        write_python_shims(root / "bin", self.python)
+        env = container_environment(
+            service_name, record["revision"], spec, config, root, record["port"], secrets
+        )
+        env[SERVICE_MARKER] = record["marker"]
+        command = (
+            [self.python, *config.command[1:]] if config.command[0] == "python" else config.command
+        )
+        cwd = root / config.working_dir.lstrip("/")
+        return spawn(command, env=env, cwd=cwd, log_path=Path(record["log"]))
 
     def _await_health(self, process: Spawned, url: str, log_path: Path) -> None:
-        failure: str | None = "interrupted"
-        try:
-            failure = wait_healthy(process, url, self.health_timeout)
-        finally:  # also on KeyboardInterrupt: a half-started service must not linger
-            if failure is not None:
-                stop_group(process.pid, process.pgid, process.started)
+        failure = wait_healthy(process, url, self.health_timeout, self.interrupted)
         if failure is not None:
             output = tail(log_path, process.log_offset)
             raise BackendError(f"{failure}; last output ({log_path}):\n{output}")
 
-    def _replace_record(self, service_name: str, record: Record) -> None:
-        with file_lock(self._run_dir / f"{service_name}.lock"):
-            old = self._read_record(service_name)
-            write_json_atomic(self._run_dir / f"{service_name}.json", record)
-        if old is not None and old["pid"] != record["pid"]:
-            self._stop(old)
-            if old.get("root") and old["root"] != record["root"]:
-                shutil.rmtree(old["root"], ignore_errors=True)
 
-    def _read_record(self, service_name: str) -> Record | None:
-        path = self._run_dir / f"{service_name}.json"
-        try:
-            record: Record = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable record %s: %s", path, exc)
-            return None
-        return record
-
-    def _stop(self, record: Record) -> None:
-        pid = int(record["pid"])
-        pgid = int(record.get("pgid", pid))
-        if not stop_group(pid, pgid, record.get("proc_start")):
-            log.warning("%s: process group %d survived SIGKILL", record.get("service"), pgid)
-
-
-def _alive(record: Record) -> bool:
-    started = record.get("proc_start")
-    return started is not None and start_time(int(record["pid"])) == started
+@dataclass(frozen=True)
+class _Start:
+    key: str
+    revision: str
+    health_path: str
 
 
 def _check_name(service_name: str) -> None:
     # The name becomes part of file paths under state_dir.
     if not _SERVICE_NAME.fullmatch(service_name):
         raise BackendError(f"service name {service_name!r}: use letters, digits, '-' and '_'")
-
-
-def _source_dir(service_name: str, spec: DeploymentSpec) -> Path:
-    source = Path(spec.source_path)
-    if not source.is_absolute():
-        raise BackendError(
-            f"building {service_name}: source_path {spec.source_path!r} is not absolute "
-            "(callers resolve it against the architecture file)"
-        )
-    directory = source / spec.buildable_module_path if spec.buildable_module_path else source
-    if not directory.is_dir():
-        raise BackendError(f"building {service_name}: source directory {directory} does not exist")
-    return directory
-
-
-def _health_path(target: Target | None) -> str:
-    path = target.health_check.path if target and target.health_check else "/"
-    return path if path.startswith("/") else f"/{path}"

@@ -34,6 +34,8 @@ class DeploymentHistory:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
 
+    # `service` is the service's key in the state folder (`project/environment/name`).
+
     def save(self, service: str, saved: Record) -> None:
         """Save (or refresh) the deployment `saved["revision"]` of `service`."""
         path = self._path(service, str(saved["revision"]))
@@ -55,7 +57,7 @@ class DeploymentHistory:
         except FileNotFoundError:
             known = ", ".join(self.revisions(service)) or "none"
             raise BackendError(
-                f"{context}: {service} has no saved deployment {revision!r} in "
+                f"{context}: {Path(service).name} has no saved deployment {revision!r} in "
                 f"{path.parent} (saved: {known})"
             ) from None
         except (OSError, ValueError) as exc:

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +28,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from shared.errors import BackendError
 
@@ -73,8 +76,13 @@ class Spawned:
 # left behind to reap it. The monitor writes the exit code to the log when it ends.
 _LAUNCHER = (
     'cd "$1" || exit 127; log=$2; shift 2; '
-    '( "$@"; echo "--- exited with code $?" ) </dev/null >>"$log" 2>&1 & echo $!'
+    '( umask 022; "$@"; echo "--- exited with code $?" ) </dev/null >>"$log" 2>&1 & echo $!'
 )
+
+# Every process a local service starts carries this variable (its instance's marker), so
+# `stop_marked` finds them all: descendants that left the service's process group or
+# session (a daemon's double fork + setsid) included.
+SERVICE_MARKER = "ARCHDEPLOY_SERVICE_ID"
 
 
 def spawn(command: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path) -> Spawned:
@@ -125,11 +133,16 @@ def probe(url: str, timeout: float) -> tuple[bool, str]:
         return False, str(reason) or type(reason).__name__
 
 
-def wait_healthy(process: Spawned, url: str, timeout: float) -> str | None:
-    """Poll `url` until it answers 2xx. Returns None then, else why it did not."""
+def wait_healthy(
+    process: Spawned, url: str, timeout: float, stop: threading.Event | None = None
+) -> str | None:
+    """Poll `url` until it answers 2xx. Returns None then, else why it did not; gives up
+    at once when `stop` is set (Ctrl-C)."""
     deadline = time.monotonic() + timeout
     answer = "no answer"
     while True:
+        if stop is not None and stop.is_set():
+            return "interrupted before it was healthy"
         if process.started is None or start_time(process.pid) != process.started:
             return f"the process exited before GET {url} answered 2xx"
         remaining = deadline - time.monotonic()
@@ -138,7 +151,11 @@ def wait_healthy(process: Spawned, url: str, timeout: float) -> str | None:
         healthy, answer = probe(url, min(1.0, remaining))
         if healthy:
             return None
-        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        pause = min(0.1, max(0.0, deadline - time.monotonic()))
+        if stop is not None:
+            stop.wait(pause)
+        else:
+            time.sleep(pause)
 
 
 def start_time(pid: int) -> int | None:
@@ -176,6 +193,40 @@ def stop_group(pid: int, pgid: int, started: int | None, *, grace: float = STOP_
     log.warning("process group %d outlived SIGTERM by %.1fs: sending SIGKILL", pgid, grace)
     _signal_group(pgid, signal.SIGKILL)
     return _wait_group_gone(pgid, grace)
+
+
+def marked(prefix: str) -> list[psutil.Process]:
+    """Live processes whose `SERVICE_MARKER` starts with `prefix` (this user's: the
+    environment of another user's process is not readable, and ours never run as one)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            value = proc.environ().get(SERVICE_MARKER, "")
+            if value.startswith(prefix) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def stop_marked(prefix: str, *, grace: float = STOP_GRACE) -> int:
+    """SIGTERM every process marked `prefix`, SIGKILL those alive `grace` seconds later.
+
+    Returns how many there were. A marker is unique to one state folder and instance, so
+    this never signals a stranger, even one that reuses a recorded pid."""
+    if not prefix:
+        raise ValueError("an empty marker prefix would match every service")
+    procs = marked(prefix)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        log.warning("pid %d (%s) outlived SIGTERM by %.1fs: SIGKILL", proc.pid, prefix, grace)
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return len(procs)
 
 
 def processes_in(directory: Path) -> list[int]:
@@ -238,9 +289,13 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
-    """Replace `path` with `document` so that readers see the old or the new file, whole."""
+    """Replace `path` with `document` so that readers see the old or the new file, whole.
+
+    Owner-only (0600): records hold a service's environment, which may be sensitive."""
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    staging.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     os.replace(staging, path)
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from shared import store_rules as rules
-from shared.errors import BackendError
+from shared.errors import BackendError, UsageError
 from shared.messages import (
     Phase,
     RunRecord,
@@ -53,12 +55,30 @@ _NOT_WAITING = frozenset(s.value for s in TaskStatus if s is not TaskStatus.WAIT
 _UNCLAIMABLE = _TERMINAL | {TaskStatus.WAITING.value}
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse(path: Path, model: type[M], text: str) -> M:
+    """A stored document; a corrupt one is a clear error naming the store and the fix."""
+    try:
+        return model.model_validate_json(text)
+    except ValueError as exc:
+        raise UsageError(_corrupt(path, f"{model.__name__}: {str(exc).splitlines()[0]}")) from None
+
+
+def _corrupt(path: Path, what: str) -> str:
+    return (
+        f"run store {path} is corrupt ({what}): move the file away to start afresh "
+        "(it holds run history only; running services are not affected)"
+    )
+
+
 class SqliteRunStore:
     """`RunStore` on SQLite; safe for threads of one process and for concurrent readers."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self._db = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
@@ -67,8 +87,13 @@ class SqliteRunStore:
             # A crash loses at most the last transactions, never consistency: fine for runs.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            with suppress(OSError):
+                self.path.chmod(0o600)  # runs hold architectures, which may be private
         except sqlite3.Error as exc:
-            raise BackendError(f"opening the run store {self.path}: {exc}") from exc
+            raise UsageError(
+                f"cannot open the run store {self.path}: {exc} (check that you can write "
+                f"to {self.path.parent}, or pass --state-dir DIR)"
+            ) from exc
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -91,7 +116,14 @@ class SqliteRunStore:
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                # A stored document json_extract cannot read, or not a database at all.
+                malformed = isinstance(exc, sqlite3.OperationalError) and "malformed" in str(exc)
+                if malformed or type(exc) is sqlite3.DatabaseError:
+                    raise UsageError(_corrupt(self.path, str(exc))) from None
+                raise
 
     # --- runs ---------------------------------------------------------------------------
 
@@ -101,7 +133,7 @@ class SqliteRunStore:
         with self._write() as db:
             row = db.execute("SELECT doc FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
             if row is not None:
-                return RunRecord.model_validate_json(row[0]), False
+                return _parse(self.path, RunRecord, row[0]), False
             db.execute(
                 "INSERT INTO runs (run_id, created_at, doc, architecture) VALUES (?, ?, ?, ?)",
                 (run.run_id, run.created_at.isoformat(), run.model_dump_json(), architecture),
@@ -117,11 +149,11 @@ class SqliteRunStore:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         rows = self._read("SELECT doc FROM runs WHERE run_id = ?", (run_id,))
-        return RunRecord.model_validate_json(rows[0][0]) if rows else None
+        return _parse(self.path, RunRecord, rows[0][0]) if rows else None
 
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
         rows = self._read("SELECT doc FROM runs ORDER BY created_at DESC LIMIT ?", (limit,))
-        return [RunRecord.model_validate_json(r[0]) for r in rows]
+        return [_parse(self.path, RunRecord, r[0]) for r in rows]
 
     def list_active_runs(self, limit: int = 500) -> list[RunRecord]:
         rows = self._read(
@@ -129,7 +161,7 @@ class SqliteRunStore:
             " ORDER BY created_at LIMIT ?",
             (limit,),
         )
-        return [RunRecord.model_validate_json(r[0]) for r in rows]
+        return [_parse(self.path, RunRecord, r[0]) for r in rows]
 
     def get_architecture(self, run_id: str) -> str | None:
         rows = self._read("SELECT architecture FROM runs WHERE run_id = ?", (run_id,))
@@ -142,7 +174,7 @@ class SqliteRunStore:
             row = db.execute("SELECT doc FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 return None
-            updated = rules.run_updated(RunRecord.model_validate_json(row[0]), expect, changes)
+            updated = rules.run_updated(_parse(self.path, RunRecord, row[0]), expect, changes)
             if updated is None:
                 return None
             db.execute(
@@ -155,7 +187,7 @@ class SqliteRunStore:
             row = db.execute("SELECT doc FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 return False
-            done = rules.run_finished(RunRecord.model_validate_json(row[0]), result)
+            done = rules.run_finished(_parse(self.path, RunRecord, row[0]), result)
             if done is None:
                 return False
             db.execute(
@@ -166,13 +198,13 @@ class SqliteRunStore:
 
     def get_result(self, run_id: str) -> RunResult | None:
         rows = self._read("SELECT result FROM runs WHERE run_id = ?", (run_id,))
-        return RunResult.model_validate_json(rows[0][0]) if rows and rows[0][0] else None
+        return _parse(self.path, RunResult, rows[0][0]) if rows and rows[0][0] else None
 
     # --- tasks --------------------------------------------------------------------------
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         rows = self._read("SELECT doc FROM tasks WHERE task_id = ?", (task_id,))
-        return TaskRecord.model_validate_json(rows[0][0]) if rows else None
+        return _parse(self.path, TaskRecord, rows[0][0]) if rows else None
 
     def get_tasks(self, run_id: str, phase: Phase | None = None) -> list[TaskRecord]:
         if phase is None:
@@ -182,7 +214,7 @@ class SqliteRunStore:
                 "SELECT doc FROM tasks WHERE run_id = ? AND phase = ? ORDER BY rowid",
                 (run_id, phase.value),
             )
-        return [TaskRecord.model_validate_json(r[0]) for r in rows]
+        return [_parse(self.path, TaskRecord, r[0]) for r in rows]
 
     def count_tasks(self, run_id: str, phase: Phase) -> dict[TaskStatus, int]:
         rows = self._read(
@@ -205,7 +237,7 @@ class SqliteRunStore:
             for task_id, updates in releases:
                 row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
                 won = (
-                    rules.released(TaskRecord.model_validate_json(row[0]), updates, now)
+                    rules.released(_parse(self.path, TaskRecord, row[0]), updates, now)
                     if row
                     else None
                 )
@@ -248,7 +280,7 @@ class SqliteRunStore:
             row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
             if row is None:
                 return None
-            updated = change(TaskRecord.model_validate_json(row[0]))
+            updated = change(_parse(self.path, TaskRecord, row[0]))
             if updated is None:
                 return None
             db.execute(
