@@ -4,6 +4,7 @@ The claim is a compare-and-set with a lease, so a duplicate delivery starts noth
 a crashed worker's task can be reclaimed once its lease has run out. The worker writes
 its outcome to the store before publishing it, so a completion message that is lost
 costs nothing: the sweep (or the next completion) moves the run on from the store.
+A worker that outlived its lease, its task claimed again, has its outcome refused.
 """
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
 
 def report(completion: TaskCompletion, rt: Runtime) -> None:
     """Store the outcome, then announce it; the aggregator moves the run on."""
-    rt.store.complete_task(completion)
+    if rt.store.complete_task(completion) is None:
+        log.warning(
+            "outcome of attempt %d not recorded: the task ended, or was claimed again, meanwhile",
+            completion.attempt,
+        )
     rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=attributes(completion))
 
 
