@@ -19,7 +19,8 @@ import os
 import random
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -128,18 +129,54 @@ class WorkerCrash(BaseException):
 
 
 class FakeClock:
-    """`Runtime.clock` that moves only when told."""
+    """`Runtime.clock` that moves only when told.
+
+    A jump in time and what must see it first (the scheduler's sweep) are one step to the
+    workers: `jump` waits for the claims in flight (`claiming`), and holds new ones back
+    until it is done. Otherwise a duplicate task message handled between the jump and the
+    sweep would find every lease lapsed at once, and claim again a task whose worker is
+    still at work (on the emulators, whether it did was down to thread timing)."""
 
     def __init__(self, start: datetime = START) -> None:
         self._now = start
-        self._lock = threading.Lock()
+        self._turn = threading.Condition()
+        self._claims = 0
+        self._jumping = False
 
     def __call__(self) -> datetime:
         return self._now
 
     def advance(self, seconds: float) -> None:
-        with self._lock:
+        with self.jump(seconds):
+            pass
+
+    @contextmanager
+    def jump(self, seconds: float) -> Iterator[None]:
+        """Move on by `seconds` once no claim is in flight; no claim starts until the
+        block ends. Not reentrant: a claim inside the block would wait forever."""
+        with self._turn:
+            self._turn.wait_for(lambda: not self._jumping and not self._claims)
+            self._jumping = True
             self._now += timedelta(seconds=seconds)
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._jumping = False
+                self._turn.notify_all()
+
+    @contextmanager
+    def claiming(self) -> Iterator[None]:
+        """Around a claim: never while the clock jumps, and a jump waits for it."""
+        with self._turn:
+            self._turn.wait_for(lambda: not self._jumping)
+            self._claims += 1
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._claims -= 1
+                self._turn.notify_all()
 
 
 # --- scenarios ---------------------------------------------------------------------------
@@ -546,11 +583,13 @@ class FaultyDeployer(FakeDeployer):
 
 class StoreProbe:
     """Passes every call to the store it wraps; counts `finish_run` calls and wins per run.
-    With `strict_halt`, checks that no build is released once a build of its run failed
-    (queued builds are not started); only where no other aggregator can race the check."""
+    Claims go through the clock's `claiming`, so none falls in a jump. With `strict_halt`,
+    checks that no build is released once a build of its run failed (queued builds are
+    not started); only where no other aggregator can race the check."""
 
-    def __init__(self, store: Any, *, strict_halt: bool = False) -> None:
+    def __init__(self, store: Any, clock: FakeClock, *, strict_halt: bool = False) -> None:
         self._store = store
+        self._clock = clock
         self._lock = threading.Lock()
         self.strict_halt = strict_halt
         self.finish_calls: Counter[str] = Counter()
@@ -559,6 +598,15 @@ class StoreProbe:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+    def claim_task(
+        self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
+    ) -> TaskRecord | None:
+        with self._clock.claiming():
+            claimed: TaskRecord | None = self._store.claim_task(
+                task_id, worker=worker, lease_seconds=lease_seconds, now=now
+            )
+        return claimed
 
     def release_task(
         self, task_id: str, *, spec_updates: Mapping[str, Any] | None = None, now: datetime
@@ -760,19 +808,20 @@ def sweep_until_finished(
         settle()
         if finished():
             break
-        clock.advance(STEP)
-        sweep(rt)
+        with clock.jump(STEP):
+            sweep(rt)
         settle()
     sweep(rt)  # a sweep after the end changes nothing
     settle()
 
 
 def slow_task(clock: FakeClock, rt: Runtime) -> Callable[[], None]:
-    """A task that takes SLOW_BY seconds: the scheduler's sweep runs while it works."""
+    """A task that takes SLOW_BY seconds: the scheduler's sweep runs while it works, and
+    times it out before any worker sees the new time."""
 
     def work() -> None:
-        clock.advance(SLOW_BY)
-        sweep(rt)
+        with clock.jump(SLOW_BY):
+            sweep(rt)
 
     return work
 
@@ -781,8 +830,8 @@ def outlive_lease(clock: FakeClock, rt: Runtime, settle: Callable[[], None]) -> 
     """A worker stuck past its lease: the sweep re-sends its task, another worker does it."""
 
     def work() -> None:
-        clock.advance(STEP)
-        sweep(rt)
+        with clock.jump(STEP):
+            sweep(rt)
         settle()
 
     return work
@@ -793,7 +842,7 @@ def run_embedded(scenario: Scenario, store: Any) -> Observed:
     order drawn from the seed, so the run replays exactly."""
     rng = random.Random(f"bus/{scenario.key}")
     clock, bus, deployer = FakeClock(), FaultyBus(scenario, rng), FaultyDeployer()
-    probe = StoreProbe(store, strict_halt=True)
+    probe = StoreProbe(store, clock, strict_halt=True)
     rt = scenario.runtime(probe.as_store(), bus, deployer, clock)
     deployer.register(scenario)
     deployer.store, deployer.on_slow = store, slow_task(clock, rt)

@@ -2,7 +2,8 @@
 the emulators, fed by streaming-pull subscriptions the way push subscriptions feed the
 functions. Runs go in small concurrent batches (a run slower than its deadline goes alone:
 its clock jump would time out the others' tasks); the clock moves only when the bus is
-quiet, so no lease runs out under a worker that is still working.
+quiet, or when a slow task jumps it, and then the sweep runs before any claim sees the new
+time (`FakeClock.jump`), so no lease runs out under a worker that is still working.
 
 The faults are the embedded suite's, drawn from the same seed, except a worker outliving its
 lease, which the embedded suite covers (here its clock jump would hit every worker in flight).
@@ -207,11 +208,12 @@ class Pump:
 
 
 class Cloud:
-    def __init__(self, bus: FaultyPubSubBus, probe: StoreProbe, pump: Pump) -> None:
-        self.bus, self.probe, self.pump = bus, probe, pump
-        self.deployer = FaultyDeployer()
-        self.deployer.store = probe.as_store()
+    def __init__(self, bus: FaultyPubSubBus, store: FirestoreRunStore, pump: Pump) -> None:
+        self.bus, self.pump = bus, pump
         self.clock = FakeClock()
+        self.probe = StoreProbe(store, self.clock)
+        self.deployer = FaultyDeployer()
+        self.deployer.store = self.probe.as_store()
 
 
 @pytest.fixture
@@ -228,7 +230,7 @@ def cloud(pubsub_env: Emulator, firestore_client: Any) -> Iterator[Cloud]:
     pump = Pump(bus, random.Random(suffix))
     pump.route(TOPIC_TASKS, entrypoints.on_task)
     pump.route(TOPIC_COMPLETIONS, entrypoints.on_completion)
-    yield Cloud(bus, StoreProbe(store), pump)
+    yield Cloud(bus, store, pump)
     pump.close()
     publisher.stop()
     inner.close()
