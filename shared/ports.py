@@ -105,7 +105,9 @@ class RunStore(Protocol):
         """Apply a completion to a task that is not yet terminal.
 
         Returns the updated record, or None if the task was terminal already (a duplicate
-        completion), or unknown: the second delivery changes nothing.
+        completion), or unknown: the second delivery changes nothing. Also None when the
+        completion comes from an attempt the task has moved past (`store_rules.superseded`):
+        a late outcome never wins over the attempt that holds the task.
         """
         ...
 

@@ -44,7 +44,7 @@ def claimed(
 
 
 def completed(task: TaskRecord, completion: TaskCompletion) -> TaskRecord | None:
-    if task.status.terminal:
+    if task.status.terminal or superseded(task, completion):
         return None
     return task.model_copy(
         update={
@@ -60,6 +60,18 @@ def completed(task: TaskRecord, completion: TaskCompletion) -> TaskRecord | None
             "lease_expires_at": None,
         }
     )
+
+
+def superseded(task: TaskRecord, completion: TaskCompletion) -> bool:
+    """The completion comes from an attempt the task has since moved past: its worker
+    outlived its lease and another claimed the task. Only the attempt holding the task may
+    end it, or a slow first attempt's late output would win over the one in flight.
+
+    A build event names its build, not the attempt that submitted it: it is stale when the
+    task waits on another build (when the task has no build id yet, it cannot tell)."""
+    if completion.build_id:
+        return task.build_id is not None and completion.build_id != task.build_id
+    return completion.attempt < task.attempt
 
 
 def with_build_id(task: TaskRecord, build_id: str) -> TaskRecord:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from shared.core.run_engine import advance_run, halt_run
+from shared.core.run_engine import BUILD_FAILED, advance_run, halt_run
 from shared.core.runtime import Runtime
 from shared.logs import log_context
 from shared.messages import Phase, TaskCompletion, TaskStatus
@@ -25,16 +25,18 @@ def record_completion(completion: TaskCompletion, rt: Runtime) -> None:
     ):
         applied = rt.store.complete_task(completion)
         if applied is None:
-            # Usually the worker applied it already (it writes before it publishes).
-            log.debug("completion for %s already applied", completion.task_id)
+            # Usually the worker applied it already (it writes before it publishes), or it
+            # came from an attempt whose task was claimed again since.
+            log.debug("completion for %s already applied, or stale", completion.task_id)
         else:
             detail = completion.error or completion.image or completion.url or ""
             log.info("task %s: %s", completion.status.value, detail)
         if completion.phase is Phase.BUILD and completion.status is not TaskStatus.SUCCEEDED:
-            # A late failure from an attempt whose task was since done again (its worker
-            # outlived its lease) must not halt a run whose build succeeded.
+            # Halt on what the task ended as, not on what this message says: a late failure
+            # from an attempt whose worker outlived its lease must not halt a run whose
+            # build succeeded, or is being done again.
             stored = applied or rt.store.get_task(completion.task_id)
-            if stored is None or stored.status is not TaskStatus.SUCCEEDED:
+            if stored is None or stored.status in BUILD_FAILED:
                 on_build_failed(completion, rt)
         advance_soon(completion.run_id, rt)
 

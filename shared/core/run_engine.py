@@ -71,7 +71,7 @@ def advance_run(run_id: str, rt: Runtime) -> None:
 
 def _after_builds(run: RunRecord, rt: Runtime) -> None:
     counts = rt.store.count_tasks(run.run_id, Phase.BUILD)
-    if not run.halted and any(counts.get(s) for s in _BUILD_FAILED):
+    if not run.halted and any(counts.get(s) for s in BUILD_FAILED):
         run = _halt_on_stored_failure(run, rt)
     if counts.get(TaskStatus.WAITING):
         if run.halted:
@@ -101,13 +101,13 @@ def _after_builds(run: RunRecord, rt: Runtime) -> None:
         _step_deploys(moved, rt)
 
 
-_BUILD_FAILED = (TaskStatus.FAILED, TaskStatus.TIMED_OUT)
+BUILD_FAILED = (TaskStatus.FAILED, TaskStatus.TIMED_OUT)
 
 
 def _halt_on_stored_failure(run: RunRecord, rt: Runtime) -> RunRecord:
     """A build failed without its completion coming here (the sweep timed it out, a poison
     or dead-lettered message failed it, its completion was lost): halt all the same."""
-    failed = [t for t in rt.store.get_tasks(run.run_id, Phase.BUILD) if t.status in _BUILD_FAILED]
+    failed = [t for t in rt.store.get_tasks(run.run_id, Phase.BUILD) if t.status in BUILD_FAILED]
     if failed:
         how = "timed out" if failed[0].status is TaskStatus.TIMED_OUT else "failed"
         halt_run(run.run_id, f"build of {failed[0].service} {how}", rt)

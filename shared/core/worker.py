@@ -4,6 +4,7 @@ The claim is a compare-and-set with a lease, so a duplicate delivery starts noth
 a crashed worker's task can be reclaimed once its lease has run out. The worker writes
 its outcome to the store before publishing it, so a completion message that is lost
 costs nothing: the sweep (or the next completion) moves the run on from the store.
+A worker that outlived its lease, its task claimed again, has its outcome refused.
 """
 
 from __future__ import annotations
@@ -83,11 +84,12 @@ def report(completion: TaskCompletion, rt: Runtime) -> None:
     behind it must not start in the time the aggregator takes to hear of it. (Halting is
     a compare-and-set, so the aggregator's own halt on the same completion is a no-op.)"""
     applied = rt.store.complete_task(completion)
-    if (
-        applied is not None
-        and completion.phase is Phase.BUILD
-        and completion.status is TaskStatus.FAILED
-    ):
+    if applied is None:
+        log.warning(
+            "outcome of attempt %d not recorded: the task ended, or was claimed again, meanwhile",
+            completion.attempt,
+        )
+    elif completion.phase is Phase.BUILD and completion.status is TaskStatus.FAILED:
         halt_run(completion.run_id, f"build of {completion.service} failed", rt)
     rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=attributes(completion))
 

@@ -1,5 +1,6 @@
 """Fault-injection fixtures: the seed, the session's tally (printed as a table at the
-end of the session). The emulators come from tests/conftest.py."""
+end of the session, the seed even when no run got to start). The emulators come from
+tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def tally(request: pytest.FixtureRequest) -> Tally:
     """The session's tally; its seed drives every scenario."""
     stash = request.config.stash
     if TALLY not in stash:
-        stash[TALLY] = Tally(seed=suite_seed())
+        seed, origin = suite_seed()
+        stash[TALLY] = Tally(seed=seed, origin=origin)
     return stash[TALLY]
 
 
@@ -23,8 +25,8 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     tally = config.stash.get(TALLY, None)
-    if tally is None or not tally.runs:
+    if tally is None:
         return
     terminalreporter.write_sep("=", "fault injection")
-    for line in tally.lines():
+    for line in tally.lines() if tally.runs else tally.lines()[:1]:
         terminalreporter.write_line(line)

@@ -28,6 +28,7 @@ from shared.messages import (
 from tests.builders import architecture
 from tests.fakes import FakeRunStore
 from tests.faults.harness import (
+    CI_SEED,
     SEED_ENV,
     Fault,
     Observed,
@@ -36,6 +37,7 @@ from tests.faults.harness import (
     check,
     draw_scenario,
     run_embedded,
+    suite_seed,
 )
 
 RUNS_PER_CHUNK = 40
@@ -208,3 +210,27 @@ def test_the_checker_reports_each_broken_invariant(tally: Tally) -> None:
     }
     for words, observed in broken.items():
         assert any(words in v for v in check(observed)), words
+
+
+@pytest.mark.parametrize(
+    ("environ", "seed", "origin"),
+    [
+        ({"CI": "true"}, CI_SEED, "fixed in CI"),
+        ({"CI": "true", SEED_ENV: "42"}, 42, f"from {SEED_ENV}"),
+        ({SEED_ENV: "42"}, 42, f"from {SEED_ENV}"),
+    ],
+    ids=["ci", "ci-with-seed", "local-with-seed"],
+)
+def test_the_seed_is_fixed_in_ci_and_the_one_asked_for_when_given(
+    environ: dict[str, str], seed: int, origin: str
+) -> None:
+    assert suite_seed(environ) == (seed, origin)
+
+
+@pytest.mark.parametrize(
+    "environ", [{}, {"CI": "false"}, {"CI": "true", SEED_ENV: "random"}], ids=str
+)
+def test_the_seed_is_random_locally_or_when_asked_for(environ: dict[str, str]) -> None:
+    seeds = {suite_seed(environ) for _ in range(5)}
+    assert {origin for _, origin in seeds} == {"random"}
+    assert len(seeds) > 1

@@ -283,6 +283,39 @@ def test_a_completion_arriving_before_the_claim_still_applies(store: RunStore) -
     assert store.claim_task(task.task_id, worker="late", lease_seconds=60, now=NOW) is None
 
 
+def test_a_completion_from_an_attempt_claimed_over_is_refused(store: RunStore) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"], TaskStatus.PENDING))
+    task_id = task_id_for(run_id, Phase.BUILD, "api")
+    first = store.claim_task(task_id, worker="w1", lease_seconds=60, now=NOW)
+    later = NOW + timedelta(seconds=61)
+    second = store.claim_task(task_id, worker="w2", lease_seconds=60, now=later)
+    assert first is not None and second is not None
+    worker = {"build_id": None}
+
+    stale = store.complete_task(_completion(first).model_copy(update=worker))
+    current = store.complete_task(
+        _completion(second).model_copy(update={**worker, "attempt": 2, "image": "img-2"})
+    )
+
+    assert stale is None
+    assert current is not None
+    assert (current.status, current.attempt, current.image) == (TaskStatus.SUCCEEDED, 2, "img-2")
+
+
+def test_a_build_event_for_another_build_than_the_tasks_is_refused(store: RunStore) -> None:
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"], TaskStatus.RUNNING))
+    task_id = task_id_for(run_id, Phase.BUILD, "api")
+    store.record_build_id(task_id, "build-2")
+    task = store.get_task(task_id)
+    assert task is not None
+
+    stale = store.complete_task(_completion(task).model_copy(update={"build_id": "build-1"}))
+    current = store.complete_task(_completion(task).model_copy(update={"build_id": "build-2"}))
+
+    assert stale is None
+    assert current is not None and current.status is TaskStatus.SUCCEEDED
+
+
 def test_record_build_id_is_remembered(store: RunStore) -> None:
     run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api"], TaskStatus.RUNNING))
     task_id = task_id_for(run_id, Phase.BUILD, "api")

@@ -18,6 +18,7 @@ from shared.core.dispatcher import dispatch_request
 from shared.core.handlers import on_completion, on_dead_letter, on_task, subscribe_all
 from shared.core.run_engine import advance_run
 from shared.core.runtime import Driver, RunPolicy, Runtime
+from shared.core.worker import report
 from shared.deployer import Target
 from shared.messages import (
     TOPIC_COMPLETIONS,
@@ -580,3 +581,70 @@ def test_a_late_failure_of_a_build_that_succeeded_on_another_attempt_does_not_ha
     assert system.store.runs[run_id].halted is None
     assert system.result(run_id).status is RunStatus.SUCCEEDED
     assert system.deployer.deployed_names() == ["svc-0000"]
+
+
+# --- a worker that outlived its lease ------------------------------------------------------
+
+
+def _reclaimed_after_lease(system: System, run_id: str) -> tuple[TaskRecord, TaskRecord]:
+    """Attempt 1 claims the build and is still at work when its lease lapses: the sweep
+    re-sends the task and attempt 2 claims it. Returns both claims."""
+    first = system.claim(run_id, Phase.BUILD, "svc-0000")
+    system.clock.advance(BUILD_LEASE + 1)
+    assert sweep(system.rt).republished == [first.task_id]
+    second = system.claim(run_id, Phase.BUILD, "svc-0000")
+    assert (first.attempt, second.attempt) == (1, 2)
+    return first, second
+
+
+def test_a_late_success_of_an_attempt_past_its_lease_loses_to_the_attempt_that_holds_the_task() -> (
+    None
+):
+    # Given a build claimed again after its first worker's lease lapsed
+    system = System()
+    run_id = system.dispatch(wide(1))
+    first, second = _reclaimed_after_lease(system, run_id)
+    # When the first attempt finishes first, while the second is still building
+    report(_completion(first, TaskStatus.SUCCEEDED, image="img-attempt-1"), system.rt)
+    system.deliver()
+    # Then its outcome is not recorded: the task is still the second attempt's
+    task = system.task(run_id, Phase.BUILD, "svc-0000")
+    assert (task.status, task.attempt, task.image) == (TaskStatus.RUNNING, 2, None)
+    # And the second attempt's image is the one deployed and reported
+    report(_completion(second, TaskStatus.SUCCEEDED, image="img-attempt-2"), system.rt)
+    system.deliver()
+    assert system.result(run_id).images == {"svc-0000": "img-attempt-2"}
+    assert [spec.image for _, _, spec in system.deployer.deploys] == ["img-attempt-2"]
+
+
+def test_a_late_failure_of_an_attempt_past_its_lease_does_not_halt_the_attempt_in_flight() -> None:
+    # Given a build claimed again after its first worker's lease lapsed
+    system = System()
+    run_id = system.dispatch(wide(1))
+    first, second = _reclaimed_after_lease(system, run_id)
+    # When the first attempt's failure arrives while the second is building
+    report(_completion(first, TaskStatus.FAILED, error="UNAVAILABLE: gave up"), system.rt)
+    system.deliver()
+    # Then nothing is halted, and the second attempt's success carries the run on
+    assert system.store.runs[run_id].halted is None
+    report(_completion(second, TaskStatus.SUCCEEDED, image="img-attempt-2"), system.rt)
+    system.deliver()
+    assert system.result(run_id).status is RunStatus.SUCCEEDED
+
+
+def test_a_build_event_for_a_build_the_task_no_longer_waits_on_is_not_recorded() -> None:
+    # Given an async build submitted again by attempt 2 (attempt 1's lease lapsed)
+    system = System(SubmittingDeployer(), async_builds=True)
+    run_id = system.dispatch(wide(1))
+    _, second = _reclaimed_after_lease(system, run_id)
+    system.store.record_build_id(second.task_id, "build-2")
+    # When the event of attempt 1's build arrives
+    stale = _completion(second, TaskStatus.FAILED, build_id="build-1", error="cancelled")
+    record_completion(stale.model_copy(update={"attempt": 1}), system.rt)
+    # Then the task still waits on build-2, and build-2's event ends it
+    assert system.task(run_id, Phase.BUILD, "svc-0000").status is TaskStatus.RUNNING
+    assert system.store.runs[run_id].halted is None
+    done = _completion(second, TaskStatus.SUCCEEDED, build_id="build-2", image="img-2")
+    record_completion(done.model_copy(update={"attempt": 1}), system.rt)  # events carry no attempt
+    system.deliver()
+    assert system.result(run_id).images == {"svc-0000": "img-2"}
