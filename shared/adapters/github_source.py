@@ -8,19 +8,24 @@
 A tree is downloaded once per commit (the tarball API) into a cache directory and
 extracted only after every member was checked: no absolute paths, no `..`, no link
 leading out of the tree, no devices, and a cap on size and member count. Refs that are
-not commit shas move, so their trees are fetched again each time. The token goes to the
+not commit shas move, so their trees are fetched again each time. The cache is bounded
+(`max_cache` bytes): on Cloud Run functions /tmp is memory, so after each download the
+trees used least recently are deleted, unpinned ones first, sparing any used in the last
+`keep_recent` seconds (a build may still be reading it). The token goes to the
 API host only: the tarball endpoint redirects elsewhere, and redirects do not carry it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import re
 import shutil
 import tarfile
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -46,6 +51,8 @@ from shared.locations import (
 MAX_TARBALL_BYTES = 256 * 1024 * 1024  # compressed, as downloaded
 MAX_TREE_BYTES = 1024 * 1024 * 1024  # extracted
 MAX_MEMBERS = 100_000
+MAX_CACHE_BYTES = 384 * 1024 * 1024  # a third of a 1 GiB worker, whose /tmp is memory
+KEEP_RECENT_SECONDS = 900.0  # a tree handed out this recently may still be uploading
 _CHUNK = 1024 * 1024
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
@@ -149,10 +156,13 @@ class GitHubSource:
         max_download: int = MAX_TARBALL_BYTES,
         max_tree: int = MAX_TREE_BYTES,
         max_members: int = MAX_MEMBERS,
+        max_cache: int = MAX_CACHE_BYTES,
+        keep_recent: float = KEEP_RECENT_SECONDS,
     ) -> None:
         self.client = client
         self.cache_dir = Path(cache_dir)
         self.limits = (max_download, max_tree, max_members)
+        self.max_cache, self.keep_recent = max_cache, keep_recent
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
 
@@ -188,6 +198,7 @@ class GitHubSource:
             lock = self._locks.setdefault(f"{at.repository}@{at.ref}", threading.Lock())
         with lock:
             if pinned and final.is_dir():
+                os.utime(final)  # recently used: the last to be evicted
                 return final
             final.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=final.parent, prefix=".fetch-") as scratch:
@@ -199,7 +210,27 @@ class GitHubSource:
                     tree.rename(final)
             if not final.is_dir():
                 raise BackendError(f"checking out {at.repository}@{at.ref}: no tree was kept")
-            return final
+        self._evict()
+        return final
+
+    def _evict(self) -> None:
+        """Delete least recently used trees until the cache fits `max_cache`."""
+        trees = [t for t in self.cache_dir.glob("*/*/*") if t.is_dir() and t.name[0] != "."]
+        sized = [(t, _size(t), t.stat().st_mtime) for t in trees]
+        total = sum(size for _, size, _ in sized)
+        fresh = time.time() - self.keep_recent
+        # Unpinned trees are never reused: they go first, then the oldest.
+        for tree, size, used in sorted(sized, key=lambda x: (x[0].suffix != ".unpinned", x[2])):
+            if total <= self.max_cache:
+                return
+            if used >= fresh:
+                continue
+            shutil.rmtree(tree, ignore_errors=True)
+            total -= size
+
+
+def _size(tree: Path) -> int:
+    return sum(f.stat().st_size for f in tree.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def extract_tarball(

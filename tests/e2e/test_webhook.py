@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import tarfile
 import time
 from collections.abc import Iterator
@@ -508,3 +509,59 @@ def test_links_that_stay_inside_the_tree_are_kept(fake_github: FakeGitHub, tmp_p
 
     linked = Path(spec.source_path) / "common" / "registration.py"
     assert linked.read_text() == "REGISTERED = True\n"
+
+
+def _tree_bytes() -> int:
+    return sum(len(body.encode()) for body in TREE.values())
+
+
+def test_the_tree_cache_keeps_within_its_bound_evicting_the_least_recently_used(
+    fake_github: FakeGitHub, tmp_path: Path
+) -> None:
+    # Given a cache room for two trees, and three commits fetched one after the other
+    shas = [c * 40 for c in "abc"]
+    for sha in shas:
+        fake_github.commit(REPO, sha, TREE)
+    source = GitHubSource(
+        GitHubClient(fake_github.url, fake_github.token),
+        tmp_path,
+        max_cache=2 * _tree_bytes(),
+        keep_recent=0,
+    )
+    spec = {sha: DeploymentSpec(source_path=f"github://{REPO}@{sha}/services") for sha in shas}
+    source.localize(spec[shas[0]])
+    source.localize(spec[shas[1]])
+    os.utime(tmp_path / "acme" / "shop" / shas[1], (1, 1))  # b is now the oldest used
+    source.localize(spec[shas[0]])  # a is used again
+    # When a third tree arrives
+    third = Path(source.localize(spec[shas[2]]).source_path)
+    # Then the least recently used (b) is gone; a and the new one stay
+    kept = sorted(p.name for p in (tmp_path / "acme" / "shop").iterdir())
+    assert kept == [shas[0], shas[2]]
+    assert (third / "ingest" / "main.py").is_file()
+
+
+def test_trees_of_moving_refs_are_evicted_first_and_recent_ones_are_spared(
+    fake_github: FakeGitHub, tmp_path: Path
+) -> None:
+    # Given a branch fetched (a tree nobody reuses) and a cache room for one tree
+    fake_github.commit(REPO, SHA, TREE)
+    fake_github.commit(REPO, "main", TREE)
+    roomy = GitHubSource(
+        GitHubClient(fake_github.url, fake_github.token), tmp_path, max_cache=10 * _tree_bytes()
+    )
+    roomy.localize(DeploymentSpec(source_path=f"github://{REPO}@main/services"))
+    shop = tmp_path / "acme" / "shop"
+    (unpinned,) = shop.iterdir()
+    os.utime(unpinned, (1, 1))
+    # When a pinned tree is fetched into a cache that must shrink
+    tight = GitHubSource(
+        GitHubClient(fake_github.url, fake_github.token), tmp_path, max_cache=_tree_bytes()
+    )
+    tight.localize(DeploymentSpec(source_path=f"github://{REPO}@{SHA}/services"))
+    # Then the branch's tree went, and the pinned one (just handed out) stays
+    assert [p.name for p in shop.iterdir()] == [SHA]
+    # And a tree used within keep_recent is never deleted, even over the bound
+    tiny = GitHubSource(GitHubClient(fake_github.url, fake_github.token), tmp_path, max_cache=1)
+    tiny.localize(DeploymentSpec(source_path=f"github://{REPO}@{SHA}/services"))
+    assert [p.name for p in shop.iterdir()] == [SHA]
