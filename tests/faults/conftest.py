@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import Tally, suite_seed
+from tests.faults.tally import Tally, suite_seed
 
 TALLY = pytest.StashKey[Tally]()
 

@@ -1,6 +1,6 @@
 """The core under injected faults, embedded: hundreds of seeded runs on the fault-injecting
 FakeBus, over FakeRunStore and SqliteRunStore, with a fake clock so leases and deadlines
-pass at once. Every run must keep every invariant in `harness.check`.
+pass at once. Every run must keep every invariant in `invariants.check`.
 
 Replay a failure with `ARCHDEPLOY_FAULT_SEED=<seed printed in the table> pytest tests/faults`.
 """
@@ -27,18 +27,10 @@ from shared.messages import (
 )
 from tests.builders import architecture
 from tests.fakes import FakeRunStore
-from tests.faults.harness import (
-    CI_SEED,
-    SEED_ENV,
-    Fault,
-    Observed,
-    Scenario,
-    Tally,
-    check,
-    draw_scenario,
-    run_embedded,
-    suite_seed,
-)
+from tests.faults.driver import run_embedded
+from tests.faults.invariants import Observed, check
+from tests.faults.scenarios import Fault, Scenario, draw_scenario
+from tests.faults.tally import CI_SEED, SEED_ENV, Tally, suite_seed
 
 RUNS_PER_CHUNK = 40
 FAKE_CHUNKS = 5

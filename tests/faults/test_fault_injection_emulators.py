@@ -30,22 +30,11 @@ from shared.core.dispatcher import dispatch_request
 from shared.core.runtime import Runtime
 from shared.errors import BackendError
 from shared.messages import TOPIC_COMPLETIONS, TOPIC_RESULTS, TOPIC_TASKS
-from tests.faults.harness import (
-    SEED_ENV,
-    FakeClock,
-    Fault,
-    FaultyDeployer,
-    Observed,
-    Scenario,
-    StoreProbe,
-    Tally,
-    WorkerCrash,
-    check,
-    draw_scenario,
-    observe,
-    slow_task,
-    sweep_until_finished,
-)
+from tests.faults.driver import slow_task, sweep_until_finished
+from tests.faults.faulty_adapters import FakeClock, FaultyDeployer, WorkerCrash
+from tests.faults.invariants import Observed, StoreProbe, check, observe
+from tests.faults.scenarios import Fault, Scenario, draw_scenario
+from tests.faults.tally import SEED_ENV, Tally
 from tests.integration.emulators import Emulator
 
 RUNS = 24
