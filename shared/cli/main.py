@@ -7,6 +7,7 @@ Exit codes: 0 the run succeeded, 1 it failed, 2 usage or validation error. An
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,9 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # `archdeploy runs | head -1`: the reader left, say nothing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)  # 128 + SIGPIPE, as a shell reports it
         except (ArchdeployError, OSError) as exc:
             if ctx.meta.get("debug"):
                 raise
@@ -363,9 +367,10 @@ def down(
             "remove it from the file or pass --force"
         )
     selected = select_dataflows(arch, dataflows)
-    names = [s.name for f in selected for s in arch.dataflows[f].services.values() if s.deployment]
+    specs = [s for f in selected for s in arch.dataflows[f].services.values() if s.deployment]
     if not dataflows and arch.service_manager_spec is not None:
-        names.append(arch.service_manager_spec.name)
+        specs.append(arch.service_manager_spec)
+    names = [s.name for s in specs]
     settings = _settings(ctx, file)
     if settings.deployer_kind == "local":
         from shared.cli.local import down_local
@@ -373,11 +378,9 @@ def down(
         project, env = arch.project_id, environment or ""
         click.echo(down_local(settings, names, project, env, wait=not no_wait, say=_say))
         return
-    deployer = make_deployer(settings)
-    for name in names:
-        deployer.teardown(name)
-        err.print(f"  {name:<24} stopped")
-    click.echo(f"{len(names)} services torn down")
+    from shared.cli.remote import tear_down
+
+    click.echo(tear_down(make_deployer(settings), arch, specs, say=_say))
 
 
 cli.add_command(dev)

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,6 +24,8 @@ import click
 from pydantic import SecretStr
 from rich.console import Console
 
+from shared.architecture.model import Architecture, ServiceSpec
+from shared.deployer import ContainerDeployer, Target, targeting
 from shared.errors import BackendError, UsageError
 from shared.messages import DeployRequest, RunResult
 
@@ -181,3 +184,20 @@ def _why(body: Any) -> str:
     problems = body.get("problems") or []
     lines = [f"{p.get('path')}: {p.get('message')}" for p in problems if isinstance(p, dict)]
     return "; ".join([str(body.get("error", body)), *lines])
+
+
+def tear_down(
+    deployer: ContainerDeployer,
+    architecture: Architecture,
+    services: Sequence[ServiceSpec],
+    *,
+    say: Callable[[str], None],
+) -> str:
+    """Delete each service where `up` deployed it: the file's project, and the service's
+    region (else the file's), not archdeploy's own project. Returns the summary line."""
+    for spec in services:
+        region = (spec.deployment.region if spec.deployment else "") or architecture.region
+        with targeting(Target(project_id=architecture.project_id, region=region)):
+            deployer.teardown(spec.name)
+        say(f"  {spec.name:<24} deleted ({architecture.project_id}, {region})")
+    return f"{len(services)} services torn down"

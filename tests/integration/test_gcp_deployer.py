@@ -742,3 +742,37 @@ def test_a_source_is_streamed_in_chunks_and_staged_byte_for_byte_as_packed(
     stored = fake_gcs.objects[(SOURCE_BUCKET, staged.object_name)]
     assert stored.data == expected.data and staged.sha256 == expected.sha256
     assert len(fake_gcs.chunks) >= 3 and max(fake_gcs.chunks) <= 256 * 1024
+
+
+def test_down_deletes_each_service_in_the_files_project_and_its_region(
+    gcp_deployer: GcpDeployer, fake_cloudrun: FakeCloudRun
+) -> None:
+    # Given an architecture in another project than archdeploy's own, one service elsewhere
+    from shared.architecture.model import Architecture
+    from shared.cli.remote import tear_down
+
+    arch = Architecture.model_validate(
+        {
+            "project_id": "acme-prod",
+            "region": "us-east1",
+            "dataflows": {
+                "f": {
+                    "services": {
+                        "a": {"deployment": {"image": IMAGE}},
+                        "b": {"deployment": {"image": IMAGE, "region": "asia-east1"}},
+                    }
+                }
+            },
+        }
+    )
+    said: list[str] = []
+    # When `down` tears them down
+    summary = tear_down(
+        gcp_deployer, arch, list(arch.dataflows["f"].services.values()), say=said.append
+    )
+    # Then each delete went where `up` deploys it, not to the deployer's own project
+    assert [call.name for call in fake_cloudrun.calls("DeleteService")] == [
+        "projects/acme-prod/locations/us-east1/services/a",
+        "projects/acme-prod/locations/asia-east1/services/b",
+    ]
+    assert summary == "2 services torn down" and "acme-prod, asia-east1" in said[1]
