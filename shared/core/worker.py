@@ -108,10 +108,23 @@ def _why_not_start(run: RunRecord | None) -> tuple[TaskStatus, str] | None:
 
 def _reusable(message: TaskMessage, rt: Runtime) -> dict[str, Any] | None:
     """An image built from exactly this input, or a deploy that would change nothing:
-    repeated runs of an unchanged architecture build and deploy nothing."""
-    deployer = rt.deployer
-    if message.no_cache or not isinstance(deployer, IncrementalDeployer):
+    repeated runs of an unchanged architecture build and deploy nothing.
+
+    Looking is never what fails a task: an error here (a source that cannot be fetched,
+    a backend that does not answer) is a miss, and the build or deploy that follows
+    meets it again and reports it on the task."""
+    if message.no_cache or not isinstance(rt.deployer, IncrementalDeployer):
         return None
+    try:
+        return _reused(message, rt.deployer, rt)
+    except ArchdeployError as exc:
+        log.info("%s: nothing to reuse (%s)", message.service, exc)
+        return None
+
+
+def _reused(
+    message: TaskMessage, deployer: IncrementalDeployer, rt: Runtime
+) -> dict[str, Any] | None:
     target = _target(message)
     if message.phase is Phase.BUILD:
         spec = rt.sources.localize(message.spec) if rt.sources else message.spec

@@ -648,3 +648,25 @@ def test_a_build_event_for_a_build_the_task_no_longer_waits_on_is_not_recorded()
     record_completion(done.model_copy(update={"attempt": 1}), system.rt)  # events carry no attempt
     system.deliver()
     assert system.result(run_id).images == {"svc-0000": "img-2"}
+
+
+class _UnreachableSources:
+    """A `SourceProvider` whose commit cannot be fetched (GitHub answered 404)."""
+
+    def localize(self, spec: DeploymentSpec) -> DeploymentSpec:
+        from shared.errors import BackendError
+
+        raise BackendError("downloading acme/shop@main: GitHub answered 404")
+
+
+def test_a_source_that_cannot_be_fetched_fails_its_build_instead_of_hanging() -> None:
+    # Given a worker whose build sources cannot be fetched, caching on (the default)
+    system = System()
+    system.rt.sources = _UnreachableSources()
+    # When the run goes
+    run_id = system.dispatch(wide(1))
+    system.deliver()
+    # Then the build failed naming the cause, and the run ended: nothing left running
+    task = system.task(run_id, Phase.BUILD, "svc-0000")
+    assert task.status is TaskStatus.FAILED and "GitHub answered 404" in (task.error or "")
+    assert system.result(run_id).status is RunStatus.FAILED
