@@ -59,10 +59,27 @@ def test_the_token_in_the_url_becomes_a_cookie_and_nothing_passes_without_it(
     assert answer.status_code == 303
     assert answer.headers["Location"] == f"/runs/{run_id}?x=1"  # the token leaves the URL
     cookie = answer.headers["Set-Cookie"]
-    assert cookie.startswith(f"{COOKIE}=s3cret") and "HttpOnly" in cookie
+    assert cookie.startswith(f"{COOKIE}_80=s3cret") and "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie
     page = client.get(f"/runs/{run_id}")
     assert page.status_code == 200 and "ingest" in page.get_data(as_text=True)
+    store.close()
+
+
+def test_two_dashboards_on_two_ports_keep_their_own_cookies(state: tuple[Path, str]) -> None:
+    # Given two `archdeploy ui` on one host (browsers share cookies across ports)
+    path, run_id = state
+    store = SqliteRunStore(path / "runs.db")
+    first, second = DashboardApp(store, token="one"), DashboardApp(store, token="two")
+    browser = Client(first)
+    # When the user opens the first, then the second
+    browser.get("/?token=one", environ_overrides={"SERVER_PORT": "8001"})
+    browser.application = second
+    browser.get("/?token=two", environ_overrides={"SERVER_PORT": "8002"})
+    # Then the first still lets the browser in
+    browser.application = first
+    again = browser.get(f"/runs/{run_id}", environ_overrides={"SERVER_PORT": "8001"})
+    assert again.status_code == 200
     store.close()
 
 

@@ -21,7 +21,13 @@ from werkzeug.wrappers import Request, Response
 from shared.doors.dashboard.app import route
 from shared.ports import RunStore
 
-COOKIE = "archdeploy_ui"
+COOKIE = "archdeploy_ui"  # + the port: browsers keep cookies per host, not per port
+
+
+def cookie_name(request: Request) -> str:
+    """One cookie per dashboard, as notebook servers do: a second `archdeploy ui` on
+    another port must not replace (and so log out) the first one's."""
+    return f"{COOKIE}_{request.environ.get('SERVER_PORT', '')}"
 
 
 def new_token() -> str:
@@ -46,9 +52,11 @@ class DashboardApp:
             kept = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
             query = f"?{urlencode(kept)}" if kept else ""
             response = Response(status=303, headers={"Location": request.path + query})
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict", path="/")
+            response.set_cookie(
+                cookie_name(request), self.token, httponly=True, samesite="Strict", path="/"
+            )
             return response
-        if not _same(request.cookies.get(COOKIE, ""), self.token):
+        if not _same(request.cookies.get(cookie_name(request), ""), self.token):
             return Response(
                 "401: open the URL `archdeploy ui` printed (it carries ?token=...)\n",
                 status=401,
