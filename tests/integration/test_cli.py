@@ -133,3 +133,17 @@ def test_status_of_an_unknown_run_is_a_usage_error(tmp_path: Path) -> None:
     code, _, err = _invoke("--state-dir", str(tmp_path), "status", "r-nope")
     assert code == 2
     assert "r-nope" in err
+
+
+def test_a_reader_that_leaves_early_gets_no_error_message() -> None:
+    # Given `archdeploy schema | head -c 1`: the reader closes the pipe before the writes
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli.main", "schema"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.close()
+    # Then archdeploy ends quietly, with the exit code a shell gives SIGPIPE
+    _, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stderr) == (141, b"")
