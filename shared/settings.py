@@ -35,9 +35,6 @@ class Settings(BaseSettings):
     topic_tasks: str = "archdeploy-tasks"
     topic_completions: str = "archdeploy-completions"
     topic_results: str = "archdeploy-results"
-    topic_build_events: str = Field(
-        default="cloud-builds", description="where Cloud Build publishes build status changes"
-    )
     firestore_database: str = "(default)"
     firestore_collection: str = "archdeploy_runs"
     source_bucket: str = Field(default="", description="bucket for uploaded build sources")
@@ -64,8 +61,8 @@ class Settings(BaseSettings):
     build_timeout_seconds: float = Field(default=1200, gt=0)
     deploy_timeout_seconds: float = Field(default=600, gt=0)
     health_timeout_seconds: float = Field(default=60, gt=0)
-    build_concurrency: int = Field(default=10, ge=1, description="builds at once, all workers")
-    deploy_concurrency: int = Field(default=20, ge=1, description="deploys at once, all workers")
+    build_concurrency: int = Field(default=10, ge=1, description="builds at once in one run")
+    deploy_concurrency: int = Field(default=20, ge=1, description="deploys at once in one run")
     async_builds: bool = Field(
         default=True, description="gcp: submit builds and take their result from build events"
     )

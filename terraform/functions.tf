@@ -135,7 +135,6 @@ locals {
     ARCHDEPLOY_TOPIC_TASKS               = google_pubsub_topic.main["tasks"].name
     ARCHDEPLOY_TOPIC_COMPLETIONS         = google_pubsub_topic.main["completions"].name
     ARCHDEPLOY_TOPIC_RESULTS             = google_pubsub_topic.main["results"].name
-    ARCHDEPLOY_TOPIC_BUILD_EVENTS        = local.topic_names["build_events"]
     ARCHDEPLOY_FIRESTORE_DATABASE        = var.firestore_database
     ARCHDEPLOY_FIRESTORE_COLLECTION      = var.firestore_collection
     ARCHDEPLOY_SOURCE_BUCKET             = google_storage_bucket.sources.name

@@ -166,33 +166,3 @@ def test_a_build_account_the_worker_may_not_act_as_is_refused_naming_it(
     deployer.close()
     (create,) = fake_cloudbuild.calls("CreateBuild")
     assert create.build.service_account == f"projects/{FAKE_PROJECT}/serviceAccounts/{compute}"
-
-
-def test_the_functions_cancel_a_recorded_build_by_its_name_without_a_deployer(
-    gcp_deployer: GcpDeployer,
-    fake_cloudbuild: FakeCloudBuild,
-    cloudbuild_client: Any,
-    tmp_path: Path,
-) -> None:
-    from shared.adapters.gcp.builds import cancel_submitted_build
-
-    fake_cloudbuild.behave("ingest", latency=30)
-    name = gcp_deployer.submit_build("ingest", _spec(tmp_path), target=TARGET)  # as recorded
-
-    cancel_submitted_build(name, project="elsewhere", region="global", client=cloudbuild_client)
-
-    build = fake_cloudbuild.builds[name.rsplit("/", 1)[-1]]
-    assert build.status == cloudbuild_v1.Build.Status.CANCELLED
-
-
-def test_cancelling_loads_neither_the_deployer_nor_source_packing() -> None:
-    # The aggregator and dispatcher functions cancel builds; their images lack pathspec.
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from shared.adapters.gcp.builds import cancel_submitted_build; "
-        "bad = {'shared.adapters.gcp.deployer', 'pathspec'} & set(sys.modules); "
-        "assert not bad, bad"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

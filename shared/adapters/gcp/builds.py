@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.adapters.gcp.cloud_build import FAILED_STATUSES, SUCCESS, build_name
+from shared.adapters.gcp.cloud_build import FAILED_STATUSES, SUCCESS
 from shared.adapters.gcp.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -78,22 +78,3 @@ class CloudBuilds:
             )
         except api.FailedPrecondition:  # finished already: nothing left to cancel
             log.info("build %s has finished already", name)
-
-
-def cancel_submitted_build(build: str, *, project: str, region: str, client: Any = None) -> None:
-    """Cancel a build by its full name (a bare id: of `project` and `region`), with a client
-    of its own: for the aggregator, dispatcher and api, which run no deployer (and load
-    neither it nor its source packing).
-
-    Raises:
-        BackendError: Cloud Build refused or did not answer.
-    """
-    from google.cloud.devtools import cloudbuild_v1
-
-    owned = client is None
-    client = client or cloudbuild_v1.CloudBuildClient()
-    try:
-        CloudBuilds(lambda: client, RetryPolicy(), 1.0).cancel(build_name(build, project, region))
-    finally:
-        if owned:
-            client.transport.close()
