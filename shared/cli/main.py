@@ -171,7 +171,7 @@ def plan(
     from shared.cli.plan_text import render_plan
 
     director = loaded.architecture.service_manager_spec is not None
-    click.echo(render_plan(result.tasks, director=director, as_json=as_json))
+    click.echo(render_plan(result.tasks, director=director, as_json=as_json, notes=result.notes))
 
 
 @cli.command()

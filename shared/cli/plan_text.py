@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from shared.core.dependency_urls import placeholder_owners
 from shared.messages import TaskRecord
 
 
-def render_plan(tasks: Sequence[TaskRecord], *, director: bool, as_json: bool) -> str:
+def render_plan(
+    tasks: Sequence[TaskRecord],
+    *,
+    director: bool,
+    as_json: bool,
+    notes: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """`notes`: per service, why a dependency's URL variable was left out."""
     if as_json:
         return json.dumps(
             [t.model_dump(mode="json", exclude_none=True) for t in tasks],
@@ -24,12 +32,17 @@ def render_plan(tasks: Sequence[TaskRecord], *, director: bool, as_json: bool) -
             after = f" after {', '.join(t.depends_on)}" if t.depends_on else ""
             lines.append(f"  {t.service}{after}")
             if phase != "build" and t.spec is not None:
+                owners = placeholder_owners(t.depends_on)
                 for key, value in sorted(t.spec.environment_vars.items()):
-                    lines.append(f"      {key}={value or _unset(key, director)}")
+                    lines.append(f"      {key}={value or _unset(key, director, owners)}")
+            if phase == "deploy":
+                lines.extend(f"      ({note})" for note in (notes or {}).get(t.service, ()))
     return "\n".join(lines)
 
 
-def _unset(key: str, director: bool) -> str:
+def _unset(key: str, director: bool, owners: Mapping[str, str]) -> str:
+    if key in owners:
+        return f"({owners[key]}'s URL, once deployed)"
     if key != "SERVICE_DIRECTOR_URL":
         return '""'
     return "(the director's URL, once deployed)" if director else '"" (no director in the file)'

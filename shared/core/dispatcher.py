@@ -11,8 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from shared.architecture.loading import LoadedArchitecture, load_architecture, parse_architecture
+from shared.architecture.model import Architecture
 from shared.core.control import cancel_run
-from shared.core.plan import plan_run
+from shared.core.dependency_urls import earlier_urls, outside_dependencies
+from shared.core.plan import plan_run, select_dataflows
 from shared.core.run_engine import advance_run, finish_run, publish_tasks
 from shared.core.runtime import Runtime
 from shared.errors import ArchdeployError, ArchitectureError, UsageError
@@ -96,7 +98,11 @@ def _plan(
         rollback=request.rollback_on_failure,
         images=request.images,
         service_accounts=request.service_accounts,
+        known_urls=_known_urls(arch, request, rt),
     )
+    for service, notes in plan.notes.items():
+        for note in notes:
+            log.warning("%s: %s", service, note)
     now = rt.clock()
     run = RunRecord(
         run_id=run_id,
@@ -118,6 +124,26 @@ def _plan(
         **(rt.driver.fields() if rt.driver else {}),
     )
     return run, plan.tasks
+
+
+def _known_urls(arch: Architecture, request: DeployRequest, rt: Runtime) -> dict[str, str]:
+    """URLs earlier runs (same project and region) recorded for dependencies this run does
+    not deploy; no store read when every dependency is deployed in the run."""
+    if request.build_only:
+        return {}
+    wanted = outside_dependencies(arch, select_dataflows(arch, request.dataflows))
+    if not wanted:
+        return {}
+    runs = [
+        r
+        for r in rt.store.list_runs(_EARLIER_RUNS)
+        if r.status.terminal and (r.project_id, r.region) == (arch.project_id, arch.region)
+    ]
+    results = (result.urls for r in runs if (result := rt.store.get_result(r.run_id)))
+    return earlier_urls(wanted, results)
+
+
+_EARLIER_RUNS = 20
 
 
 def _resume(run: RunRecord, rt: Runtime) -> None:

@@ -12,11 +12,12 @@ import functools
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from shared.architecture.model import Architecture, DeploymentSpec, ServiceSpec
+from shared.core.dependency_urls import plan_dependency_env
 from shared.errors import UsageError
 from shared.messages import Phase, TaskRecord, TaskStatus, task_id_for
 
@@ -27,6 +28,8 @@ class Plan:
     dataflows: list[str]
     director_url: str | None
     tasks: list[TaskRecord]
+    # service -> why a dependency's URL variable was left out of its environment
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
     def phase(self, phase: Phase) -> list[TaskRecord]:
         return [t for t in self.tasks if t.phase is phase]
@@ -103,6 +106,7 @@ def plan_run(
     rollback: bool = False,
     images: Mapping[str, str] | None = None,
     service_accounts: Mapping[str, str] | None = None,
+    known_urls: Mapping[str, str] | None = None,
 ) -> Plan:
     """The run's tasks, all `waiting`: the state machine releases them (builds at once,
     up to the run's build cap; the others when their phase opens).
@@ -110,7 +114,9 @@ def plan_run(
     Deploy specs carry the enriched environment; `SERVICE_DIRECTOR_URL` is filled in
     when the director's own deploy has reported its URL (see `shared.core.run_engine`).
     `images` are taken as built (their build tasks start succeeded); `build_only` plans
-    no deploys; `service_accounts` override the file's accounts.
+    no deploys; `service_accounts` override the file's accounts. Each deploy also gets its
+    dependencies' URLs (`shared.core.dependency_urls`): placeholders for those deployed in
+    this run, `known_urls` (earlier runs' URLs) for the others.
     """
     selected = select_dataflows(arch, dataflows)
     members = [
@@ -127,17 +133,50 @@ def plan_run(
         if not build_only:
             tasks.append(_task(run_id, Phase.DIRECTOR, None, director, arch, source_root, None))
     tasks.extend(_task(run_id, Phase.BUILD, f, s, arch, source_root, None) for f, s in members)
-    deployed = {spec.name for _, spec in members}
+    notes: dict[str, list[str]] = {}
     if not build_only:
-        for flow, spec in members:
-            deps = [d for d in spec.dependencies if d in deployed]
-            tasks.append(_task(run_id, Phase.DEPLOY, flow, spec, arch, source_root, deps))
+        tasks.extend(_deploys(run_id, members, arch, source_root, known_urls or {}, notes))
     if rollback:
         tasks.extend(_rollbacks(run_id, tasks))
     tasks = [_prebuilt(t, images or {}, now) for t in tasks]
     accounts = service_accounts or {}
     tasks = [_with_account(t, accounts) for t in tasks]
-    return Plan(run_id=run_id, dataflows=selected, director_url=director_url, tasks=tasks)
+    return Plan(
+        run_id=run_id, dataflows=selected, director_url=director_url, tasks=tasks, notes=notes
+    )
+
+
+def _deploys(
+    run_id: str,
+    members: list[tuple[str, ServiceSpec]],
+    arch: Architecture,
+    source_root: str,
+    known_urls: Mapping[str, str],
+    notes: dict[str, list[str]],
+) -> list[TaskRecord]:
+    """Each member's deploy task, after its dependencies in the run, with their URLs' keys."""
+    deployed = {spec.name for _, spec in members}
+    tasks = []
+    for flow, spec in members:
+        deps = [d for d in spec.dependencies if d in deployed]
+        task = _task(run_id, Phase.DEPLOY, flow, spec, arch, source_root, deps)
+        assert spec.deployment is not None and task.spec is not None
+        dep_env, left_out = plan_dependency_env(
+            arch,
+            dependencies=spec.dependencies,
+            user_env=spec.deployment.environment_vars,
+            in_run=deployed,
+            known_urls=known_urls,
+        )
+        if dep_env:
+            env = {**task.spec.environment_vars, **dep_env}
+            task = task.model_copy(
+                update={"spec": task.spec.model_copy(update={"environment_vars": env})}
+            )
+        if left_out:
+            notes[spec.name] = left_out
+        tasks.append(task)
+    return tasks
 
 
 def _rollbacks(run_id: str, tasks: list[TaskRecord]) -> list[TaskRecord]:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from shared.core.dependency_urls import fill_dependency_urls
 from shared.core.runtime import Runtime
 from shared.core.state import all_succeeded, all_terminal, assemble_result, next_deploys, outcome
 from shared.deployer import BuildSubmitter
@@ -240,7 +241,8 @@ def release(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> None:
     if not tasks:
         return
     images = _built_images(run, tasks, rt)
-    releases = [(t.task_id, _spec_updates(run, t, images)) for t in tasks]
+    urls = _dependency_urls(run, tasks, rt)
+    releases = [(t.task_id, _spec_updates(run, t, images, urls)) for t in tasks]
     publish_tasks(run, rt.store.release_tasks(releases, now=rt.clock()), rt)
 
 
@@ -254,12 +256,28 @@ def _built_images(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> dict[
     return {b.service: b.image for b in builds if b.image}
 
 
-def _spec_updates(run: RunRecord, task: TaskRecord, images: dict[str, str]) -> dict[str, Any]:
+def _dependency_urls(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> dict[str, str]:
+    """The URLs the released deploys' dependencies reported (deployed or unchanged): they
+    deployed before their dependents are released, so their tasks carry them."""
+    wanted = {d for t in tasks if t.phase is Phase.DEPLOY for d in t.depends_on}
+    if not wanted:
+        return {}
+    if len(wanted) <= 3:  # a dependency chain: a read per dependency
+        found = [rt.store.get_task(task_id_for(run.run_id, Phase.DEPLOY, d)) for d in wanted]
+    else:
+        found = list(rt.store.get_tasks(run.run_id, Phase.DEPLOY))
+    return {t.service: t.url for t in found if t is not None and t.url and t.service in wanted}
+
+
+def _spec_updates(
+    run: RunRecord, task: TaskRecord, images: dict[str, str], urls: dict[str, str]
+) -> dict[str, Any]:
     if task.phase is Phase.BUILD or task.spec is None:
         return {}
     env = dict(task.spec.environment_vars)
     if task.phase is Phase.DEPLOY:
         env["SERVICE_DIRECTOR_URL"] = run.director_url or ""
+        env = fill_dependency_urls(env, task.depends_on, urls)
     return {"image": images.get(task.service, task.spec.image), "environment_vars": env}
 
 

@@ -109,6 +109,28 @@ def test_plan_shows_tasks_by_phase_and_the_enriched_env(tmp_path: Path) -> None:
     assert [t["phase"] for t in tasks] == ["build", "deploy"]
 
 
+def test_plan_shows_dependency_urls_and_why_one_is_left_out(tmp_path: Path) -> None:
+    two = (
+        VALID
+        + """\
+  reports:
+    services:
+      fraud-check:
+        name: fraud-check
+        dependencies: [ingest]
+        deployment:
+          source_path: services/ingest
+"""
+    )
+    path = _write(tmp_path, two)
+    code, out, _ = _invoke("plan", str(path))
+    assert code == 0
+    assert "      INGEST_URL=(ingest's URL, once deployed)" in out.splitlines()
+    code, out, _ = _invoke("plan", "-d", "reports", str(path))
+    assert code == 0 and "INGEST_URL=" not in out
+    assert "(INGEST_URL left out: ingest is not deployed in this run" in out
+
+
 def test_schema_prints_a_json_schema() -> None:
     code, out, _ = _invoke("schema")
     assert code == 0

@@ -189,6 +189,30 @@ def test_a_service_handed_the_directors_url_may_invoke_it_and_registers_a_reacha
     assert registered in ingest_service.urls
 
 
+def test_a_service_may_invoke_each_dependency_whose_url_it_is_handed(
+    served: tuple[GcpDeployer, FakeCloudRun], instances: Instances
+) -> None:
+    deployer, fake = served
+    director_name, ingest_backend = _deploy_director_and_ingest(deployer, fake, instances)
+    ingest_name = director_name.replace("director", "ingest")
+    fake.ingresses[ingest_name].backend = ingest_backend
+    ingest_url = fake.services[ingest_name].uri
+    director_url = fake.services[director_name].uri
+    # enrich lists ingest in `dependencies`: the run hands it INGEST_URL (Cloud Run's uri)
+    env = {"SERVICE_DIRECTOR_URL": director_url, "INGEST_URL": ingest_url}
+    spec = DeploymentSpec(image=IMAGE, environment_vars=env)
+    deployer.deploy_service("enrich", "enrich-sa", spec, target=TARGET)
+
+    enrich = f"serviceAccount:{account('enrich-sa')}"
+    assert enrich in fake.invokers(ingest_name)
+    assert enrich in fake.invokers(director_name)
+    assert _wait_healthy(ingest_backend)[0] == 200
+    token = instances.authority.mint(account("enrich-sa"), ingest_url)
+    assert _get(f"{ingest_url}/healthz", token)[0] == 200  # enrich's call with its ID token
+    stranger = instances.authority.mint(account("notify-sa"), ingest_url)
+    assert _get(f"{ingest_url}/healthz", stranger)[0] == 403  # a service not handed it
+
+
 def test_the_invoker_grant_is_idempotent_and_keeps_other_bindings(
     served: tuple[GcpDeployer, FakeCloudRun],
 ) -> None:

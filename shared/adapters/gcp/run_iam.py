@@ -3,7 +3,8 @@
 Cloud Run refuses a request without an ID token of an account holding roles/run.invoker
 on the service (https://cloud.google.com/run/docs/securing/managing-access), and a new
 service has no such binding. archdeploy wires calls by handing a service other services'
-URLs in its environment (today the director's, as SERVICE_DIRECTOR_URL, to every service),
+URLs in its environment (the director's, as SERVICE_DIRECTOR_URL, to every service, and
+each dependency's `uri`, as `<NAME>_URL`, to the services listing it in `dependencies`),
 so for each URL that is a Cloud Run service in the caller's project and region, the
 caller's own account gets roles/run.invoker on that service, before the caller is
 deployed (its startup probe may depend on the call). `deployment.public: true` binds
