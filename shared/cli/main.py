@@ -158,20 +158,10 @@ def plan(
     as_json: bool,
 ) -> None:
     """Show what `up` would do: tasks by phase and the env each deploy gets."""
-    from shared.core.plan import plan_run
+    from shared.cli.plan_text import show_plan
 
     loaded = _load(file, strict, environment, check_paths=False)
-    result = plan_run(
-        loaded.architecture,
-        run_id="(plan)",
-        dataflows=dataflows,
-        director_url=director_url,
-        source_root=str(loaded.base_dir or ""),
-    )
-    from shared.cli.plan_text import render_plan
-
-    director = loaded.architecture.service_manager_spec is not None
-    click.echo(render_plan(result.tasks, director=director, as_json=as_json, notes=result.notes))
+    click.echo(show_plan(loaded, dataflows, director_url, as_json=as_json))
 
 
 @cli.command()

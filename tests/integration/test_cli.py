@@ -109,6 +109,13 @@ def test_plan_shows_tasks_by_phase_and_the_enriched_env(tmp_path: Path) -> None:
     assert [t["phase"] for t in tasks] == ["build", "deploy"]
 
 
+def test_plan_shows_the_director_url_given_on_the_command_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, VALID)
+    code, out, _ = _invoke("plan", "--director-url", "https://director.example", str(path))
+    assert code == 0
+    assert "      SERVICE_DIRECTOR_URL=https://director.example" in out.splitlines()
+
+
 def test_plan_shows_dependency_urls_and_why_one_is_left_out(tmp_path: Path) -> None:
     two = (
         VALID
