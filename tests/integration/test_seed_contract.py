@@ -27,8 +27,15 @@ from tests.builders import architecture, service
 class SeedDeployer:
     """Exactly the seed's methods and signatures: a user's code, not ours."""
 
-    def __init__(self, *, build_seconds: float = 0.0, broken: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        build_seconds: float = 0.0,
+        broken: set[str] | None = None,
+        together: threading.Barrier | None = None,
+    ) -> None:
         self.build_seconds = build_seconds
+        self.together = together  # builds wait here until all are in flight
         self.broken = broken or set()
         self.lock = threading.Lock()
         self.builds: list[tuple[str, float, float]] = []  # service, start, end
@@ -38,6 +45,8 @@ class SeedDeployer:
     def build(self, service_name, spec):  # type: ignore[no-untyped-def]
         start = time.monotonic()
         time.sleep(self.build_seconds)
+        if self.together is not None:
+            self.together.wait(timeout=30)
         if service_name in self.broken:
             raise RuntimeError(f"compiler exploded on {service_name}")
         with self.lock:
@@ -85,7 +94,8 @@ def test_seed_deployer_failures_are_aggregated_and_keep_what_succeeded(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     arch = architecture({"f": [service("good"), service("bad"), service("worse")]}, director=False)
-    deployer = SeedDeployer(broken={"bad", "worse"})
+    # Every build is in flight before any fails, so both failures happen and are reported.
+    deployer = SeedDeployer(broken={"bad", "worse"}, together=threading.Barrier(3))
 
     with caplog.at_level(logging.INFO), pytest.raises(DeploymentError) as caught:
         DeploymentManager(arch, deployer).build_all_services()
