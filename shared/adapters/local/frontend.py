@@ -64,6 +64,7 @@ class FrontEnd:
         self.sites: dict[int, web.TCPSite] = {}
         self.in_flight: Counter[str] = Counter()
         self.drained = asyncio.Condition()
+        self.draining = 0  # reloads waiting for a drain
         self.runner = web.AppRunner(web.Application(handler_args={"max_field_size": 65536}))
         self.runner.app.router.add_route("*", "/{tail:.*}", self.proxy)
         self.session: ClientSession | None = None
@@ -108,11 +109,14 @@ class FrontEnd:
         def idle() -> bool:
             return not any(n for up, n in self.in_flight.items() if up not in current)
 
-        async with self.drained:
-            try:
+        self.draining += 1
+        try:
+            async with self.drained:
                 await asyncio.wait_for(self.drained.wait_for(idle), DRAIN_TIMEOUT)
-            except TimeoutError:
-                return False
+        except TimeoutError:
+            return False
+        finally:
+            self.draining -= 1
         return True
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
@@ -136,8 +140,9 @@ class FrontEnd:
             )
         finally:
             self.in_flight[upstream] -= 1
-            async with self.drained:
-                self.drained.notify_all()
+            if self.draining:  # a reload waits for old revisions' requests to finish
+                async with self.drained:
+                    self.drained.notify_all()
 
     async def _forward(self, request: web.Request, upstream: str) -> web.Response:
         assert self.session is not None
