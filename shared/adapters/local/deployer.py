@@ -99,7 +99,8 @@ class LocalDeployer:
         # Unique to this state folder: its services' markers never match another's.
         state_id = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
         self.instances = Instances(self._run_dir, state_id)
-        self.gateway = Gateway(self.state_dir, state_id, python)
+        # The front end runs on archdeploy's own interpreter (it needs aiohttp), not `python`.
+        self.gateway = Gateway(self.state_dir, state_id, sys.executable)
         # Part of every input digest: deps installed by another interpreter differ.
         self._builder = f"local-oci python={os.path.realpath(python)}"
 
