@@ -180,3 +180,17 @@ def test_rollback_keeps_the_url_and_only_three_deployments_are_kept(
     assert deployer.rollback("echo", back_to) == url
     assert deployer.running()["echo"]["revision"] == back_to
     assert get_json(url)["version"] in ("v2", "v3")
+
+
+def test_teardown_all_forgets_every_route_and_keeps_the_ports(
+    deployer: LocalDeployer, tmp_path: Path
+) -> None:
+    url = deployer.build_and_deploy("echo", "", spec(echo_service(tmp_path / "echo")))
+    deployer.teardown_all()
+    assert marked(deployer.gateway.marker_prefix) == []
+
+    other = deployer.build_and_deploy("other", "", spec(echo_service(tmp_path / "other")))
+
+    assert get_json(other)["version"] == "v1"
+    assert refuses_connections(url)  # no stale route to the stopped service
+    assert deployer.build_and_deploy("echo", "", spec(tmp_path / "echo")) == url

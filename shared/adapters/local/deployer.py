@@ -294,7 +294,7 @@ class LocalDeployer:
         for key in self.instances.known_keys():
             self.instances.stop_key(key)
             self.history.forget(key)
-        self.gateway.stop()
+        self.gateway.stop(forget_routes=True)
         stop_marked(self.instances.marker("")[:-1])
 
     def running(self) -> dict[str, Record]:

@@ -141,9 +141,13 @@ class Gateway:
             self._stop_leftovers()
             return self._start()
 
-    def stop(self) -> bool:
-        """Stop the front end; returns whether it was running."""
+    def stop(self, *, forget_routes: bool = False) -> bool:
+        """Stop the front end (and forget every route); returns whether it was running."""
+        if not self.folder.is_dir():
+            return stop_marked(self.marker_prefix) > 0
         with self._locked():
+            if forget_routes:
+                write_json_atomic(self.folder / "routes.json", {"routes": {}})
             return self._stop_leftovers()
 
     def _start(self) -> Record:
