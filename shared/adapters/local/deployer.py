@@ -370,6 +370,7 @@ class LocalDeployer:
             service_name, record["revision"], spec, config, root, record["port"], secrets
         )
         env[SERVICE_MARKER] = record["marker"]
+        env.setdefault("SERVICE_URL", record["url"])  # its stable URL, e.g. to register
         command = (
             [self.python, *config.command[1:]] if config.command[0] == "python" else config.command
         )
