@@ -76,6 +76,13 @@ class DeploymentSpec(_Model):
         description="Cloud Run: anyone may call the service (allUsers gets roles/run.invoker);"
         " false: only accounts archdeploy grants, e.g. services handed its URL",
     )
+    local_port: int | None = Field(
+        default=None,
+        ge=1024,
+        le=65535,
+        description="Embedded mode: the loopback port of the service's stable URL (unset:"
+        " one is chosen at the first deploy and kept)",
+    )
     min_instances: int | None = Field(default=None, ge=0)
     max_instances: int | None = Field(default=None, ge=1)
     environment_vars: dict[str, str] = Field(default_factory=dict)

@@ -281,6 +281,30 @@ def down_local(
     return f"{stopped} services torn down, {len(names) - stopped} not running"
 
 
+def show_serving(state_dir: Path, say: Callable[[str], None]) -> None:
+    """Say which revision serves each local service at its stable URL, starting the
+    local front end again if it died (creates nothing when nothing was deployed)."""
+    from shared.adapters.local.deployer import LocalDeployer
+    from shared.adapters.local.instances import alive
+    from shared.errors import BackendError
+
+    if not (state_dir / "frontend" / "routes.json").exists():
+        return
+    deployer = LocalDeployer(state_dir)
+    records = [deployer.instances.read(key) for key in deployer.instances.known_keys()]
+    serving = [r for r in records if r is not None and "fingerprint" in r]
+    if not serving:
+        return
+    try:
+        deployer.gateway.ensure()
+    except BackendError as exc:
+        say(f"warning: {exc}")
+    say("local services (project/environment/service, serving revision, stable URL):")
+    for record in serving:
+        state = "serving" if alive(record) else "revision not running"
+        say(f"  {record['key']:<40} {record['revision']:<30} {record['url']}  {state}")
+
+
 def open_store(settings: Any, say: Callable[[str], None]) -> Any:
     """The run store for a command that reads it (`status`, `runs`), creating nothing;
     embedded runs whose driver is gone are ended as abandoned first."""

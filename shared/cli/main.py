@@ -269,11 +269,14 @@ def _report(result: RunResult, as_json: bool, exit_code: int | None = None) -> i
 def status(
     ctx: click.Context, run_id: str | None, file: str | None, as_json: bool, timeline: bool
 ) -> None:
-    """Show a run (the latest by default)."""
-    from shared.cli.local import open_store
+    """Show a run (the latest by default), and what each local service serves."""
+    from shared.cli.local import open_store, show_serving
     from shared.core.runtime import run_view as current
 
-    store = open_store(_settings(ctx, file), _say)
+    settings = _settings(ctx, file)
+    store = open_store(settings, _say)
+    if settings.store_kind == "sqlite":
+        show_serving(Path(settings.state_dir), _say)
     if run_id is None:
         runs = store.list_runs(1)
         if not runs:

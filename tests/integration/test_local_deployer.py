@@ -131,7 +131,8 @@ def test_the_service_gets_port_its_environment_and_nothing_else_from_the_host(
     seen = get_json(url)
 
     env = seen["env"]
-    assert env["PORT"] == url.rsplit(":", 1)[1]  # Cloud Run's PORT wins over the spec's
+    # Cloud Run's PORT (the revision's own port, behind the stable URL) wins over the spec's
+    assert env["PORT"] == str(deployer.running()["echo"]["port"]) != url.rsplit(":", 1)[1]
     assert env["LOG_LEVEL"] == "debug"
     assert env["K_SERVICE"] == "echo"
     assert env["PATH"].endswith(os.environ["PATH"])
@@ -148,7 +149,7 @@ def test_a_procfile_web_line_is_run_through_the_shell_with_port_expanded(
     url = deployer.build_and_deploy("echo", "", spec(source))
     seen = get_json(url)
 
-    assert seen["argv"][-2:] == ["--port", url.rsplit(":", 1)[1]]
+    assert seen["argv"][-2:] == ["--port", str(deployer.running()["echo"]["port"])]
     assert seen["executable"] == deployer.python  # `python` on PATH is the configured one
 
 
@@ -316,7 +317,8 @@ def test_redeploying_replaces_the_running_process_once_the_new_one_is_healthy(
     new_url = deployer.build_and_deploy("echo", "", spec(source))
 
     assert get_json(new_url)["version"] == "v2"
-    assert refuses_connections(old_url)
+    assert new_url == old_url  # the stable URL now reaches the new revision
+    assert refuses_connections(old["revision_url"])
     assert start_time(old["pid"]) != old["proc_start"]
     assert deployer.running()["echo"]["url"] == new_url
     assert not Path(old["root"]).exists()  # the old unpacked image is pruned

@@ -39,6 +39,7 @@ from shared.adapters.local.container import (
     source_dir,
     write_python_shims,
 )
+from shared.adapters.local.gateway import Gateway
 from shared.adapters.local.history import DeploymentHistory, revision_id
 from shared.adapters.local.instances import Instances, alive, component
 from shared.adapters.local.oci_images import OciImageStore, collect_files, image_digest
@@ -46,7 +47,6 @@ from shared.adapters.local.processes import (
     SERVICE_MARKER,
     Spawned,
     free_port,
-    port_free,
     probe,
     spawn,
     stop_marked,
@@ -99,6 +99,8 @@ class LocalDeployer:
         # Unique to this state folder: its services' markers never match another's.
         state_id = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
         self.instances = Instances(self._run_dir, state_id)
+        # The front end runs on archdeploy's own interpreter (it needs aiohttp), not `python`.
+        self.gateway = Gateway(self.state_dir, state_id, sys.executable)
         # Part of every input digest: deps installed by another interpreter differ.
         self._builder = f"local-oci python={os.path.realpath(python)}"
 
@@ -186,24 +188,31 @@ class LocalDeployer:
         """What runs as `service_name`, if its process is alive and passes its health check."""
         if not _SERVICE_NAME.fullmatch(service_name):
             return None
-        record = self.instances.read(self._key(service_name, target))
-        if record is None or not alive(record):
+        key = self._key(service_name, target)
+        record = self.instances.read(key)
+        port = self.gateway.known_port(key)
+        if record is None or port is None or not alive(record):
             return None
-        healthy, answer = probe(record["url"] + record.get("health_path", "/"), _PROBE_TIMEOUT)
+        revision_url = str(record.get("revision_url", record["url"]))
+        healthy, answer = probe(revision_url + record.get("health_path", "/"), _PROBE_TIMEOUT)
         if not healthy:
-            log.info("%s at %s fails its health check (%s)", service_name, record["url"], answer)
+            log.info("%s at %s fails its health check (%s)", service_name, revision_url, answer)
+            return None
+        try:
+            self.gateway.ensure()  # a dead front end is started again, serving its routes
+        except BackendError as exc:
+            log.warning("%s: %s", service_name, exc)
             return None
         return Deployed(
-            url=str(record["url"]),
+            url=self.gateway.url(port),
             image=str(record["image"]),
             fingerprint=str(record.get("fingerprint", "")),
             revision=str(record.get("revision", "")),
         )
 
     def rollback(self, service_name: str, revision: str, *, target: Target | None = None) -> str:
-        """Start the saved deployment `revision` again in place of what runs; return its URL.
-
-        It gets its old port (so its old URL) back when that is free. Nothing is restarted
+        """Start the saved deployment `revision` again in place of what runs; return its
+        (stable) URL. Nothing is restarted
         when `revision` is what already runs, healthy.
         Raises BackendError when no such deployment is saved or it does not get healthy.
         """
@@ -218,45 +227,42 @@ class LocalDeployer:
             spec = DeploymentSpec.model_validate(saved["spec"])
         except (KeyError, ValueError) as exc:
             raise BackendError(f"{context}: the saved deployment is unusable: {exc}") from exc
-        return self._deploy(service_name, spec, saved, context, port=saved.get("port"))
+        return self._deploy(service_name, spec, saved, context)
 
-    def _deploy(
-        self,
-        service_name: str,
-        spec: DeploymentSpec,
-        saved: Record,
-        context: str,
-        port: int | None = None,
-    ) -> str:
+    def _deploy(self, service_name: str, spec: DeploymentSpec, saved: Record, context: str) -> str:
+        """Start a new revision process; once healthy, the front end switches the stable
+        port to it, the old one drains and is stopped."""
         key = self._key(service_name)
-        start = _Start(key, str(saved["revision"]), str(saved["health_path"]))
         try:
-            if port is None:
-                record = self._start(service_name, spec, start)
-            else:
-                record = self._start_preferring(port, service_name, spec, start)
+            port = self.gateway.port_for(key, spec.local_port)
+            start = _Start(key, str(saved["revision"]), str(saved["health_path"]), port)
+            record = self._start(service_name, spec, start)
         except (BackendError, OSError) as exc:
             raise BackendError(f"{context}: {exc}") from exc
         record.update(fingerprint=saved["fingerprint"])
-        old = self.instances.promote(key, record)
+
+        def switch() -> None:  # under the key's lock: traffic and record change together
+            self.gateway.route(key, service_name, start.revision, str(record["revision_url"]), port)
+
+        try:
+            old = self.instances.promote(key, record, switch)
+        except BaseException:
+            self.instances.stop_instance(record)
+            self.instances.forget_starting(key, str(record["instance"]))
+            raise
         if old is not None and old.get("instance") != record["instance"]:
             self.instances.stop_instance(old)
-        self.history.save(key, {**saved, "port": record["port"]})
-        log.info("%s: %s at %s (pid %d)", context, start.revision, record["url"], record["pid"])
-        return str(record["url"])
-
-    def _start_preferring(
-        self, port: int, service_name: str, spec: DeploymentSpec, start: _Start
-    ) -> Record:
-        """`_start` on `port` if it is free, else (or if the service cannot bind it after
-        all) on a free port."""
-        try:
-            return self._start(service_name, spec, start, port)
-        except (BackendError, OSError) as exc:
-            log.warning(
-                "%s: not started on port %d (%s): trying a free port", service_name, port, exc
-            )
-        return self._start(service_name, spec, start)
+        self.history.save(key, saved)
+        url = self.gateway.url(port)
+        log.info(
+            "%s: %s at %s via %s (pid %d)",
+            context,
+            start.revision,
+            record["revision_url"],
+            url,
+            record["pid"],
+        )
+        return url
 
     def build_and_deploy(
         self,
@@ -279,6 +285,7 @@ class LocalDeployer:
         key = self._key(service_name, target)
         running = self.instances.stop_key(key)
         self.history.forget(key)
+        self.gateway.unroute(key)
         log.info("%s: %s", key, "stopped" if running else "was not running")
         return running
 
@@ -287,6 +294,7 @@ class LocalDeployer:
         for key in self.instances.known_keys():
             self.instances.stop_key(key)
             self.history.forget(key)
+        self.gateway.stop(forget_routes=True)
         stop_marked(self.instances.marker("")[:-1])
 
     def running(self) -> dict[str, Record]:
@@ -313,15 +321,13 @@ class LocalDeployer:
         project = component(target.project_id or self.project, "_")
         return f"{project}/{component(self.environment, 'default')}/{service_name}"
 
-    def _start(
-        self, service_name: str, spec: DeploymentSpec, start: _Start, port: int | None = None
-    ) -> Record:
+    def _start(self, service_name: str, spec: DeploymentSpec, start: _Start) -> Record:
         secrets = local_secrets(spec)
         digest = image_digest(spec.image).removeprefix("sha256:")[:12]
         instance = f"{digest}-{uuid.uuid4().hex[:8]}"
         root = self._run_dir / start.key / instance
-        port = port if port and port_free(port) else free_port()
-        url = f"http://127.0.0.1:{port}"
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"  # the revision's own; the front end forwards to it
         record: Record = {
             "service": service_name,
             "key": start.key,
@@ -330,7 +336,9 @@ class LocalDeployer:
             "revision": start.revision,
             "health_path": start.health_path,
             "port": port,
-            "url": url,
+            "url": self.gateway.url(start.public_port),
+            "revision_url": url,
+            "public_port": start.public_port,
             "image": spec.image,
             "root": str(root),
             "log": str(self._run_dir / start.key / f"{instance}.log"),
@@ -362,6 +370,7 @@ class LocalDeployer:
             service_name, record["revision"], spec, config, root, record["port"], secrets
         )
         env[SERVICE_MARKER] = record["marker"]
+        env.setdefault("SERVICE_URL", record["url"])  # its stable URL, e.g. to register
         command = (
             [self.python, *config.command[1:]] if config.command[0] == "python" else config.command
         )
@@ -380,6 +389,7 @@ class _Start:
     key: str
     revision: str
     health_path: str
+    public_port: int  # the service's stable port, served by the front end
 
 
 def _check_name(service_name: str) -> None:

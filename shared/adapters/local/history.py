@@ -1,8 +1,8 @@
 """Saved deployments of local services: what `LocalDeployer.rollback` starts again.
 
 Every healthy deploy saves `<state_dir>/run/<service>/history/<revision>.json`: the image,
-the spec (environment included), the service account, the health check path, the
-config fingerprint and the port it last ran on. A revision is named after its config
+the spec (environment included), the service account, the health check path and the
+config fingerprint; the last `KEEP` are kept. A revision is named after its config
 fingerprint (`<service>-<fingerprint[:12]>`), so deploying the same configuration again
 names the same revision, as a duplicate delivery must, and a revision is everything
 needed to start that deployment again.
@@ -21,6 +21,7 @@ from shared.errors import BackendError
 
 Record = dict[str, Any]
 
+KEEP = 3  # saved deployments per service, as rollback targets
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,80}")
 
 
@@ -41,6 +42,11 @@ class DeploymentHistory:
         path = self._path(service, str(saved["revision"]))
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, saved)
+        # Only the last KEEP deployments are kept (configs naming images, not processes).
+        older = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)[:-KEEP]
+        for stale in older:
+            if stale != path:
+                stale.unlink(missing_ok=True)
 
     def load(self, service: str, revision: str, context: str) -> Record:
         """The saved deployment `revision` of `service`.

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +83,15 @@ class Instances:
     def forget_starting(self, key: str, instance: str) -> None:
         (self.starting_dir(key) / f"{instance}.json").unlink(missing_ok=True)
 
-    def promote(self, key: str, record: Record) -> Record | None:
-        """Make `record` the serving instance; returns the one it replaced (not stopped).
+    def promote(
+        self, key: str, record: Record, switch: Callable[[], None] = lambda: None
+    ) -> Record | None:
+        """Make `record` the serving instance, after `switch` (which sends it traffic);
+        returns the one it replaced (not stopped).
 
         Instances that a dead archdeploy process left starting are stopped here."""
         with self.lock(key):
+            switch()
             old = self.read(key)
             write_json_atomic(self.record_path(key), record)
             self.forget_starting(key, str(record.get("instance", "")))
