@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import re
-import tomllib
 from importlib import metadata
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+from tests.lockfile import locked_versions, normalized
 
 
 def test_every_installed_distribution_is_the_locked_version() -> None:
-    lock = tomllib.loads((ROOT / "uv.lock").read_text())
-    locked = {_normalized(p["name"]): p["version"] for p in lock["package"] if "version" in p}
-    installed = {_normalized(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    locked = locked_versions()
+    installed = {normalized(d.metadata["Name"]): d.version for d in metadata.distributions()}
 
     assert installed.pop("archdeploy") == locked.pop("archdeploy")
     unlocked = sorted(set(installed) - set(locked))

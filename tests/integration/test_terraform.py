@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import typing
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from pydantic import ValidationError
 
 from shared.adapters.gcp import cloud_build
 from shared.settings import ENV_PREFIX, Settings
+from tests.lockfile import locked_versions, normalized
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "terraform"
@@ -674,10 +674,6 @@ def _third_party_closure(source: str) -> dict[str, str]:
     return needed
 
 
-def _normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _requirements(source: str, file: str = "requirements.in") -> dict[str, str]:
     """name -> pinned version ("" when unpinned) of a function's requirements file."""
     names = {}
@@ -686,13 +682,8 @@ def _requirements(source: str, file: str = "requirements.in") -> dict[str, str]:
         if line:
             match = re.match(r"([A-Za-z0-9._-]+)(?:==([^ ;]+))?", line)
             assert match, f"cannot read requirement {line!r}"
-            names[_normalized(match.group(1))] = match.group(2) or ""
+            names[normalized(match.group(1))] = match.group(2) or ""
     return names
-
-
-def _locked() -> dict[str, str]:
-    lock = tomllib.loads((ROOT / "uv.lock").read_text())
-    return {_normalized(p["name"]): p["version"] for p in lock["package"] if "version" in p}
 
 
 SOURCES = sorted({f["source"] for f in _functions().values()})
@@ -723,7 +714,7 @@ def test_each_requirements_txt_pins_what_ci_tested(source: str) -> None:
     """What terraform ships is what the lock installed for the tests: every package of the
     function's requirements.in and all they need, at uv.lock's version (`make lock`)."""
     pinned = _requirements(source, "requirements.txt")
-    locked = _locked()
+    locked = locked_versions()
     assert set(_requirements(source)) <= set(pinned), "run `make lock`"
     drifted = {name: (v, locked.get(name)) for name, v in pinned.items() if locked.get(name) != v}
     assert not drifted, f"functions/{source}/requirements.txt differs from uv.lock: {drifted}"
