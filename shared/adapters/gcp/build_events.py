@@ -48,11 +48,12 @@ def on_dead_message(
     """The `dead_letters` entry point: a dead-lettered `cloud-builds` event fails its build
     task at once (its tags name the task) instead of leaving the run to wait for the build
     deadline; any other message goes to the core's `on_dead_letter`."""
-    found = task_of_build_event(data, attributes) if attributes.get("buildId") else None
-    if found is None:
-        if not attributes.get("buildId"):
-            on_dead_letter(data, attributes, rt, message_id)
+    if not attributes.get("buildId"):
+        on_dead_letter(data, attributes, rt, message_id)
         return
+    found = task_of_build_event(data, attributes)
+    if found is None:
+        return  # not one of archdeploy's builds
     run_id, task_id, build = found
     log.error("build event %s of build %s was dead-lettered", message_id, build)
     why = f"the status event of build {build} was dead-lettered after repeated failures"
