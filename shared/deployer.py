@@ -175,3 +175,66 @@ class IncrementalDeployer(Protocol):
     def rollback(self, service_name: str, revision: str, *, target: Target | None = None) -> str:
         """Serve `revision` (a `Deployed.revision`) again; returns the URL."""
         ...
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A revision deployed beside what serves, reachable only through its tag's own URL."""
+
+    revision: str
+    tag: str
+    url: str  # the tag's URL: reaches this revision only
+    # The service did not exist before, so its first revision had to take all traffic
+    # (Cloud Run cannot create a service that serves nothing); undoing it is a teardown.
+    created: bool = False
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Which revisions serve a service's stable URL, by percent, and where its tags point."""
+
+    url: str  # the stable URL
+    percents: dict[str, int]  # revision -> percent; the percents sum to 100
+    tags: dict[str, str] = field(default_factory=dict)  # tag -> revision
+    tag_urls: dict[str, str] = field(default_factory=dict)  # tag -> the tag's URL
+
+
+@runtime_checkable
+class TrafficDeployer(Protocol):
+    """Revisions, tags and traffic, as Cloud Run has them: what a release is built on.
+
+    Locally the front end gives each tag a port of its own and splits a stable URL's
+    requests by percent; on Google Cloud these are Cloud Run's own tags and traffic
+    targets pinned to revisions. Every method is idempotent, as tasks may run twice.
+    """
+
+    def stage(
+        self,
+        service_name: str,
+        service_account_email: str,
+        spec: DeploymentSpec,
+        *,
+        tag: str,
+        target: Target | None = None,
+    ) -> Staged:
+        """Deploy `spec` as a new revision with no traffic, tagged `tag`; once healthy.
+
+        Staging the same configuration under the same tag again returns the same
+        revision. A tag is lowercase letters, digits and `-`, starting with a letter."""
+        ...
+
+    def traffic(self, service_name: str, *, target: Target | None = None) -> Traffic | None:
+        """The service's traffic and tags now, or None if it does not exist."""
+        ...
+
+    def set_traffic(
+        self, service_name: str, percents: dict[str, int], *, target: Target | None = None
+    ) -> Traffic:
+        """Serve the stable URL from these revisions by percent (summing to 100).
+
+        Tags are kept. Raises `BackendError` naming the revision or sum it refuses."""
+        ...
+
+    def untag(self, service_name: str, tag: str, *, target: Target | None = None) -> None:
+        """Remove `tag` (and its URL). A tag that is not there is fine."""
+        ...
