@@ -31,6 +31,8 @@ from shared.errors import UsageError
 START_TIMEOUT = 60.0  # seconds; the emulators take 3-5 s, a cold JVM on a busy CI longer
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Run by path, isolated (-I): it imports only the standard library, whatever the cwd.
+_SUPERVISOR = Path(__file__).with_name("supervise.py")
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
@@ -69,13 +71,16 @@ def launch(
     log_path: Path,
     err_path: Path | None = None,
 ) -> Child:
-    """Start `command` in a new session; stderr goes to `err_path` if given, else the log."""
+    """Start `command` in a new session; stderr goes to `err_path` if given, else the log.
+
+    It runs under `supervise.py`, so if this process dies, even by SIGKILL, the whole
+    group ends: grandchildren such as an emulator's JVM included."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as files:
         out = files.enter_context(log_path.open("ab"))
         err = files.enter_context(err_path.open("ab")) if err_path else subprocess.STDOUT
         process = subprocess.Popen(
-            list(command),
+            [sys.executable, "-I", str(_SUPERVISOR), *command],
             env=dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -89,8 +94,8 @@ def launch(
 
 def _die_with_parent() -> Callable[[], None] | None:
     """On Linux, a child gets SIGTERM when `dev` dies, even by SIGKILL (prctl
-    PR_SET_PDEATHSIG). It reaches the child itself only: an emulator's JVM under its
-    `gcloud` wrapper is stopped by the next `dev` (`shared.devserver.leftovers`)."""
+    PR_SET_PDEATHSIG). It reaches the child itself only, which is why that child is the
+    group's supervisor (`shared/devserver/supervise.py`)."""
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not after
