@@ -27,6 +27,9 @@ import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps connections alive, as real servers do
+    disable_nagle_algorithm = True  # as real servers do: no 40 ms delayed-ACK stall
+
     def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", "2")
