@@ -169,6 +169,8 @@ class FrontEnd:
         headers["X-Forwarded-Host"] = request.host
         headers["X-Forwarded-For"] = request.remote or ""
         has_body = request.body_exists
+        if request.content_length is not None:  # streamed as sent, not re-chunked
+            headers["Content-Length"] = str(request.content_length)
         # A body is streamed once; a body-less request may go again on a fresh connection.
         attempts = 2 if request.method in _RETRYABLE_METHODS and not has_body else 1
         for attempt in range(attempts):
