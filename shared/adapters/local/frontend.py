@@ -30,6 +30,7 @@ from aiohttp import (
     ClientResponse,
     ClientSession,
     ClientTimeout,
+    DummyCookieJar,
     ServerDisconnectedError,
     TCPConnector,
     web,
@@ -39,6 +40,7 @@ from shared.adapters.local.routing import Route, read_routes
 
 DRAIN_TIMEOUT = 30.0  # seconds an old revision's in-flight requests may take to finish
 _KEEPALIVE = 30.0  # seconds an idle connection to a revision is kept
+_SMALL_BODY = 65536  # bytes: a known-length answer up to this size is relayed in one write
 _UPSTREAM_TIMEOUT = 300.0  # seconds, as Cloud Run's default request timeout
 _HOP_BY_HOP = frozenset(
     {
@@ -77,6 +79,9 @@ class FrontEnd:
             auto_decompress=False,
             trust_env=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            # A proxy keeps no cookies (aiohttp drops those of IP hosts anyway): no cookie
+            # work per request.
+            cookie_jar=DummyCookieJar(),
         )
         await self.reload()
 
@@ -191,12 +196,15 @@ class FrontEnd:
 
 
 async def _relay(request: web.BaseRequest, answer: ClientResponse) -> web.StreamResponse:
-    response = web.StreamResponse(status=answer.status, reason=answer.reason)
-    for key, value in answer.headers.items():
-        if key.lower() not in _HOP_BY_HOP:
-            response.headers.add(key, value)
-    if answer.content_length is not None:
-        response.content_length = answer.content_length
+    headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP]
+    length = answer.content_length
+    if length is not None and length <= _SMALL_BODY:
+        # A small answer whose size is known is sent in one write, not streamed.
+        body = await answer.read()
+        return web.Response(status=answer.status, reason=answer.reason, body=body, headers=headers)
+    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    if length is not None:
+        response.content_length = length
     await response.prepare(request)
     async for chunk in answer.content.iter_any():
         await response.write(chunk)
