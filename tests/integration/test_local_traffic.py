@@ -42,6 +42,11 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+
     def do_POST(self):
         size = int(self.headers.get("Content-Length") or -1)
         data = self.rfile.read(size) if size >= 0 else b""
@@ -267,3 +272,16 @@ def test_bodies_are_streamed_whole_both_ways(deployer: LocalDeployer, tmp_path: 
 
     assert echoed == f"{len(upload)} -"  # whole, with its Content-Length, not chunked
     assert len(big) == 4 << 20
+    with opener.open(urllib.request.Request(url, method="HEAD"), timeout=10) as response:
+        assert response.headers["Content-Length"] == "2"  # what a GET would carry
+
+
+def test_teardown_all_frees_the_tags_ports(deployer: LocalDeployer, tmp_path: Path) -> None:
+    _two_revisions(deployer, echo_service(tmp_path / "web"))
+    key = str(deployer.running()["web"]["key"])
+    assert set(deployer.gateway.tag_ports(key)) == {"canary"}
+
+    deployer.teardown_all()
+
+    assert deployer.gateway.tag_ports(key) == {}
+    assert deployer.gateway.known_port(key) is not None  # the stable port stays reserved

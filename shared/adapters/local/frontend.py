@@ -198,7 +198,7 @@ class FrontEnd:
 async def _relay(request: web.BaseRequest, answer: ClientResponse) -> web.StreamResponse:
     headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP]
     length = answer.content_length
-    if length is not None and length <= _SMALL_BODY:
+    if length is not None and length <= _SMALL_BODY and request.method != "HEAD":
         # A small answer whose size is known is sent in one write, not streamed.
         body = await answer.read()
         return web.Response(status=answer.status, reason=answer.reason, body=body, headers=headers)

@@ -161,8 +161,10 @@ class Gateway:
         if not self.folder.is_dir():
             return stop_marked(self.marker_prefix) > 0
         with self._locked():
-            if forget_routes:
+            if forget_routes:  # and the tags' ports; stable ports stay reserved
                 write_json_atomic(self.folder / "routes.json", {"routes": {}})
+                ports = {k: p for k, p in self._ports().items() if TAG_SEPARATOR not in k}
+                write_json_atomic(self.folder / "ports.json", ports)
             return self._stop_leftovers()
 
     def _start(self) -> Record:
