@@ -9,10 +9,11 @@ environment and name (`shared.adapters.local.instances`).
 Repeated runs skip unchanged work (`IncrementalDeployer`): `cached_image` finds the image
 built from the same input digest (`shared.adapters.input_digest`); `deployed` reports the
 running deploy's config fingerprint when its process is alive and healthy; `rollback`
-starts a saved deployment again (`shared.adapters.local.history`).
+starts a saved deployment again (`shared.adapters.local.history`). Revisions, tags and
+traffic splits (`TrafficDeployer`) come from `shared.adapters.local.traffic`.
 
-What an image runs, and its environment and secrets, follow `container`; `python` is
-the deployer's interpreter (default: the one running archdeploy).
+What an image runs, its environment and secrets follow `container`; `python` is the
+deployer's interpreter (default: the one running archdeploy).
 """
 
 from __future__ import annotations
