@@ -135,6 +135,8 @@ def config_fingerprint(
         "region": spec.region,
         "health": health_check.model_dump() if health_check else None,
     }
+    if spec.local_port is not None:  # the local stable port: a new one rebinds the service
+        effective["local_port"] = spec.local_port
     canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -282,10 +282,12 @@ def down_local(
 
 
 def show_serving(state_dir: Path, say: Callable[[str], None]) -> None:
-    """Say which revision serves each local service at its stable URL, starting the
+    """Say which revision serves each local service at its stable URL and, when traffic
+    is split or revisions are tagged, each revision's percent and tag URLs; starts the
     local front end again if it died (creates nothing when nothing was deployed)."""
     from shared.adapters.local.deployer import LocalDeployer
     from shared.adapters.local.instances import alive
+    from shared.adapters.local.traffic import describe
     from shared.errors import BackendError
 
     if not (state_dir / "frontend" / "routes.json").exists():
@@ -303,6 +305,10 @@ def show_serving(state_dir: Path, say: Callable[[str], None]) -> None:
     for record in serving:
         state = "serving" if alive(record) else "revision not running"
         say(f"  {record['key']:<40} {record['revision']:<30} {record['url']}  {state}")
+        traffic = deployer.traffic_at(str(record["key"]))
+        if traffic is not None and (len(traffic.percents) > 1 or traffic.tags):
+            for line in describe(traffic):  # revision, percent of the stable URL, tags
+                say(f"    {line}")
 
 
 def open_store(settings: Any, say: Callable[[str], None]) -> Any:

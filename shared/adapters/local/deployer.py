@@ -9,10 +9,11 @@ environment and name (`shared.adapters.local.instances`).
 Repeated runs skip unchanged work (`IncrementalDeployer`): `cached_image` finds the image
 built from the same input digest (`shared.adapters.input_digest`); `deployed` reports the
 running deploy's config fingerprint when its process is alive and healthy; `rollback`
-starts a saved deployment again (`shared.adapters.local.history`).
+starts a saved deployment again (`shared.adapters.local.history`). Revisions, tags and
+traffic splits (`TrafficDeployer`) come from `shared.adapters.local.traffic`.
 
-What an image runs, and its environment and secrets, follow `container`; `python` is
-the deployer's interpreter (default: the one running archdeploy).
+What an image runs, its environment and secrets follow `container`; `python` is the
+deployer's interpreter (default: the one running archdeploy).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from shared.adapters.local.processes import (
     tail,
     wait_healthy,
 )
+from shared.adapters.local.traffic import TrafficMixin
 from shared.architecture.model import DeploymentSpec
 from shared.deployer import (
     Deployed,
@@ -71,7 +73,7 @@ _PROBE_TIMEOUT = 2.0  # seconds, for `deployed`'s health check
 Record = dict[str, Any]
 
 
-class LocalDeployer:
+class LocalDeployer(TrafficMixin):
     """Builds OCI images under `state_dir/images` and runs them as local processes."""
 
     def __init__(
@@ -170,10 +172,15 @@ class LocalDeployer:
         _check_name(service_name)
         if not spec.image:
             raise BackendError(f"deploying {service_name}: no image: build it first")
-        target = target or current_target()
-        health = target.health_check
-        fingerprint = config_fingerprint(service_account_email, spec, health)
-        saved = {
+        saved = self._saved(service_name, service_account_email, spec, target or current_target())
+        return self._deploy(service_name, spec, saved, f"deploying {service_name}")
+
+    def _saved(
+        self, service_name: str, service_account_email: str, spec: DeploymentSpec, target: Target
+    ) -> Record:
+        """The deployment as history saves it; its revision is named by its fingerprint."""
+        fingerprint = config_fingerprint(service_account_email, spec, target.health_check)
+        return {
             "service": service_name,
             "revision": revision_id(service_name, fingerprint),
             "fingerprint": fingerprint,
@@ -182,7 +189,6 @@ class LocalDeployer:
             "service_account": service_account_email,
             "health_path": health_path(target),
         }
-        return self._deploy(service_name, spec, saved, f"deploying {service_name}")
 
     def deployed(self, service_name: str, *, target: Target | None = None) -> Deployed | None:
         """What runs as `service_name`, if its process is alive and passes its health check."""
@@ -230,39 +236,34 @@ class LocalDeployer:
         return self._deploy(service_name, spec, saved, context)
 
     def _deploy(self, service_name: str, spec: DeploymentSpec, saved: Record, context: str) -> str:
-        """Start a new revision process; once healthy, the front end switches the stable
-        port to it, the old one drains and is stopped."""
+        """Start a new revision process; once healthy, the front end sends the stable port
+        all traffic to it, and revisions left with neither traffic nor a tag drain and stop."""
         key = self._key(service_name)
+        record = self._start_revision(service_name, spec, saved, key, context)
+        self.commit_traffic(key, service_name, lambda s: s.serve(record), new=record)
+        self.history.save(key, saved)
+        log.info(
+            "%s: %s at %s via %s (pid %d)",
+            context,
+            record["revision"],
+            record["revision_url"],
+            record["url"],
+            record["pid"],
+        )
+        return str(record["url"])
+
+    def _start_revision(
+        self, service_name: str, spec: DeploymentSpec, saved: Record, key: str, context: str
+    ) -> Record:
+        """A new healthy process of the revision `saved`, not yet routed."""
         try:
             port = self.gateway.port_for(key, spec.local_port)
             start = _Start(key, str(saved["revision"]), str(saved["health_path"]), port)
             record = self._start(service_name, spec, start)
         except (BackendError, OSError) as exc:
             raise BackendError(f"{context}: {exc}") from exc
-        record.update(fingerprint=saved["fingerprint"])
-
-        def switch() -> None:  # under the key's lock: traffic and record change together
-            self.gateway.route(key, service_name, start.revision, str(record["revision_url"]), port)
-
-        try:
-            old = self.instances.promote(key, record, switch)
-        except BaseException:
-            self.instances.stop_instance(record)
-            self.instances.forget_starting(key, str(record["instance"]))
-            raise
-        if old is not None and old.get("instance") != record["instance"]:
-            self.instances.stop_instance(old)
-        self.history.save(key, saved)
-        url = self.gateway.url(port)
-        log.info(
-            "%s: %s at %s via %s (pid %d)",
-            context,
-            start.revision,
-            record["revision_url"],
-            url,
-            record["pid"],
-        )
-        return url
+        record.update(fingerprint=saved["fingerprint"], pinned_port=spec.local_port)
+        return record
 
     def build_and_deploy(
         self,

@@ -2,9 +2,10 @@
 
 Run as `python -m shared.adapters.local.frontend <folder> <control_port>`, detached like
 the services (`shared.adapters.local.gateway` starts, finds and stops it). It serves every
-port of `<folder>/routes.json` (`{"routes": {"<port>": {"key", "service", "revision",
-"upstream"}}}`), forwarding each request to the revision process serving that port,
-the way Cloud Run's front end forwards a service URL to its serving revision.
+port of `<folder>/routes.json` (`shared.adapters.local.routing`), forwarding each request
+to one of the revision processes serving that port, by percent, the way Cloud Run's front
+end splits a service URL's traffic; a tag's port reaches its one revision. Requests and
+answers are streamed, over pooled kept-alive connections to the revisions.
 
 The control port (loopback) answers `GET /healthz` and `POST /reload`: reload reads
 `routes.json` again, opens new ports, closes dropped ones, switches traffic, then waits
@@ -18,7 +19,6 @@ each with a plain-text body naming the service.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 from collections import Counter
@@ -27,14 +27,20 @@ from typing import Any
 
 from aiohttp import (
     ClientError,
+    ClientResponse,
     ClientSession,
     ClientTimeout,
+    DummyCookieJar,
     ServerDisconnectedError,
     TCPConnector,
     web,
 )
 
+from shared.adapters.local.routing import Route, read_routes
+
 DRAIN_TIMEOUT = 30.0  # seconds an old revision's in-flight requests may take to finish
+_KEEPALIVE = 30.0  # seconds an idle connection to a revision is kept
+_SMALL_BODY = 65536  # bytes: a known-length answer up to this size is relayed in one write
 _UPSTREAM_TIMEOUT = 300.0  # seconds, as Cloud Run's default request timeout
 _HOP_BY_HOP = frozenset(
     {
@@ -52,8 +58,6 @@ _HOP_BY_HOP = frozenset(
 )
 _RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-Route = dict[str, Any]
-
 
 class FrontEnd:
     """The routing table, the listening ports and the requests in flight per revision."""
@@ -61,26 +65,29 @@ class FrontEnd:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.routes: dict[int, Route] = {}
-        self.sites: dict[int, web.TCPSite] = {}
+        self.sites: dict[int, web.ServerRunner] = {}
         self.in_flight: Counter[str] = Counter()
         self.drained = asyncio.Condition()
         self.draining = 0  # reloads waiting for a drain
-        self.runner = web.AppRunner(web.Application(handler_args={"max_field_size": 65536}))
-        self.runner.app.router.add_route("*", "/{tail:.*}", self.proxy)
         self.session: ClientSession | None = None
 
     async def start(self) -> None:
-        await self.runner.setup()
         self.session = ClientSession(
-            connector=TCPConnector(limit=0),
+            # Kept-alive, pooled connections to the revisions: no connect per request.
+            connector=TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE),
             timeout=ClientTimeout(total=_UPSTREAM_TIMEOUT),
             auto_decompress=False,
             trust_env=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            # A proxy keeps no cookies (aiohttp drops those of IP hosts anyway): no cookie
+            # work per request.
+            cookie_jar=DummyCookieJar(),
         )
         await self.reload()
 
     async def close(self) -> None:
-        await self.runner.cleanup()
+        for runner in self.sites.values():
+            await runner.cleanup()
         if self.session is not None:
             await self.session.close()
 
@@ -90,21 +97,33 @@ class FrontEnd:
         wanted = read_routes(self.folder)
         failed: dict[str, str] = {}
         for port in [p for p in self.sites if p not in wanted]:
-            await self.sites.pop(port).stop()
+            await self.sites.pop(port).cleanup()
         for port in [p for p in wanted if p not in self.sites]:
-            site = web.TCPSite(self.runner, "127.0.0.1", port, reuse_address=True)
-            try:
-                await site.start()
-            except OSError as exc:
-                failed[str(port)] = f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"
-                continue
-            self.sites[port] = site
+            error = await self._listen(port)
+            if error:
+                failed[str(port)] = error
         self.routes = {p: r for p, r in wanted.items() if p in self.sites}
         drained = await self._drain()
         return {"ports": sorted(self.sites), "failed": failed, "drained": drained}
 
+    async def _listen(self, port: int) -> str:
+        # One low-level server per port, its handler bound to the port: a request needs
+        # no router and no socket lookup to find its route.
+        async def handler(request: web.BaseRequest) -> web.StreamResponse:
+            return await self.proxy(port, request)
+
+        runner = web.ServerRunner(web.Server(handler, max_field_size=65536))
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
+        except OSError as exc:
+            await runner.cleanup()
+            return f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"
+        self.sites[port] = runner
+        return ""
+
     async def _drain(self) -> bool:
-        current = {str(r.get("upstream", "")) for r in self.routes.values()}
+        current = {b.upstream for r in self.routes.values() for b in r.backends}
 
         def idle() -> bool:
             return not any(n for up, n in self.in_flight.items() if up not in current)
@@ -119,23 +138,27 @@ class FrontEnd:
             self.draining -= 1
         return True
 
-    async def proxy(self, request: web.Request) -> web.StreamResponse:
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        port = int(sockname[1]) if sockname else 0
+    async def proxy(self, port: int, request: web.BaseRequest) -> web.StreamResponse:
         route = self.routes.get(port)
-        if route is None or not route.get("upstream"):
-            name = route["service"] if route else f"port {port}"
+        backend = route.pick() if route is not None else None
+        if route is None or backend is None:
+            name = route.service if route else f"port {port}"
             return _plain(503, f"archdeploy front end: {name} has no serving revision\n")
-        upstream = str(route["upstream"])
+        upstream = backend.upstream
         self.in_flight[upstream] += 1
+        response: web.StreamResponse | None = None
         try:
-            return await self._forward(request, upstream)
+            response = await self._forward(request, upstream)
+            return response
         except (ClientError, OSError, TimeoutError) as exc:
+            if response is not None and response.prepared:
+                response.force_close()  # the answer started: cut it, a 502 cannot follow
+                return response
             detail = str(exc) or type(exc).__name__
             return _plain(
                 502,
-                f"archdeploy front end: service {route['service']} ({route.get('key', '')}):"
-                f" its revision {route.get('revision', '?')} at {upstream} did not answer:"
+                f"archdeploy front end: service {route.service} ({route.key}):"
+                f" its revision {backend.revision} at {upstream} did not answer:"
                 f" {detail}\n",
             )
         finally:
@@ -144,30 +167,27 @@ class FrontEnd:
                 async with self.drained:
                     self.drained.notify_all()
 
-    async def _forward(self, request: web.Request, upstream: str) -> web.Response:
+    async def _forward(self, request: web.BaseRequest, upstream: str) -> web.StreamResponse:
+        """Stream the request to `upstream` and its answer back, chunk by chunk."""
         assert self.session is not None
-        body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers["X-Forwarded-Host"] = request.host
         headers["X-Forwarded-For"] = request.remote or ""
-        attempts = 2 if request.method in _RETRYABLE_METHODS else 1
+        has_body = request.body_exists
+        if request.content_length is not None:  # streamed as sent, not re-chunked
+            headers["Content-Length"] = str(request.content_length)
+        # A body is streamed once; a body-less request may go again on a fresh connection.
+        attempts = 2 if request.method in _RETRYABLE_METHODS and not has_body else 1
         for attempt in range(attempts):
             try:
                 async with self.session.request(
                     request.method,
                     upstream + request.rel_url.raw_path_qs,
                     headers=headers,
-                    data=body,
+                    data=request.content if has_body else None,
                     allow_redirects=False,
                 ) as answer:
-                    content = await answer.read()
-                    kept = [
-                        (k, v) for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP
-                    ]
-                    response = web.Response(status=answer.status, body=content)
-                    for key, value in kept:
-                        response.headers.add(key, value)
-                    return response
+                    return await _relay(request, answer)
             except ServerDisconnectedError:
                 # A kept-alive connection the revision closed meanwhile: once more, fresh.
                 if attempt + 1 >= attempts:
@@ -175,12 +195,21 @@ class FrontEnd:
         raise AssertionError("unreachable")
 
 
-def read_routes(folder: Path) -> dict[int, Route]:
-    try:
-        document = json.loads((folder / "routes.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {int(port): dict(route) for port, route in document.get("routes", {}).items()}
+async def _relay(request: web.BaseRequest, answer: ClientResponse) -> web.StreamResponse:
+    headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP]
+    length = answer.content_length
+    if length is not None and length <= _SMALL_BODY and request.method != "HEAD":
+        # A small answer whose size is known is sent in one write, not streamed.
+        body = await answer.read()
+        return web.Response(status=answer.status, reason=answer.reason, body=body, headers=headers)
+    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    if length is not None:
+        response.content_length = length
+    await response.prepare(request)
+    async for chunk in answer.content.iter_any():
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 def _plain(status: int, text: str) -> web.Response:

@@ -2,9 +2,10 @@
 
 Each service (by key, `<project>/<environment>/<service>`) gets a loopback port once,
 kept in `<state_dir>/frontend/ports.json` (or the one `deployment.local_port` pins), and
-keeps it across redeploys, rollbacks, `down` and restarts of archdeploy. The front end
-(`shared.adapters.local.frontend`) serves those ports and forwards each to the revision
-named in `routes.json`. It runs detached like a service, recorded in `process.json`
+keeps it across redeploys, rollbacks, `down` and restarts of archdeploy; a tagged revision
+gets a second port, kept as `<key>#<tag>` until the tag is removed. The front end
+(`shared.adapters.local.frontend`) serves those ports and forwards each to the revisions
+named in `routes.json`, by percent. It runs detached like a service, recorded in `process.json`
 (pid, start time, control port) and marked `ARCHDEPLOY_SERVICE_ID=<state_id>/_frontend/...`
 so `teardown_all` and orphan scans find it; a command that finds it dead starts it again.
 """
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 _START_TIMEOUT = 20.0  # seconds for a new front end to answer its health check
 _RELOAD_TIMEOUT = 60.0  # seconds: covers the front end's 30 s drain
+
+TAG_SEPARATOR = "#"  # a tag's port is kept in ports.json as `<key>#<tag>`
 
 Record = dict[str, Any]
 
@@ -79,28 +82,40 @@ class Gateway:
     def known_port(self, key: str) -> int | None:
         return self._ports().get(key)
 
-    def route(self, key: str, service: str, revision: str, upstream: str, port: int) -> None:
-        """Send the stable port's traffic to `upstream` once the old revision has drained.
+    def serve(self, key: str, service: str, routes: dict[int, Record]) -> None:
+        """Make `routes` (port -> `{"tag", "backends"}`, see `routing`) the routes of `key`,
+        replacing all it had, once revisions no longer routed have drained.
 
-        Raises BackendError when the front end cannot start or cannot listen on `port`."""
+        Raises BackendError when the front end cannot start or cannot listen on a port."""
         with self._locked():
-            routes = self._routes()
-            routes[str(port)] = {
-                "key": key,
-                "service": service,
-                "revision": revision,
-                "upstream": upstream,
-            }
-            write_json_atomic(self.folder / "routes.json", {"routes": routes})
+            table = {p: r for p, r in self._routes().items() if r.get("key") != key}
+            for port, route in routes.items():
+                table[str(port)] = {"key": key, "service": service, **route}
+            write_json_atomic(self.folder / "routes.json", {"routes": table})
         answer = self.reload()
-        if str(port) in answer.get("failed", {}):
-            raise BackendError(f"{service}: {answer['failed'][str(port)]}: pin a free port")
+        failed = [answer["failed"][str(p)] for p in routes if str(p) in answer.get("failed", {})]
+        if failed:
+            raise BackendError(f"{service}: {'; '.join(failed)}: pin a free port")
         if not answer.get("drained", True):
-            log.warning("%s: the old revision still had requests in flight after 30 s", key)
+            log.warning("%s: an old revision still had requests in flight after 30 s", key)
+
+    def forget_port(self, name: str) -> None:
+        """Free the port kept for `name` (a key, or `<key>#<tag>`)."""
+        with self._locked():
+            ports = self._ports()
+            if ports.pop(name, None) is not None:
+                write_json_atomic(self.folder / "ports.json", ports)
+
+    def tag_ports(self, key: str) -> dict[str, int]:
+        """Tag -> its port, for the tags of `key` that have one."""
+        prefix = f"{key}{TAG_SEPARATOR}"
+        return {k[len(prefix) :]: p for k, p in self._ports().items() if k.startswith(prefix)}
 
     def unroute(self, key: str) -> None:
-        """Stop serving `key`'s port (its number stays reserved); stops the front end when
-        nothing is left to serve."""
+        """Stop serving `key`'s ports (the stable port's number stays reserved, its tags'
+        are freed); stops the front end when nothing is left to serve."""
+        for tag in self.tag_ports(key):
+            self.forget_port(f"{key}{TAG_SEPARATOR}{tag}")
         with self._locked():
             routes = {p: r for p, r in self._routes().items() if r.get("key") != key}
             write_json_atomic(self.folder / "routes.json", {"routes": routes})
@@ -146,8 +161,10 @@ class Gateway:
         if not self.folder.is_dir():
             return stop_marked(self.marker_prefix) > 0
         with self._locked():
-            if forget_routes:
+            if forget_routes:  # and the tags' ports; stable ports stay reserved
                 write_json_atomic(self.folder / "routes.json", {"routes": {}})
+                ports = {k: p for k, p in self._ports().items() if TAG_SEPARATOR not in k}
+                write_json_atomic(self.folder / "ports.json", ports)
             return self._stop_leftovers()
 
     def _start(self) -> Record:

@@ -83,16 +83,13 @@ class Instances:
     def forget_starting(self, key: str, instance: str) -> None:
         (self.starting_dir(key) / f"{instance}.json").unlink(missing_ok=True)
 
-    def promote(
-        self, key: str, record: Record, switch: Callable[[], None] = lambda: None
-    ) -> Record | None:
-        """Make `record` the serving instance, after `switch` (which sends it traffic);
-        returns the one it replaced (not stopped).
+    def commit(self, key: str, change: Callable[[], Record]) -> None:
+        """Under the key's lock, run `change` (which routes traffic and returns the record
+        of the revision that now serves most) and record what it returns.
 
         Instances that a dead archdeploy process left starting are stopped here."""
         with self.lock(key):
-            switch()
-            old = self.read(key)
+            record = change()
             write_json_atomic(self.record_path(key), record)
             self.forget_starting(key, str(record.get("instance", "")))
             stale = [r for r in self.starting(key) if not psutil.pid_exists(r.get("cli_pid", 0))]
@@ -100,7 +97,6 @@ class Instances:
                 log.warning("%s: stopping %s, left starting by a dead archdeploy", key, leftover)
                 self.stop_instance(leftover)
                 self.forget_starting(key, str(leftover.get("instance", "")))
-        return old
 
     def stop_instance(self, record: Record) -> bool:
         """Stop one instance (its group, then anything carrying its marker); returns
