@@ -23,7 +23,6 @@ run.services.setIamPolicy (`run_access`). With `serve_urls`, each service URL is
 
 from __future__ import annotations
 
-import hashlib
 import random
 import string
 import threading
@@ -49,6 +48,12 @@ from tests.fakes_google.run_access import (
     secret_problem,
     user_managed,
 )
+from tests.fakes_google.run_revisions import (
+    Revision,
+    not_ready_message,
+    service_url,
+    template_changed,
+)
 from tests.fakes_google.run_rules import traffic_problems
 
 SERVICES = "google.cloud.run.v2.Services"
@@ -57,17 +62,6 @@ _MUTATIONS = ("CreateService", "UpdateService", "DeleteService")
 _READY = run_v2.Condition.State.CONDITION_SUCCEEDED
 _FAILED = run_v2.Condition.State.CONDITION_FAILED
 _LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
-
-
-@dataclass
-class Revision:
-    name: str  # full resource name
-    template: Any  # run_v2.RevisionTemplate
-    ready: bool
-
-    @property
-    def id(self) -> str:
-        return self.name.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -280,7 +274,7 @@ class FakeCloudRun(IamPolicies):
         service.latest_created_revision = previous.latest_created_revision if previous else ""
         service.latest_ready_revision = previous.latest_ready_revision if previous else ""
         failed = False
-        if previous is None or _changed(previous.template, service.template):
+        if previous is None or template_changed(previous.template, service.template):
             secret_problem = self._secret_problem(service)
             if secret_problem:
                 # Observed: the operation fails with code 13 (terraform-docs-samples#168).
@@ -318,7 +312,8 @@ class FakeCloudRun(IamPolicies):
         op = self._operation(service.name)
         op.metadata.Pack(run_v2.Service.pb(service))
         if failed and behaviour.readiness_as_operation_error:
-            error = status_pb2.Status(code=behaviour.readiness_code, message=_why(service))
+            why = not_ready_message(service)
+            error = status_pb2.Status(code=behaviour.readiness_code, message=why)
             op.error.CopyFrom(error)
         else:
             op.response.Pack(run_v2.Service.pb(service))
@@ -339,7 +334,7 @@ class FakeCloudRun(IamPolicies):
         `serve_urls`, a local ingress first, which is then the uri (lock held)."""
         parts = name.split("/")
         deterministic = f"https://{parts[5]}-{PROJECT_NUMBER}.{parts[3]}.run.app"
-        urls = [deterministic, _uri(name)]
+        urls = [deterministic, service_url(name)]
         if self.serve_urls:
             ingress = self.ingresses.get(name)
             if ingress is None:
@@ -371,24 +366,3 @@ class FakeCloudRun(IamPolicies):
             answer.done = False
             answer.ClearField("result")
         return answer
-
-
-def _changed(old: Any, new: Any) -> bool:
-    return bool(run_v2.RevisionTemplate.serialize(old) != run_v2.RevisionTemplate.serialize(new))
-
-
-def _uri(name: str) -> str:
-    """`https://<service>-<hash>-<region code>.a.run.app`, as Cloud Run names URLs."""
-    parts = name.split("/")
-    project, region, service = parts[1], parts[3], parts[5]
-    digest = hashlib.sha256(project.encode()).hexdigest()[:10]
-    code = "".join(word[0] for word in region.split("-"))
-    return f"https://{service}-{digest}-{code}.a.run.app"
-
-
-def _why(service: Any) -> str:
-    revision = service.latest_created_revision.rsplit("/", 1)[-1]
-    return (
-        f"Revision '{revision}' is not ready and cannot serve traffic. "
-        f"{service.terminal_condition.message}"
-    )
