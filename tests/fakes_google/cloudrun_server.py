@@ -7,11 +7,15 @@ service's `latency`, and records every request. A service configured with
 `readiness_as_operation_error=False`, as a successful operation whose service is not ready.
 
 Revisions and traffic as Cloud Run keeps them: a create, or an update whose template
-differs from the current one, makes a revision `<service>-0000N-xyz` (`latest_created_revision`,
-and `latest_ready_revision` when it is ready). `traffic` (empty: all to the latest ready
-revision) is checked against the service's revisions, so a revision that is not there, or
-not ready, is refused with INVALID_ARGUMENT, and it is reported in `traffic_statuses`.
-An update that only moves traffic makes no revision and is ready when its targets are.
+differs from the current one, makes a revision (`latest_created_revision`, and
+`latest_ready_revision` when it is ready), named `template.revision` when given (it must
+start with `<service>-`; the same name with another template is ALREADY_EXISTS, with the
+same template it is that revision again), else `<service>-0000N-xyz`. Revisions are kept,
+so traffic can move back. `traffic` (empty: all to the latest ready revision) may name the
+revision the request creates; it is checked (`run_rules.traffic_problems`), and reported in
+`traffic_statuses` with each tag's URL `https://<tag>---<service>-<hash>-<region code>.a.run.app`.
+An update that only moves traffic makes no revision and is ready when its targets are; a
+revision that fails leaves traffic where it was.
 
 Strict where Cloud Run is strict, each rule citing its source: CPU, memory, billing,
 concurrency, traffic and tags (`run_rules`: INVALID_ARGUMENT); actAs on the revision's
@@ -53,8 +57,9 @@ from tests.fakes_google.run_revisions import (
     not_ready_message,
     service_url,
     template_changed,
+    traffic_statuses,
 )
-from tests.fakes_google.run_rules import traffic_problems
+from tests.fakes_google.run_rules import revision_name_problem, traffic_problems
 
 SERVICES = "google.cloud.run.v2.Services"
 OPERATIONS = "google.longrunning.Operations"
@@ -265,7 +270,10 @@ class FakeCloudRun(IamPolicies):
     ) -> Any:
         """Store `service` as it ends up, and answer with its operation (lock held)."""
         revisions = self.revisions.setdefault(service.name, [])
+        pending = self._pending_revision(service, previous, revisions, context)
         known = {r.id: r for r in revisions}
+        if pending is not None:  # traffic may name the revision this request creates
+            known[pending.id] = pending
         targets = list(service.traffic) or [run_v2.TrafficTarget(type_=_LATEST, percent=100)]
         problem = traffic_problems(service.name.rsplit("/", 1)[-1], targets, known)
         if problem:
@@ -274,7 +282,7 @@ class FakeCloudRun(IamPolicies):
         service.latest_created_revision = previous.latest_created_revision if previous else ""
         service.latest_ready_revision = previous.latest_ready_revision if previous else ""
         failed = False
-        if previous is None or template_changed(previous.template, service.template):
+        if pending is not None:
             secret_problem = self._secret_problem(service)
             if secret_problem:
                 # Observed: the operation fails with code 13 (terraform-docs-samples#168).
@@ -284,19 +292,17 @@ class FakeCloudRun(IamPolicies):
                     readiness_code=code_pb2.INTERNAL,
                 )
             failed = bool(behaviour.readiness_failure)
-            revision = self._new_revision(service, revisions, ready=not failed)
-            service.latest_created_revision = revision.name
-            if revision.ready:
-                service.latest_ready_revision = revision.name
+            pending.ready = not failed
+            revisions.append(pending)
+            service.latest_created_revision = pending.name
+            if pending.ready:
+                service.latest_ready_revision = pending.name
+        if failed and previous is not None:
+            # A revision that is not ready serves nothing: traffic stays where it was.
+            service.traffic = list(previous.traffic)
+            targets = list(previous.traffic) or targets
         latest_ready = service.latest_ready_revision.rsplit("/", 1)[-1]
-        service.traffic_statuses = [
-            run_v2.TrafficTargetStatus(
-                type_=t.type_,
-                revision=latest_ready if t.type_ == _LATEST else t.revision,
-                percent=t.percent,
-            )
-            for t in targets
-        ]
+        service.traffic_statuses = traffic_statuses(service.name, targets, latest_ready)
         condition = run_v2.Condition(type_="Ready", state=_READY)
         if failed:
             condition = run_v2.Condition(
@@ -347,13 +353,37 @@ class FakeCloudRun(IamPolicies):
             urls.insert(0, ingress.url)
         return urls[0] if self.serve_urls else urls[1], urls
 
-    def _new_revision(self, service: Any, revisions: list[Revision], *, ready: bool) -> Revision:
+    def _pending_revision(
+        self, service: Any, previous: Any, revisions: list[Revision], context: grpc.ServicerContext
+    ) -> Revision | None:
+        """The revision this request creates, or None (lock held). A template naming its
+        revision (`template.revision`) must follow `revision_name_problem`; naming one that
+        exists is the same revision again if the template is the same, else refused."""
         service_id = service.name.rsplit("/", 1)[-1]
+        template = run_v2.RevisionTemplate(service.template)
+        named = template.revision
+        if named:
+            problem = revision_name_problem(service_id, named)
+            if problem:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"service.template.revision: {problem}"
+                )
+            existing = next((r for r in revisions if r.id == named), None)
+            if existing is None:
+                return Revision(f"{service.name}/revisions/{named}", template, ready=True)
+            if template_changed(existing.template, template):
+                # Observed: "409 ALREADY_EXISTS: Revision named '...' with different
+                # configuration already exists." (firebase/firebase-tools#10148).
+                context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"Revision named '{named}' with different configuration already exists.",
+                )
+            return None
+        if previous is not None and not template_changed(previous.template, template):
+            return None
         suffix = "".join(random.choices(string.ascii_lowercase, k=3))
         name = f"{service.name}/revisions/{service_id}-{len(revisions) + 1:05d}-{suffix}"
-        revision = Revision(name, run_v2.RevisionTemplate(service.template), ready)
-        revisions.append(revision)
-        return revision
+        return Revision(name, template, ready=True)
 
     def _operation(self, name: str) -> operations_pb2.Operation:
         location = name.split("/services/")[0]

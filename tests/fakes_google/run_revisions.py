@@ -34,6 +34,28 @@ def service_url(name: str) -> str:
     return f"https://{service}-{digest}-{code}.a.run.app"
 
 
+def tag_url(name: str, tag: str) -> str:
+    """`https://<tag>---<service>-<hash>-<region code>.a.run.app`: a tag's own URL, as
+    run/docs/rollouts-rollbacks-traffic-migration shows it (`https://TAG---SERVICE...`)."""
+    return service_url(name).replace("https://", f"https://{tag}---", 1)
+
+
+def traffic_statuses(name: str, targets: list[Any], latest_ready: str) -> list[Any]:
+    """What `traffic` resolves to: LATEST as the latest ready revision (an id), each tag
+    with its URL."""
+    latest = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+    return [
+        run_v2.TrafficTargetStatus(
+            type_=t.type_,
+            revision=latest_ready if t.type_ == latest else t.revision,
+            percent=t.percent,
+            tag=t.tag,
+            uri=tag_url(name, t.tag) if t.tag else "",
+        )
+        for t in targets
+    ]
+
+
 def not_ready_message(service: Any) -> str:
     revision = service.latest_created_revision.rsplit("/", 1)[-1]
     return (
