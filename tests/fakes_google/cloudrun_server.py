@@ -7,15 +7,13 @@ service's `latency`, and records every request. A service configured with
 `readiness_as_operation_error=False`, as a successful operation whose service is not ready.
 
 Revisions and traffic as Cloud Run keeps them: a create, or an update whose template
-differs from the current one, makes a revision (`latest_created_revision`, and
-`latest_ready_revision` when it is ready), named `template.revision` when given (it must
-start with `<service>-`; the same name with another template is ALREADY_EXISTS, with the
-same template it is that revision again), else `<service>-0000N-xyz`. Revisions are kept,
-so traffic can move back. `traffic` (empty: all to the latest ready revision) may name the
-revision the request creates; it is checked (`run_rules.traffic_problems`), and reported in
-`traffic_statuses` with each tag's URL `https://<tag>---<service>-<hash>-<region code>.a.run.app`.
-An update that only moves traffic makes no revision and is ready when its targets are; a
-revision that fails leaves traffic where it was.
+differs, makes a revision (`latest_created_revision`, `latest_ready_revision` once ready)
+named `template.revision` if given (same name, other template: ALREADY_EXISTS; same
+template: that revision again), else `<service>-0000N-xyz`. Revisions are kept, so traffic
+can move back. `traffic` (empty: all to the latest ready revision) may name the revision
+being created; it is checked (`run_rules`) and reported in `traffic_statuses`, tags with
+their URL `https://<tag>---<service>-<hash>-<region code>.a.run.app`. Moving traffic makes
+no revision; a revision that fails leaves traffic where it was.
 
 Strict where Cloud Run is strict, each rule citing its source: CPU, memory, billing,
 concurrency, traffic and tags (`run_rules`: INVALID_ARGUMENT); actAs on the revision's
@@ -119,8 +117,11 @@ class FakeCloudRun(IamPolicies):
 
     def serving(self, name: str) -> dict[str, int]:
         """Revision id -> percent of the traffic of the service `name` (full name)."""
+        served: dict[str, int] = {}
         with self._lock:
-            return {t.revision: t.percent for t in self.services[name].traffic_statuses}
+            for status in self.services[name].traffic_statuses:
+                served[status.revision] = served.get(status.revision, 0) + status.percent
+        return served
 
     def start(self) -> str:
         operation = operations_pb2.Operation.SerializeToString

@@ -274,15 +274,59 @@ class CloudRunServices:
             return None
         return deployed_from(service)
 
+    def get(self, name: str, context: str) -> Any:
+        """The service `name` as Cloud Run has it (`run_v2.Service`), or None if not there.
+
+        Raises:
+            BackendError: Cloud Run did not answer.
+        """
+        from google.api_core import exceptions as api
+
+        client = self._client()
+        try:
+            return self._call(client.get_service, context, "GetService", api.NotFound, name=name)
+        except api.NotFound:
+            return None
+
+    def create(self, name: str, resource: Any, context: str) -> Any:
+        """Create the service `name` from `resource`; the service once Ready.
+
+        Raises:
+            BackendError: Cloud Run refused (ALREADY_EXISTS included), or it did not
+                become ready.
+        """
+        parent, _, service_id = name.rpartition("/services/")
+        client = self._client()
+        operation = self._call(
+            client.create_service,
+            context,
+            "CreateService",
+            parent=parent,
+            service=resource,
+            service_id=service_id,
+        )
+        return self._ready_service(operation, context, "CreateService")
+
+    def update(self, service: Any, context: str) -> Any:
+        """Send `service` (named) as UpdateService; the service once Ready.
+
+        Raises:
+            BackendError: Cloud Run refused (with what it answered), or it did not become ready.
+        """
+        client = self._client()
+        operation = self._call(client.update_service, context, "UpdateService", service=service)
+        return self._ready_service(operation, context, "UpdateService")
+
     def route_all_traffic(self, name: str, revision: str, context: str) -> str:
-        """Send 100% of the service's traffic to `revision` (an id or full name), wait until
-        the service is Ready, return its URL. Changes nothing if it serves all traffic already.
+        """Send 100% of the service's traffic to `revision` (an id or full name) as a
+        REVISION target, keeping its tags; wait until the service is Ready, return its
+        URL. Changes nothing if it serves all traffic already.
 
         Raises:
             BackendError: the service or revision is not there (Cloud Run's answer), or the
                 service did not become ready.
         """
-        from google.cloud import run_v2
+        from shared.adapters.gcp.run_traffic import traffic_targets
 
         client = self._client()
         service = self._call(client.get_service, context, "GetService", name=name)
@@ -291,16 +335,11 @@ class CloudRunServices:
             # E.g. the deploy that failed left its revision unready: traffic never moved.
             log.info("%s: %s serves all traffic already", context, revision_id(revision))
             return str(service.uri)
-        pinned = run_v2.TrafficTarget(
-            type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
-            revision=revision_id(revision),
-            percent=100,
-        )
-        updated = run_v2.Service(service)
-        updated.traffic = [pinned]
+        updated = type(service)(service)  # a copy to send back
+        tags = {s.tag: s.revision for s in service.traffic_statuses if s.tag}
+        updated.traffic = traffic_targets({revision_id(revision): 100}, tags)
         updated.etag = ""  # no compare-and-set: a rollback wins over what changed meanwhile
-        operation = self._call(client.update_service, context, "UpdateService", service=updated)
-        return self._await_ready(operation, context, "UpdateService")
+        return str(self.update(updated, context).uri)
 
     def delete(self, name: str, context: str) -> None:
         """Delete the service `name`; NotFound counts as done."""
@@ -327,13 +366,16 @@ class CloudRunServices:
         )
 
     def _await_ready(self, operation: Any, context: str, api_call: str) -> str:
+        uri: str = self._ready_service(operation, context, api_call).uri
+        return uri
+
+    def _ready_service(self, operation: Any, context: str, api_call: str) -> Any:
         service = self._wait(operation, context, api_call)
         problem = readiness_problem(service)
         if problem:
             raise BackendError(f"{context}: the service did not become ready: {problem}")
-        uri: str = service.uri
-        log.info("%s: ready at %s", context, uri)
-        return uri
+        log.info("%s: ready at %s", context, service.uri)
+        return service
 
     def _wait(self, operation: Any, context: str, api_call: str) -> Any:
         from google.api_core import exceptions as api
