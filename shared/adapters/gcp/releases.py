@@ -17,14 +17,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared.adapters.gcp.cloud_run import (
-    CloudRunServices,
-    check_service_id,
-    service_path,
-    service_resource,
-)
+from shared.adapters.gcp.cloud_run import CloudRunServices, check_service_id, service_path
 from shared.adapters.gcp.cloud_run import service_account_email as full_account_email
 from shared.adapters.gcp.run_iam import PUBLIC, InvokerGrants
+from shared.adapters.gcp.run_resources import service_resource
 from shared.adapters.gcp.run_traffic import (
     format_percents,
     revision_name,
