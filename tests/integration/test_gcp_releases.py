@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from google.api_core import exceptions as api
 from google.cloud import run_v2
 
 from shared.adapters.gcp.deployer import GcpDeployer
@@ -15,7 +16,7 @@ from shared.architecture.model import DeploymentSpec, HealthCheck
 from shared.deployer import Staged, Target, TrafficDeployer
 from shared.errors import BackendError
 from tests.fakes_google.cloudrun_server import FakeCloudRun
-from tests.fakes_google.fixtures import FAKE_PROJECT, FAKE_REGION
+from tests.fakes_google.fixtures import FAKE_PROJECT, FAKE_REGION, RUNTIME_ACCOUNT
 
 SERVICE = f"projects/{FAKE_PROJECT}/locations/{FAKE_REGION}/services/ingest"
 REPOSITORY = f"{FAKE_REGION}-docker.pkg.dev/{FAKE_PROJECT}/archdeploy/ingest"
@@ -258,3 +259,46 @@ def test_rollback_pins_by_revision_and_keeps_tags(
         (BY_REVISION, staged.revision, 0, "next"),
     ]
     assert fake_cloudrun.serving(SERVICE) == {v1: 100, staged.revision: 0}
+
+
+class _StaleFirstRead:
+    """The real Cloud Run client, whose first GetService has not yet seen a create made
+    meanwhile by a duplicate delivery (as Cloud Run's answer can lag)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._stale = True
+
+    def get_service(self, **kwargs: Any) -> Any:
+        if self._stale:
+            self._stale = False
+            raise api.NotFound("Resource 'ingest' was not found")
+        return self._client.get_service(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_a_stage_racing_a_duplicate_that_created_the_service_stages_beside_it(
+    gcp_deployer: GcpDeployer, cloudrun_client: Any, fake_cloudrun: FakeCloudRun
+) -> None:
+    # Given a duplicate delivery created the service after this stage looked for it
+    first = _stage(gcp_deployer, IMAGE_V1)
+    racing = GcpDeployer(
+        FAKE_PROJECT,
+        FAKE_REGION,
+        source_bucket="unused",
+        run_client=_StaleFirstRead(cloudrun_client),
+        retry_base_delay=0.01,
+        poll_interval=0.01,
+        default_service_account=RUNTIME_ACCOUNT,
+    )
+
+    # When this one stages the same, CreateService answers ALREADY_EXISTS
+    again = _stage(racing, IMAGE_V1)
+
+    # Then it finds its revision staged already: the same answer, one service, one revision
+    assert again == first and first.created
+    assert len(fake_cloudrun.calls("CreateService")) == 2
+    assert fake_cloudrun.calls("UpdateService") == []
+    assert len(fake_cloudrun.revisions[SERVICE]) == 1

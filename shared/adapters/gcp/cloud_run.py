@@ -186,15 +186,18 @@ class CloudRunServices:
         """Create the service `name` from `resource`; the service once Ready.
 
         Raises:
-            BackendError: Cloud Run refused (ALREADY_EXISTS included), or it did not
-                become ready.
+            google.api_core.exceptions.AlreadyExists: as Cloud Run answered it.
+            BackendError: Cloud Run refused otherwise, or it did not become ready.
         """
+        from google.api_core import exceptions as api
+
         parent, _, service_id = name.rpartition("/services/")
         client = self._client()
         operation = self._call(
             client.create_service,
             context,
             "CreateService",
+            api.AlreadyExists,
             parent=parent,
             service=resource,
             service_id=service_id,

@@ -76,17 +76,9 @@ class CloudRunReleases:
         revision = revision_name(service_name, tag, resource.template)
         resource.template.revision = revision
         current = self._run.get(name, context)
-        if current is None:
-            resource.annotations[CREATED_BY_STAGE] = revision
-            resource.traffic = traffic_targets({revision: 100}, {tag: revision})
-            service = self._run.create(name, resource, context)
-        elif tag in traffic_of(current).tags and traffic_of(current).tags[tag] == revision:
-            log.info("%s: %s is staged already", context, revision)
-            service = current
-        else:
-            resource.name = name
-            resource.traffic = staged_targets(current, revision, tag)
-            service = self._run.update(resource, context)
+        service = None if current is None else self._stage_beside(current, resource, tag, context)
+        if service is None:
+            service = self._create_staged(name, resource, tag, context)
         if spec.public:
             self._grants.grant(name, PUBLIC, context)
         url = traffic_of(service).tag_urls.get(tag, "")
@@ -94,6 +86,31 @@ class CloudRunReleases:
             raise BackendError(f"{context}: Cloud Run reports no URL for the tag {tag}")
         created = service.annotations.get(CREATED_BY_STAGE, "") == revision
         return Staged(revision=revision, tag=tag, url=url, created=created)
+
+    def _stage_beside(self, current: Any, resource: Any, tag: str, context: str) -> Any:
+        """Update `current` with the template of `resource` under `tag`; the service."""
+        revision = resource.template.revision
+        if traffic_of(current).tags.get(tag) == revision:
+            log.info("%s: %s is staged already", context, revision)
+            return current
+        resource.name = current.name
+        resource.traffic = staged_targets(current, revision, tag)
+        return self._run.update(resource, context)
+
+    def _create_staged(self, name: str, resource: Any, tag: str, context: str) -> Any:
+        """Create the service, its first revision taking all traffic (Cloud Run will not
+        create a service that serves nothing); created meanwhile (a duplicate delivery),
+        stage beside what it serves."""
+        from google.api_core import exceptions as api
+
+        revision = resource.template.revision
+        created = type(resource)(resource)
+        created.annotations[CREATED_BY_STAGE] = revision
+        created.traffic = traffic_targets({revision: 100}, {tag: revision})
+        try:
+            return self._run.create(name, created, context)
+        except api.AlreadyExists:
+            return self._stage_beside(self._existing(name, context), resource, tag, context)
 
     def traffic(self, service_name: str, *, target: Target | None = None) -> Traffic | None:
         """The service's traffic by revision (LATEST resolved), tags and their URLs, or
