@@ -154,7 +154,7 @@ class CloudRunReleases:
         if current is None or tag not in traffic_of(current).tags:
             return
         now = traffic_of(current)
-        tags = {name: serving for name, serving in now.tags.items() if name != tag}
+        tags = {other: serving for other, serving in now.tags.items() if other != tag}
         self._send(current, traffic_targets(now.percents, tags), context)
 
     # -- shared with deploy_service ------------------------------------------------------
