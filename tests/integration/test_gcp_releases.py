@@ -302,3 +302,20 @@ def test_a_stage_racing_a_duplicate_that_created_the_service_stages_beside_it(
     assert len(fake_cloudrun.calls("CreateService")) == 2
     assert fake_cloudrun.calls("UpdateService") == []
     assert len(fake_cloudrun.revisions[SERVICE]) == 1
+
+
+def test_traffic_resolves_a_latest_target_to_the_latest_ready_revision(
+    gcp_deployer: GcpDeployer, fake_cloudrun: FakeCloudRun
+) -> None:
+    # Given an ordinary deploy, whose traffic is one LATEST target
+    v1 = _deploy(gcp_deployer, IMAGE_V1)
+    assert [t.type_ for t in fake_cloudrun.services[SERVICE].traffic] == [
+        run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+    ]
+
+    traffic = gcp_deployer.traffic("ingest", target=_TARGET)
+
+    # Then it reads as the concrete revision, and staging pins exactly that one
+    assert traffic is not None and traffic.percents == {v1: 100} and traffic.tags == {}
+    _stage(gcp_deployer, IMAGE_V2)
+    assert _sent_traffic(fake_cloudrun)[0] == (BY_REVISION, v1, 100, "")
