@@ -7,11 +7,13 @@ service's `latency`, and records every request. A service configured with
 `readiness_as_operation_error=False`, as a successful operation whose service is not ready.
 
 Revisions and traffic as Cloud Run keeps them: a create, or an update whose template
-differs from the current one, makes a revision `<service>-0000N-xyz` (`latest_created_revision`,
-and `latest_ready_revision` when it is ready). `traffic` (empty: all to the latest ready
-revision) is checked against the service's revisions, so a revision that is not there, or
-not ready, is refused with INVALID_ARGUMENT, and it is reported in `traffic_statuses`.
-An update that only moves traffic makes no revision and is ready when its targets are.
+differs, makes a revision (`latest_created_revision`, `latest_ready_revision` once ready)
+named `template.revision` if given (same name, other template: ALREADY_EXISTS; same
+template: that revision again), else `<service>-0000N-xyz`. Revisions are kept, so traffic
+can move back. `traffic` (empty: all to the latest ready revision) may name the revision
+being created; it is checked (`run_rules`) and reported in `traffic_statuses`, tags with
+their URL `https://<tag>---<service>-<hash>-<region code>.a.run.app`. Moving traffic makes
+no revision; a revision that fails leaves traffic where it was.
 
 Strict where Cloud Run is strict, each rule citing its source: CPU, memory, billing,
 concurrency, traffic and tags (`run_rules`: INVALID_ARGUMENT); actAs on the revision's
@@ -23,7 +25,6 @@ run.services.setIamPolicy (`run_access`). With `serve_urls`, each service URL is
 
 from __future__ import annotations
 
-import hashlib
 import random
 import string
 import threading
@@ -49,7 +50,14 @@ from tests.fakes_google.run_access import (
     secret_problem,
     user_managed,
 )
-from tests.fakes_google.run_rules import traffic_problems
+from tests.fakes_google.run_revisions import (
+    Revision,
+    not_ready_message,
+    service_url,
+    template_changed,
+    traffic_statuses,
+)
+from tests.fakes_google.run_rules import revision_name_problem, traffic_problems
 
 SERVICES = "google.cloud.run.v2.Services"
 OPERATIONS = "google.longrunning.Operations"
@@ -57,17 +65,6 @@ _MUTATIONS = ("CreateService", "UpdateService", "DeleteService")
 _READY = run_v2.Condition.State.CONDITION_SUCCEEDED
 _FAILED = run_v2.Condition.State.CONDITION_FAILED
 _LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
-
-
-@dataclass
-class Revision:
-    name: str  # full resource name
-    template: Any  # run_v2.RevisionTemplate
-    ready: bool
-
-    @property
-    def id(self) -> str:
-        return self.name.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -120,8 +117,11 @@ class FakeCloudRun(IamPolicies):
 
     def serving(self, name: str) -> dict[str, int]:
         """Revision id -> percent of the traffic of the service `name` (full name)."""
+        served: dict[str, int] = {}
         with self._lock:
-            return {t.revision: t.percent for t in self.services[name].traffic_statuses}
+            for status in self.services[name].traffic_statuses:
+                served[status.revision] = served.get(status.revision, 0) + status.percent
+        return served
 
     def start(self) -> str:
         operation = operations_pb2.Operation.SerializeToString
@@ -271,7 +271,10 @@ class FakeCloudRun(IamPolicies):
     ) -> Any:
         """Store `service` as it ends up, and answer with its operation (lock held)."""
         revisions = self.revisions.setdefault(service.name, [])
+        pending = self._pending_revision(service, previous, revisions, context)
         known = {r.id: r for r in revisions}
+        if pending is not None:  # traffic may name the revision this request creates
+            known[pending.id] = pending
         targets = list(service.traffic) or [run_v2.TrafficTarget(type_=_LATEST, percent=100)]
         problem = traffic_problems(service.name.rsplit("/", 1)[-1], targets, known)
         if problem:
@@ -280,7 +283,7 @@ class FakeCloudRun(IamPolicies):
         service.latest_created_revision = previous.latest_created_revision if previous else ""
         service.latest_ready_revision = previous.latest_ready_revision if previous else ""
         failed = False
-        if previous is None or _changed(previous.template, service.template):
+        if pending is not None:
             secret_problem = self._secret_problem(service)
             if secret_problem:
                 # Observed: the operation fails with code 13 (terraform-docs-samples#168).
@@ -290,19 +293,17 @@ class FakeCloudRun(IamPolicies):
                     readiness_code=code_pb2.INTERNAL,
                 )
             failed = bool(behaviour.readiness_failure)
-            revision = self._new_revision(service, revisions, ready=not failed)
-            service.latest_created_revision = revision.name
-            if revision.ready:
-                service.latest_ready_revision = revision.name
+            pending.ready = not failed
+            revisions.append(pending)
+            service.latest_created_revision = pending.name
+            if pending.ready:
+                service.latest_ready_revision = pending.name
+        if failed and previous is not None:
+            # A revision that is not ready serves nothing: traffic stays where it was.
+            service.traffic = list(previous.traffic)
+            targets = list(previous.traffic) or targets
         latest_ready = service.latest_ready_revision.rsplit("/", 1)[-1]
-        service.traffic_statuses = [
-            run_v2.TrafficTargetStatus(
-                type_=t.type_,
-                revision=latest_ready if t.type_ == _LATEST else t.revision,
-                percent=t.percent,
-            )
-            for t in targets
-        ]
+        service.traffic_statuses = traffic_statuses(service.name, targets, latest_ready)
         condition = run_v2.Condition(type_="Ready", state=_READY)
         if failed:
             condition = run_v2.Condition(
@@ -318,7 +319,8 @@ class FakeCloudRun(IamPolicies):
         op = self._operation(service.name)
         op.metadata.Pack(run_v2.Service.pb(service))
         if failed and behaviour.readiness_as_operation_error:
-            error = status_pb2.Status(code=behaviour.readiness_code, message=_why(service))
+            why = not_ready_message(service)
+            error = status_pb2.Status(code=behaviour.readiness_code, message=why)
             op.error.CopyFrom(error)
         else:
             op.response.Pack(run_v2.Service.pb(service))
@@ -339,7 +341,7 @@ class FakeCloudRun(IamPolicies):
         `serve_urls`, a local ingress first, which is then the uri (lock held)."""
         parts = name.split("/")
         deterministic = f"https://{parts[5]}-{PROJECT_NUMBER}.{parts[3]}.run.app"
-        urls = [deterministic, _uri(name)]
+        urls = [deterministic, service_url(name)]
         if self.serve_urls:
             ingress = self.ingresses.get(name)
             if ingress is None:
@@ -352,13 +354,37 @@ class FakeCloudRun(IamPolicies):
             urls.insert(0, ingress.url)
         return urls[0] if self.serve_urls else urls[1], urls
 
-    def _new_revision(self, service: Any, revisions: list[Revision], *, ready: bool) -> Revision:
+    def _pending_revision(
+        self, service: Any, previous: Any, revisions: list[Revision], context: grpc.ServicerContext
+    ) -> Revision | None:
+        """The revision this request creates, or None (lock held). A template naming its
+        revision (`template.revision`) must follow `revision_name_problem`; naming one that
+        exists is the same revision again if the template is the same, else refused."""
         service_id = service.name.rsplit("/", 1)[-1]
+        template = run_v2.RevisionTemplate(service.template)
+        named = template.revision
+        if named:
+            problem = revision_name_problem(service_id, named)
+            if problem:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"service.template.revision: {problem}"
+                )
+            existing = next((r for r in revisions if r.id == named), None)
+            if existing is None:
+                return Revision(f"{service.name}/revisions/{named}", template, ready=True)
+            if template_changed(existing.template, template):
+                # Observed: "409 ALREADY_EXISTS: Revision named '...' with different
+                # configuration already exists." (firebase/firebase-tools#10148).
+                context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"Revision named '{named}' with different configuration already exists.",
+                )
+            return None
+        if previous is not None and not template_changed(previous.template, template):
+            return None
         suffix = "".join(random.choices(string.ascii_lowercase, k=3))
         name = f"{service.name}/revisions/{service_id}-{len(revisions) + 1:05d}-{suffix}"
-        revision = Revision(name, run_v2.RevisionTemplate(service.template), ready)
-        revisions.append(revision)
-        return revision
+        return Revision(name, template, ready=True)
 
     def _operation(self, name: str) -> operations_pb2.Operation:
         location = name.split("/services/")[0]
@@ -371,24 +397,3 @@ class FakeCloudRun(IamPolicies):
             answer.done = False
             answer.ClearField("result")
         return answer
-
-
-def _changed(old: Any, new: Any) -> bool:
-    return bool(run_v2.RevisionTemplate.serialize(old) != run_v2.RevisionTemplate.serialize(new))
-
-
-def _uri(name: str) -> str:
-    """`https://<service>-<hash>-<region code>.a.run.app`, as Cloud Run names URLs."""
-    parts = name.split("/")
-    project, region, service = parts[1], parts[3], parts[5]
-    digest = hashlib.sha256(project.encode()).hexdigest()[:10]
-    code = "".join(word[0] for word in region.split("-"))
-    return f"https://{service}-{digest}-{code}.a.run.app"
-
-
-def _why(service: Any) -> str:
-    revision = service.latest_created_revision.rsplit("/", 1)[-1]
-    return (
-        f"Revision '{revision}' is not ready and cannot serve traffic. "
-        f"{service.terminal_condition.message}"
-    )

@@ -120,43 +120,90 @@ def template_problems(template: Any) -> list[tuple[str, str]]:
 
 
 def traffic_problems(service_id: str, targets: list[Any], revisions: dict[str, Any]) -> str:
-    """Why Cloud Run would refuse `targets` (the v2 TrafficTarget list), or ""."""
+    """Why Cloud Run would refuse `targets` (the v2 TrafficTarget list), or "".
+
+    `revisions` are the service's revisions by id, including the one this request creates.
+    A LATEST target and a REVISION target that resolve to the same revision are both
+    allowed, their percents adding up: knative's TrafficTarget makes no rule against it,
+    and `gcloud run services update-traffic --to-revisions=LATEST=10` is documented beside
+    named revisions (docs.cloud.google.com/sdk/gcloud/reference/run/services/update-traffic).
+    """
+    # knative serving API specification, TrafficTarget.percent: "Min: 0, Max: 100" and
+    # "All percent values in traffic MUST sum to 100" (github.com/knative/specs).
     total = sum(t.percent for t in targets)
-    if total != 100:  # knative/specs: "all values MUST sum to 100"
+    if total != 100:
         return f"traffic percentages add up to {total}, not 100"
     tags: set[str] = set()
     for target in targets:
-        if not 0 <= target.percent <= 100:
-            return f"traffic percent {target.percent} is not in 0..100"
-        if target.type_ == _LATEST and target.revision:
-            return "a LATEST traffic target must not name a revision"
-        if target.tag:
-            problem = _tag_problem(service_id, target.tag, tags)
-            if problem:
-                return problem
-            tags.add(target.tag)
-        if target.type_ != _BY_REVISION:
-            continue
-        # v2 service.proto: traffic is distributed "over a collection of Revisions
-        # belonging to the Service".
-        revision = revisions.get(target.revision)
-        if revision is None:
-            return f"Revision '{target.revision}' referenced in traffic not found"
-        if not revision.ready:
-            return f"Revision '{target.revision}' referenced in traffic is not ready"
+        problem = _target_problem(service_id, target, tags, revisions)
+        if problem:
+            return problem
+    return ""
+
+
+def _target_problem(service_id: str, target: Any, tags: set[str], revisions: dict[str, Any]) -> str:
+    if not 0 <= target.percent <= 100:
+        return f"traffic percent {target.percent} is not in 0..100"
+    # knative TrafficTarget.latestRevision: "MUST be true if revisionName is empty, and it
+    # MUST be false when revisionName is non-empty".
+    if target.type_ == _LATEST and target.revision:
+        return "a LATEST traffic target must not name a revision"
+    if target.tag:
+        problem = _tag_problem(service_id, target.tag, tags)
+        if problem:
+            return problem
+        tags.add(target.tag)
+    if target.type_ != _BY_REVISION:
+        return ""
+    # v2 Service.traffic (google/cloud/run/v2/service.proto): "Specifies how to distribute
+    # traffic over a collection of Revisions belonging to the Service".
+    revision = revisions.get(target.revision)
+    if revision is None:
+        return f"Revision '{target.revision}' referenced in traffic not found"
+    if not revision.ready:
+        return f"Revision '{target.revision}' referenced in traffic is not ready"
     return ""
 
 
 def _tag_problem(service_id: str, tag: str, seen: set[str]) -> str:
-    # The tag becomes a DNS label TAG---SERVICE-...; observed message: "Combined traffic
-    # tag and service name cannot exceed 46 characters" (PolicyEngine/policyengine-api#3729).
+    # v2 TrafficTarget.tag: "Indicates a string to be part of the URI to exclusively
+    # reference this target" (cloud.google.com/ruby/docs/reference/google-cloud-run-v2/
+    # latest/Google-Cloud-Run-V2-TrafficTarget); a tagged revision's URL is
+    # https://TAG---SERVICE-HASH-REGION.a.run.app (cloud.google.com/run/docs/
+    # rollouts-rollbacks-traffic-migration, tags), so the tag is the start of a
+    # DNS label (RFC 1035: a letter first, then letters, digits, hyphens, no hyphen last).
+    # Observed limit: "Combined traffic tag and service name cannot exceed 46 characters"
+    # (PolicyEngine/policyengine-api#3729; also firebase and gcloud deploy logs).
+    # One tag names one URL, so it cannot be given twice (knative: the tag's dedicated URL
+    # references "this target exclusively").
     if tag in seen:
         return f"traffic tag '{tag}' is used twice"
     if not _TAG.fullmatch(tag):
-        return f"traffic tag '{tag}' must be lowercase letters, digits and hyphens"
+        return (
+            f"traffic tag '{tag}' must be lowercase letters, digits and hyphens, starting "
+            "with a letter and not ending with a hyphen"
+        )
     if len(tag) + len(service_id) > 46:
         return (
             f"traffic tag '{tag}' and service name '{service_id}' together are too long. "
             "Combined traffic tag and service name cannot exceed 46 characters."
+        )
+    return ""
+
+
+def revision_name_problem(service_id: str, name: str) -> str:
+    """Why Cloud Run would refuse `name` as `template.revision`, or ""."""
+    # gcloud run deploy --revision-suffix (docs.cloud.google.com/sdk/gcloud/reference/run/
+    # deploy): "Revision names always start with the service name automatically. For
+    # example, specifying [--revision-suffix=v1] for a service named 'helloworld', would
+    # lead to a revision named 'helloworld-v1'." v2 RevisionTemplate.revision: "The unique
+    # name for the revision. If this field is omitted, it will be automatically generated
+    # based on the Service name." The name is a DNS label (RFC 1035, at most 63).
+    if not name.startswith(f"{service_id}-"):
+        return f"revision name '{name}' must begin with the service name: '{service_id}-'"
+    if len(name) > 63 or not _TAG.fullmatch(name):
+        return (
+            f"revision name '{name}' must be lowercase letters, digits and hyphens, "
+            "not ending with a hyphen, at most 63 characters"
         )
     return ""

@@ -1,4 +1,4 @@
-"""Cloud Run v2: service resources built from a `DeploymentSpec`, create-or-update, readiness.
+"""Cloud Run v2: create-or-update, readiness, traffic (resources: `run_resources`).
 
 A deploy records its `config_fingerprint` in the annotation `archdeploy.dev/config-fingerprint`
 of the service and of its revision template, and sends all traffic to the latest ready
@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from shared.adapters.gcp.retry import RetryPolicy, describe_api_error
-from shared.architecture.model import DeploymentSpec
-from shared.deployer import Deployed, Target
+from shared.deployer import Deployed
 from shared.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-RUN_LABEL = "archdeploy-run"
 FINGERPRINT_ANNOTATION = "archdeploy.dev/config-fingerprint"
-_LABEL_MAX = 63
-_LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 _SERVICE_ID = re.compile(r"[a-z]([-a-z0-9]{0,47}[a-z0-9])?")
 
 
@@ -51,108 +47,6 @@ def service_account_email(account: str, project: str) -> str:
     if not account or "@" in account:
         return account
     return f"{account}@{project}.iam.gserviceaccount.com"
-
-
-def sanitize_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    """Labels that Google accepts: lowercase [a-z0-9_-], at most 63 characters, keys
-    starting with a letter. Keys that end up empty are dropped."""
-    clean: dict[str, str] = {}
-    for key, value in sorted(labels.items()):
-        new_key = _label_text(key)
-        if new_key and not new_key[0].isalpha():
-            new_key = ("l" + new_key)[:_LABEL_MAX]
-        if new_key:
-            clean[new_key] = _label_text(value)
-    return clean
-
-
-def _label_text(text: str) -> str:
-    return _LABEL_BAD.sub("-", text.lower())[:_LABEL_MAX]
-
-
-def service_resource(
-    spec: DeploymentSpec, *, service_account: str, target: Target, fingerprint: str = ""
-) -> Any:
-    """The `run_v2.Service` for `spec`: one container, env sorted by name, secrets as refs,
-    all traffic on the latest revision, `fingerprint` as an annotation."""
-    from google.cloud import run_v2
-
-    container = run_v2.Container(image=spec.image, env=_env(spec))
-    limits = {key: value for key, value in (("cpu", spec.cpu), ("memory", spec.memory)) if value}
-    fractional = cpu_below_one(spec.cpu)
-    # Once `resources` is set, an unset cpu_idle means CPU always allocated (instance-based
-    # billing): ResourceRequirements.cpu_idle, "the caller must explicitly set this field to
-    # true to preserve the default behavior". So it is always sent, from the file.
-    container.resources = run_v2.ResourceRequirements(
-        limits=limits, cpu_idle=not spec.cpu_always_allocated
-    )
-    check = target.health_check
-    if check is not None and check.port is not None:
-        container.ports = [run_v2.ContainerPort(container_port=check.port)]
-    if check is not None:
-        probe = run_v2.HTTPGetAction(path=check.path, port=check.port or 0)
-        container.startup_probe = run_v2.Probe(http_get=probe)
-    annotations = {FINGERPRINT_ANNOTATION: fingerprint} if fingerprint else {}
-    # run/docs/configuring/services/cpu, "CPU below 1": concurrency 1, first generation.
-    generation = run_v2.ExecutionEnvironment.EXECUTION_ENVIRONMENT_GEN1 if fractional else 0
-    template = run_v2.RevisionTemplate(
-        containers=[container],
-        service_account=service_account,
-        annotations=annotations,
-        max_instance_request_concurrency=1 if fractional else (spec.concurrency or 0),
-        execution_environment=generation,
-    )
-    if spec.min_instances is not None or spec.max_instances is not None:
-        template.scaling = run_v2.RevisionScaling(
-            min_instance_count=spec.min_instances or 0,
-            max_instance_count=spec.max_instances or 0,
-        )
-    labels = dict(target.labels)
-    if target.run_id:
-        labels[RUN_LABEL] = target.run_id
-    latest = run_v2.TrafficTarget(
-        type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST, percent=100
-    )
-    return run_v2.Service(
-        labels=sanitize_labels(labels), annotations=annotations, template=template, traffic=[latest]
-    )
-
-
-def cpu_below_one(cpu: str) -> bool:
-    """Whether a (validated) cpu quantity is a fraction of one vCPU."""
-    if not cpu:
-        return False
-    value = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
-    return value < 1
-
-
-def _env(spec: DeploymentSpec) -> list[Any]:
-    from google.cloud import run_v2
-
-    # Secrets travel as references that Cloud Run resolves; their values never leave
-    # Secret Manager. A secret wins over a plain variable of the same name.
-    secret_names = {secret.name for secret in spec.secret_environment_vars}
-    plain = [
-        run_v2.EnvVar(name=key, value=value)
-        for key, value in sorted(spec.environment_vars.items())
-        if key not in secret_names
-    ]
-    secrets = [
-        run_v2.EnvVar(
-            name=secret.name,
-            value_source=run_v2.EnvVarSource(secret_key_ref=_secret_ref(secret.value_from)),
-        )
-        for secret in sorted(spec.secret_environment_vars, key=lambda s: s.name)
-    ]
-    return plain + secrets
-
-
-def _secret_ref(value_from: str) -> Any:
-    """A secret id or resource name; a `.../versions/N` name pins that version."""
-    from google.cloud import run_v2
-
-    secret, _, version = value_from.partition("/versions/")
-    return run_v2.SecretKeySelector(secret=secret, version=version or "latest")
 
 
 def readiness_problem(service: Any) -> str | None:
@@ -274,15 +168,62 @@ class CloudRunServices:
             return None
         return deployed_from(service)
 
+    def get(self, name: str, context: str) -> Any:
+        """The service `name` as Cloud Run has it (`run_v2.Service`), or None if not there.
+
+        Raises:
+            BackendError: Cloud Run did not answer.
+        """
+        from google.api_core import exceptions as api
+
+        client = self._client()
+        try:
+            return self._call(client.get_service, context, "GetService", api.NotFound, name=name)
+        except api.NotFound:
+            return None
+
+    def create(self, name: str, resource: Any, context: str) -> Any:
+        """Create the service `name` from `resource`; the service once Ready.
+
+        Raises:
+            google.api_core.exceptions.AlreadyExists: as Cloud Run answered it.
+            BackendError: Cloud Run refused otherwise, or it did not become ready.
+        """
+        from google.api_core import exceptions as api
+
+        parent, _, service_id = name.rpartition("/services/")
+        client = self._client()
+        operation = self._call(
+            client.create_service,
+            context,
+            "CreateService",
+            api.AlreadyExists,
+            parent=parent,
+            service=resource,
+            service_id=service_id,
+        )
+        return self._ready_service(operation, context, "CreateService")
+
+    def update(self, service: Any, context: str) -> Any:
+        """Send `service` (named) as UpdateService; the service once Ready.
+
+        Raises:
+            BackendError: Cloud Run refused (with what it answered), or it did not become ready.
+        """
+        client = self._client()
+        operation = self._call(client.update_service, context, "UpdateService", service=service)
+        return self._ready_service(operation, context, "UpdateService")
+
     def route_all_traffic(self, name: str, revision: str, context: str) -> str:
-        """Send 100% of the service's traffic to `revision` (an id or full name), wait until
-        the service is Ready, return its URL. Changes nothing if it serves all traffic already.
+        """Send 100% of the service's traffic to `revision` (an id or full name) as a
+        REVISION target, keeping its tags; wait until the service is Ready, return its
+        URL. Changes nothing if it serves all traffic already.
 
         Raises:
             BackendError: the service or revision is not there (Cloud Run's answer), or the
                 service did not become ready.
         """
-        from google.cloud import run_v2
+        from shared.adapters.gcp.run_traffic import traffic_targets
 
         client = self._client()
         service = self._call(client.get_service, context, "GetService", name=name)
@@ -291,16 +232,11 @@ class CloudRunServices:
             # E.g. the deploy that failed left its revision unready: traffic never moved.
             log.info("%s: %s serves all traffic already", context, revision_id(revision))
             return str(service.uri)
-        pinned = run_v2.TrafficTarget(
-            type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
-            revision=revision_id(revision),
-            percent=100,
-        )
-        updated = run_v2.Service(service)
-        updated.traffic = [pinned]
+        updated = type(service)(service)  # a copy to send back
+        tags = {s.tag: s.revision for s in service.traffic_statuses if s.tag}
+        updated.traffic = traffic_targets({revision_id(revision): 100}, tags)
         updated.etag = ""  # no compare-and-set: a rollback wins over what changed meanwhile
-        operation = self._call(client.update_service, context, "UpdateService", service=updated)
-        return self._await_ready(operation, context, "UpdateService")
+        return str(self.update(updated, context).uri)
 
     def delete(self, name: str, context: str) -> None:
         """Delete the service `name`; NotFound counts as done."""
@@ -327,13 +263,16 @@ class CloudRunServices:
         )
 
     def _await_ready(self, operation: Any, context: str, api_call: str) -> str:
+        uri: str = self._ready_service(operation, context, api_call).uri
+        return uri
+
+    def _ready_service(self, operation: Any, context: str, api_call: str) -> Any:
         service = self._wait(operation, context, api_call)
         problem = readiness_problem(service)
         if problem:
             raise BackendError(f"{context}: the service did not become ready: {problem}")
-        uri: str = service.uri
-        log.info("%s: ready at %s", context, uri)
-        return uri
+        log.info("%s: ready at %s", context, service.uri)
+        return service
 
     def _wait(self, operation: Any, context: str, api_call: str) -> Any:
         from google.api_core import exceptions as api

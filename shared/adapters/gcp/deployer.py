@@ -14,7 +14,9 @@ Repeated runs skip unchanged work (`IncrementalDeployer`) with no store of its o
 build is tagged with its input digest and `cached_image` asks Cloud Build's history for
 the newest successful build so tagged (`gcp_build`); a deploy annotates the service with
 its config fingerprint, which `deployed` reads back with the serving revision; `rollback`
-pins all traffic to an earlier revision (`gcp_run`).
+pins all traffic to an earlier revision by a REVISION target, keeping tags (`gcp_run`).
+Revisions, tags and traffic (`TrafficDeployer`: stage, traffic, set_traffic, untag) are
+in `releases`.
 
 Every SDK is imported inside the methods: constructing a `GcpDeployer` loads nothing.
 """
@@ -41,24 +43,14 @@ from shared.adapters.gcp.cloud_build import (
     task_id_from_build,
     task_parts,
 )
-from shared.adapters.gcp.cloud_run import (
-    CloudRunServices,
-    check_service_id,
-    service_path,
-    service_resource,
-)
+from shared.adapters.gcp.cloud_run import CloudRunServices, service_path
 from shared.adapters.gcp.cloud_run import service_account_email as full_account_email
+from shared.adapters.gcp.releases import CloudRunReleases
 from shared.adapters.gcp.retry import RetryPolicy
 from shared.adapters.gcp.run_iam import PUBLIC, InvokerGrants
 from shared.adapters.gcp.source_archive import SourceStager, normalize_dir
 from shared.architecture.model import DeploymentSpec
-from shared.deployer import (
-    Deployed,
-    Target,
-    build_then_deploy,
-    config_fingerprint,
-    current_target,
-)
+from shared.deployer import Deployed, Target, build_then_deploy, current_target
 from shared.errors import BackendError
 
 __all__ = ["BuildNotification", "GcpDeployer", "parse_build_notification", "task_id_from_build"]
@@ -68,8 +60,9 @@ log = logging.getLogger(__name__)
 _RPC_TIMEOUT = 60.0  # seconds, for each single API call
 
 
-class GcpDeployer:
-    """The `ContainerDeployer` for Google Cloud. Thread-safe: builds may run in parallel."""
+class GcpDeployer(CloudRunReleases):
+    """The `ContainerDeployer` for Google Cloud, also a `TrafficDeployer` (`releases`).
+    Thread-safe: builds may run in parallel."""
 
     def __init__(
         self,
@@ -288,26 +281,7 @@ class GcpDeployer:
         """
         target = target or current_target()
         context = f"deploying {service_name}"
-        project, region = self._where(spec, target)
-        try:
-            check_service_id(service_name)
-        except ValueError as exc:
-            raise BackendError(f"{context}: {exc}") from None
-        if not spec.image:
-            raise BackendError(f"{context}: the spec has no image (build it first)")
-        account = full_account_email(service_account_email or self.default_service_account, project)
-        # The worker compares with the fingerprint of what it was given: the account as named.
-        fingerprint = config_fingerprint(service_account_email, spec, target.health_check)
-        resource = service_resource(
-            spec, service_account=account, target=target, fingerprint=fingerprint
-        )
-        name = service_path(project, region, service_name)
-        parent = name.rpartition("/services/")[0]
-        if account:  # before the deploy: its startup probe may need the calls to pass
-            member = f"serviceAccount:{account}"
-            self._grants.grant_calls(parent, spec.environment_vars, member, context)
-        else:
-            log.warning("%s: no service account (set ARCHDEPLOY_DEFAULT_SERVICE_ACCOUNT)", context)
+        name, resource = self._prepare(service_name, service_account_email, spec, target, context)
         url = self._run.deploy(name, resource, context)
         if spec.public:
             self._grants.grant(name, PUBLIC, context)
@@ -352,17 +326,9 @@ class GcpDeployer:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _where(self, spec: DeploymentSpec, target: Target) -> tuple[str, str]:
-        project = target.project_id or self.project_id
-        return project, spec.region or target.region or self.region
-
     def _build_account(self, project: str) -> str:
         email = full_account_email(self.build_service_account, self.project_id)
         return account_resource(email, project) if email else ""
-
-    def _service_where(self, target: Target) -> tuple[str, str]:
-        # No spec here: a task's target carries the spec's region already.
-        return target.project_id or self.project_id, target.region or self.region
 
     def close(self) -> None:
         """Close the clients this deployer created; injected ones belong to the caller."""
