@@ -48,7 +48,7 @@ from shared.adapters.local.processes import (
     SERVICE_MARKER,
     Spawned,
     free_port,
-    probe,
+    probe_threshold,
     spawn,
     stop_marked,
     tail,
@@ -200,7 +200,8 @@ class LocalDeployer(TrafficMixin):
         if record is None or port is None or not alive(record):
             return None
         revision_url = str(record.get("revision_url", record["url"]))
-        healthy, answer = probe(revision_url + record.get("health_path", "/"), _PROBE_TIMEOUT)
+        health = revision_url + record.get("health_path", "/")
+        healthy, answer = probe_threshold(health, _PROBE_TIMEOUT)
         if not healthy:
             log.info("%s at %s fails its health check (%s)", service_name, revision_url, answer)
             return None

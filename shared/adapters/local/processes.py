@@ -133,6 +133,19 @@ def probe(url: str, timeout: float) -> tuple[bool, str]:
         return False, str(reason) or type(reason).__name__
 
 
+def probe_threshold(url: str, timeout: float, failures: int = 3) -> tuple[bool, str]:
+    """Healthy unless `failures` probes in a row fail, as Cloud Run's probes judge
+    (`failureThreshold`, default 3: cloud.google.com/run/docs/configuring/healthchecks).
+    One slow answer on a loaded machine must not get a healthy service redeployed."""
+    healthy, answer = probe(url, timeout)
+    for _ in range(failures - 1):
+        if healthy:
+            break
+        time.sleep(0.2)
+        healthy, answer = probe(url, timeout)
+    return healthy, answer
+
+
 def wait_healthy(
     process: Spawned, url: str, timeout: float, stop: threading.Event | None = None
 ) -> str | None:
