@@ -310,6 +310,7 @@ class ServiceResult(BaseModel):
     tag_url: str | None = None
     checks: list[CheckOutcome] = Field(default_factory=list)
     promoted_percent: int | None = None
+    release_step: str | None = None  # what a release is doing to it now (e.g. verifying)
 
 
 class RunResult(BaseModel):

@@ -18,21 +18,23 @@ from shared.messages import (
     TaskRecord,
     TaskStatus,
 )
+from shared.ports import RunStore
 
 
-def last_promoted_run(rt: Runtime) -> str:
+def last_promoted_run(store: RunStore) -> str:
     """The newest release run that promoted something (the default to roll back)."""
-    for run in rt.store.list_runs(50):
+    for run in store.list_runs(50):
         released = run.release is not None and not run.rollback_of
-        if released and run.status is RunStatus.SUCCEEDED and _promoted(run.run_id, rt):
+        if released and run.status is RunStatus.SUCCEEDED and promoted_services(run.run_id, store):
             return run.run_id
     raise UsageError("no promoted release to roll back: name a run, e.g. `rollback r-...`")
 
 
-def _promoted(run_id: str, rt: Runtime) -> set[str]:
+def promoted_services(run_id: str, store: RunStore) -> set[str]:
+    """The services a release moved traffic to (unchanged ones it left alone are not)."""
     return {
         t.service
-        for t in rt.store.get_tasks(run_id, Phase.PROMOTE)
+        for t in store.get_tasks(run_id, Phase.PROMOTE)
         if t.status is TaskStatus.SUCCEEDED and not t.reused
     }
 
@@ -50,7 +52,7 @@ def plan_rollback_run(
         )
     if not source.status.terminal:
         raise UsageError(f"run {source_id} is still going: wait for it, or cancel it")
-    promoted = _promoted(source_id, rt)
+    promoted = promoted_services(source_id, rt.store)
     if not promoted:
         raise UsageError(f"run {source_id} promoted nothing: there is nothing to roll back")
     tasks = plan_rollback(run_id, rt.store.get_tasks(source_id, Phase.REVERT), promoted)

@@ -157,6 +157,16 @@ def _merge_release(entry: ServiceResult, task: TaskRecord) -> None:
             entry.promoted_percent = detail.percent
     if task.error and task.status is not TaskStatus.SUCCEEDED:
         entry.error = task.error
+    if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        entry.release_step = _RELEASE_STEPS[task.phase]
+
+
+_RELEASE_STEPS = {
+    Phase.STAGE: "staging",
+    Phase.VERIFY: "verifying",
+    Phase.PROMOTE: "promoting",
+    Phase.REVERT: "reverting",
+}
 
 
 def _merge(entry: ServiceResult, task: TaskRecord) -> None:
@@ -198,6 +208,8 @@ def _service_status(entry: ServiceResult, run: RunRecord) -> str:
         return "built" if build is TaskStatus.SUCCEEDED else "planned"
     if deploy is TaskStatus.WAITING and run.status.terminal:
         return "not deployed"
+    if entry.release_step:
+        return entry.release_step
     if entry.rolled_back:
         return "rolled back"
     if entry.staged_revision:
