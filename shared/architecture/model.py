@@ -12,7 +12,14 @@ import itertools
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 # Injected into every deployed service's environment; a user value for these is replaced.
 INJECTED_ENV = ("SERVICE_DIRECTOR_URL", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME")
@@ -68,10 +75,17 @@ Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0, le=86400)]
 class HttpCheck(_Model):
     """GET the staged revision's `path`; pass on `status` (and `contains` in the body)."""
 
-    path: str = Field(default="/", pattern=r"^/")
+    path: str = "/"
     status: int = Field(default=200, ge=100, le=599)
     contains: str | None = None
     timeout: Seconds = 10.0
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"a check's path must start with /: write /{path}")
+        return path
 
 
 class VerifyCheck(_Model):
