@@ -118,9 +118,8 @@ def plan_run(
     `images` are taken as built (their build tasks start succeeded); `build_only` plans
     no deploys; `service_accounts` override the file's accounts. Each deploy also gets its
     dependencies' URLs (`shared.core.dependency_urls`): placeholders for those deployed in
-    this run, `known_urls` (earlier runs' URLs) for the others. A `release` plans stage,
-    verify, promote and revert tasks in place of deploys (`shared.core.release_plan`).
-    """
+    this run, `known_urls` (earlier runs' URLs) for the others. A `release` plans its
+    tasks in place of deploys (`shared.core.release_plan`)."""
     selected = select_dataflows(arch, dataflows)
     members = [
         (flow, spec)
@@ -142,9 +141,7 @@ def plan_run(
         tasks.extend(plan_release(run_id, deploys) if release else deploys)
     if rollback and not release:
         tasks.extend(_rollbacks(run_id, tasks))
-    tasks = [_prebuilt(t, images or {}, now) for t in tasks]
-    accounts = service_accounts or {}
-    tasks = [_with_account(t, accounts) for t in tasks]
+    tasks = [_with_account(_prebuilt(t, images or {}, now), service_accounts or {}) for t in tasks]
     return Plan(
         run_id=run_id, dataflows=selected, director_url=director_url, tasks=tasks, notes=notes
     )
