@@ -3,13 +3,19 @@ promote (dependencies first, in steps), revert (dependents first) and rollback."
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from shared.cli.progress import result_table
+from shared.cli.timeline import render_timeline
+from shared.core.control import cancel_run
 from shared.core.dispatcher import dispatch_request
+from shared.doors.dashboard.view import build_view
 from shared.errors import UsageError
-from shared.messages import DeployRequest, Phase, RunStatus, TaskStatus
+from shared.messages import DeployRequest, Phase, RunStatus, TaskStatus, task_id_for
 from tests.fakes import FakeDeployer
 from tests.release_system import FAIL, PASS, ReleaseSystem, chain, fail_on_call
 
@@ -150,3 +156,37 @@ def test_rolling_back_a_run_that_was_not_a_release_is_a_usage_error() -> None:
 
     with pytest.raises(UsageError, match="is not a release"):
         dispatch_request(request, system.rt, record_invalid=False)
+
+
+def test_a_release_cancelled_mid_promote_puts_traffic_back_and_ends_cancelled() -> None:
+    system, before = released()
+    request = DeployRequest(architecture=chain(version="2").model_dump_json(), release=True)
+    run = dispatch_request(request, system.rt)
+    api_promote = task_id_for(run.run_id, Phase.PROMOTE, "api")
+    while (t := system.store.get_task(api_promote)) is None or t.status is not TaskStatus.SUCCEEDED:
+        assert system.bus.deliver_all(limit=1), "the release stalled"
+    assert system.traffic()["api"] != before["api"]  # api took the traffic, web not yet
+
+    cancel_run(run.run_id, system.rt, by="tester")
+    system.bus.deliver_all()
+
+    result = system.store.get_result(run.run_id)
+    assert result is not None and result.status is RunStatus.CANCELLED
+    assert system.traffic() == before and result.rolled_back == ["api", "web"]
+
+
+def test_progress_and_timeline_show_each_release_phase() -> None:
+    system, _ = released()
+    result = system.run(chain(version="2", web_checks=[FAIL]), release=True)
+    run = system.store.get_run(result.run_id)
+    assert run is not None
+
+    view = build_view(run, system.store.get_tasks(result.run_id))
+    text = render_timeline(view, width=120)
+    web = next(line for line in text.splitlines() if line.startswith("web"))
+    assert "V!" in web and "T=" in web and "rolled back" in web  # failed verify, reverted
+    assert "S stage  V verify  P promote  T revert" in text
+    console = Console(file=io.StringIO(), width=200)
+    console.print(result_table(result))
+    table = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "release" in table and "checks 0/1" in table and "(reverted)" in table

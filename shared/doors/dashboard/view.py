@@ -18,6 +18,8 @@ from shared.messages import Phase, RunRecord, RunStatus, TaskRecord, TaskStatus,
 from shared.ports import RunStore
 
 _PHASES = list(Phase)
+# The tasks that put a service up (a release's stage reports its stable URL).
+_SERVES = (Phase.DIRECTOR, Phase.DEPLOY, Phase.STAGE)
 _COMMIT = re.compile(r"@([0-9a-f]{7,40})\b")
 
 
@@ -101,7 +103,7 @@ def build_view(run: RunRecord, tasks: Sequence[TaskRecord], now: datetime | None
     by_service: dict[str, list[TaskRecord]] = {}
     for task in sorted(tasks, key=lambda t: _PHASES.index(t.phase)):
         by_service.setdefault(task.service, []).append(task)
-    up = {t.service: t.status for t in tasks if t.phase in (Phase.DIRECTOR, Phase.DEPLOY)}
+    up = {t.service: t.status for t in tasks if t.phase in _SERVES}
     rows = []
     for service, own in by_service.items():
         entry = result.services.get(service)
@@ -141,7 +143,7 @@ def _row(
     bars = [bar for task in tasks if (bar := _bar(run, task, end)) is not None]
     failed = [t for t in tasks if t.error and t.status in (TaskStatus.FAILED, TaskStatus.TIMED_OUT)]
     build = next((t for t in tasks if t.phase is Phase.BUILD), None)
-    out = next((t for t in reversed(tasks) if t.phase is not Phase.ROLLBACK), None)
+    out = next((t for t in reversed(tasks) if t.phase in (Phase.BUILD, *_SERVES)), None)
     durations = [t.duration_seconds for t in tasks if t.duration_seconds is not None]
     return Row(
         service=tasks[0].service,
