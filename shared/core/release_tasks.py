@@ -58,7 +58,7 @@ def traffic_deployer(deployer: object) -> TrafficDeployer:
         name = type(deployer).__name__
         raise UsageError(
             f"a release needs a deployer with revisions and traffic (TrafficDeployer); "
-            f"{name} has none: deploy without --release, or use the local or gcp deployer"
+            f"{name} has none: deploy without `--release` and without `release:` in the file"
         )
     return deployer
 
