@@ -118,8 +118,11 @@ class ReleaseSeen:
     finished: int
 
 
-def run_release(key: str, shape: str, faults: ReleaseFaults, **delivery: Any) -> ReleaseSeen:
-    """Version 1 deployed plainly, then version 2 released under `faults`."""
+def run_release(
+    key: str, shape: str, faults: ReleaseFaults, store: Any = None, **delivery: Any
+) -> ReleaseSeen:
+    """Version 1 deployed plainly, then version 2 released under `faults` (on `store`,
+    by default a FakeRunStore)."""
     arch1 = release_arch(SHAPES[shape], "1", [100])
     arch2 = release_arch(
         [{**s, "deployment": {**s["deployment"], "verify": CHECK}} for s in SHAPES[shape]],
@@ -129,7 +132,7 @@ def run_release(key: str, shape: str, faults: ReleaseFaults, **delivery: Any) ->
     scenario = Scenario(name=key, key=key, arch=arch2, tasks=[], **delivery)
     clock, bus = FakeClock(), FaultyBus(scenario, random.Random(key))
     deployer = CrashingDeployer(faults)
-    rt = scenario.runtime(FakeRunStore(), bus, deployer, clock)
+    rt = scenario.runtime(store or FakeRunStore(), bus, deployer, clock)
 
     def slow() -> None:
         with clock.jump(SLOW_BY):

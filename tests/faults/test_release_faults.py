@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
+
+from shared.adapters.local.sqlite_store import SqliteRunStore
 from shared.messages import Phase, RunStatus, TaskStatus
 from tests.faults.release_faults import (
     SHAPES,
@@ -85,12 +89,20 @@ def _draw(rng: random.Random) -> tuple[str, ReleaseFaults, dict[str, object]]:
     return shape, faults, delivery
 
 
-def test_random_releases_keep_the_release_invariant(tally: Tally) -> None:
+@pytest.mark.parametrize("kind", ["fake", "sqlite"])
+def test_random_releases_keep_the_release_invariant(
+    kind: str, tally: Tally, tmp_path: Path
+) -> None:
     violations = []
-    for i in range(RANDOM_RELEASES):
-        key = f"release-{tally.seed}-{i}"
+    for i in range(RANDOM_RELEASES if kind == "fake" else RANDOM_RELEASES // 4):
+        key = f"release-{tally.seed}-{kind}-{i}"
         shape, faults, delivery = _draw(random.Random(key))
-        seen = run_release(key, shape, faults, **delivery)
+        store = SqliteRunStore(tmp_path / f"{i}.db") if kind == "sqlite" else None
+        try:
+            seen = run_release(key, shape, faults, store, **delivery)
+        finally:
+            if store is not None:
+                store.close()
         violations += [
             f"{key} ({shape}, {faults}, {delivery}): {v}" for v in release_violations(seen)
         ]
