@@ -22,9 +22,13 @@ from shared.ports import RunStore
 
 
 def last_promoted_run(store: RunStore) -> str:
-    """The newest release run that promoted something (the default to roll back)."""
-    for run in store.list_runs(50):
-        released = run.release is not None and not run.rollback_of
+    """The newest release run that promoted something and has not been rolled back since
+    (the default to roll back)."""
+    undone: set[str] = set()
+    for run in store.list_runs(50):  # newest first
+        if run.rollback_of and run.status is RunStatus.SUCCEEDED:
+            undone.add(run.rollback_of)
+        released = run.release is not None and not run.rollback_of and run.run_id not in undone
         if released and run.status is RunStatus.SUCCEEDED and promoted_services(run.run_id, store):
             return run.run_id
     raise UsageError("no promoted release to roll back: name a run, e.g. `rollback r-...`")

@@ -13,6 +13,7 @@ from shared.cli.progress import result_table
 from shared.cli.timeline import render_timeline
 from shared.core.control import cancel_run
 from shared.core.dispatcher import dispatch_request
+from shared.core.rollback import last_promoted_run
 from shared.doors.dashboard.view import build_view
 from shared.errors import UsageError
 from shared.messages import DeployRequest, Phase, RunStatus, TaskStatus, task_id_for
@@ -190,3 +191,14 @@ def test_progress_and_timeline_show_each_release_phase() -> None:
     console.print(result_table(result))
     table = console.file.getvalue()  # type: ignore[attr-defined]
     assert "release" in table and "checks 0/1" in table and "(reverted)" in table
+
+
+def test_rollback_by_default_takes_the_last_promoted_release_not_yet_undone() -> None:
+    system, _ = released()
+    older = system.run(chain(version="2"), release=True)
+    newer = system.run(chain(version="3"), release=True)
+    assert last_promoted_run(system.store) == newer.run_id
+
+    system.run(rollback_of=newer.run_id)
+
+    assert last_promoted_run(system.store) == older.run_id
