@@ -202,3 +202,18 @@ def test_rollback_by_default_takes_the_last_promoted_release_not_yet_undone() ->
     system.run(rollback_of=newer.run_id)
 
     assert last_promoted_run(system.store) == older.run_id
+
+
+def test_the_dashboard_notes_of_a_release_say_what_it_did() -> None:
+    system, _ = released()
+    result = system.run(chain(version="2"), release=True)
+    back = system.run(rollback_of=result.run_id)
+
+    for run_id, notes in (
+        (result.run_id, {"api": "", "web": "", "jobs": "unchanged: not released"}),
+        (back.run_id, {"api": "", "web": ""}),
+    ):
+        run = system.store.get_run(run_id)
+        assert run is not None
+        view = build_view(run, system.store.get_tasks(run_id))
+        assert {row.service: row.note for row in view.rows} == notes
