@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.adapters.checks import HttpAndCommandChecks
 from shared.adapters.local.inprocess_bus import InProcessBus
 from shared.core.control import sweep
 from shared.core.dispatcher import dispatch_request
 from shared.core.handlers import subscribe_all
-from shared.core.runtime import Driver, RunPolicy, Runtime
+from shared.core.runtime import DEFAULT_DEADLINES, Driver, RunPolicy, Runtime
 from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
 from shared.errors import UsageError
@@ -111,6 +112,7 @@ def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         store=make_store(settings),
         bus=bus,
         deployer=deployer,
+        checks=HttpAndCommandChecks() if with_deployer else None,
         sources=_github_sources(settings),
         architectures=_remote_architectures(settings),
         policy=run_policy(settings),
@@ -163,6 +165,10 @@ def run_policy(settings: Settings) -> RunPolicy:
         Phase.DIRECTOR: settings.deploy_deadline_seconds,
         Phase.DEPLOY: settings.deploy_deadline_seconds,
         Phase.ROLLBACK: settings.deploy_deadline_seconds,
+        Phase.STAGE: settings.deploy_deadline_seconds,
+        Phase.VERIFY: settings.deploy_deadline_seconds,
+        Phase.PROMOTE: DEFAULT_DEADLINES[Phase.PROMOTE],  # steps wait out their soaks
+        Phase.REVERT: settings.deploy_deadline_seconds,
     }
     # A claim must lapse before the deadline, so a dead worker's task is retried in time.
     leases = {phase: seconds / 2 for phase, seconds in deadlines.items()}
@@ -277,6 +283,7 @@ def embedded(
         store=store or make_store(settings),
         bus=bus,
         deployer=deployer or make_deployer(settings),
+        checks=HttpAndCommandChecks(),
         policy=run_policy(settings),
         driver=Driver.this_process(),
     )

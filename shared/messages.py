@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.architecture.model import DeploymentSpec, HealthCheck
+from shared.architecture.model import DeploymentSpec, HealthCheck, ReleaseSpec
 
 MESSAGE_VERSION = 1
 
@@ -37,6 +37,14 @@ class Phase(StrEnum):
     DIRECTOR = "director"
     DEPLOY = "deploy"
     ROLLBACK = "rollback"  # only when the deploy phase failed and the run asked for it
+    # Releases (`shared.core.release`): in place of deploy, when the run asked for one.
+    STAGE = "stage"  # a changed service's new revision, tagged, taking no traffic
+    VERIFY = "verify"  # its checks, against the tag's URL
+    PROMOTE = "promote"  # traffic to it, dependencies first
+    REVERT = "revert"  # traffic back to what served before, dependents first
+
+
+RELEASE_PHASES = (Phase.STAGE, Phase.VERIFY, Phase.PROMOTE, Phase.REVERT)
 
 
 class TaskStatus(StrEnum):
@@ -90,6 +98,28 @@ class _Message(BaseModel):
         return self
 
 
+class CheckOutcome(BaseModel):
+    """One release check's outcome: what ran, and what it answered."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    passed: bool
+    detail: str = ""  # the response or output (trimmed), or why it failed
+
+
+class ReleaseDetail(BaseModel):
+    """What a release task found and did for one service."""
+
+    model_config = ConfigDict(frozen=True)
+    revision: str = ""  # the staged revision
+    tag: str = ""
+    tag_url: str = ""
+    created: bool = False  # the service did not exist: undoing the stage is a teardown
+    previous: dict[str, int] | None = None  # revision -> percent that served before
+    checks: list[CheckOutcome] = Field(default_factory=list)
+    percent: int | None = None  # the staged revision's share of traffic after promote
+
+
 class DeployRequest(_Message):
     """Ask for one run: an architecture (inline or by location) and what to deploy of it."""
 
@@ -125,9 +155,18 @@ class DeployRequest(_Message):
     service_accounts: dict[str, str] = Field(
         default_factory=dict, description="service -> account email, overriding the file"
     )
+    release: bool = Field(
+        default=False,
+        description="stage, verify, then promote (the file's `release:` or all at once)",
+    )
+    rollback_of: str | None = Field(
+        default=None, description="a released run: put what it promoted back on what served before"
+    )
 
     @model_validator(mode="after")
     def _one_architecture(self) -> DeployRequest:
+        if self.rollback_of is not None and self.architecture is None is self.architecture_uri:
+            return self  # a rollback's architecture is its released run's
         if (self.architecture is None) == (self.architecture_uri is None):
             raise ValueError("give exactly one of `architecture` (text) or `architecture_uri`")
         return self
@@ -161,6 +200,7 @@ class TaskCompletion(_Message):
     build_id: str | None = None
     reused: bool = False  # a cached image, or a deploy skipped because nothing changed
     previous: str | None = None  # deploys: what served before (for a rollback)
+    release: ReleaseDetail | None = None  # release phases: revision, tag, checks, traffic
     started_at: datetime | None = None
     finished_at: datetime = Field(default_factory=utcnow)
     worker: str = ""
@@ -194,6 +234,7 @@ class TaskRecord(BaseModel):
     build_id: str | None = None
     reused: bool = False
     previous: str | None = None
+    release: ReleaseDetail | None = None
     claimed_by: str = ""
     lease_expires_at: datetime | None = None
     released_at: datetime | None = None
@@ -228,6 +269,8 @@ class RunRecord(BaseModel):
     supersede_order: float | None = None  # the push's time: older pushes never supersede
     no_cache: bool = False
     rollback_on_failure: bool = False
+    release: ReleaseSpec | None = None  # a release run: how traffic moves
+    rollback_of: str | None = None  # a rollback run: the released run it undoes
     halted: str | None = None  # why no new task may start (a build failed, cancelled)
     cancelled_by: str | None = None  # who cancelled (a person, or the run that superseded it)
     error: str | None = None  # a run-level error: the request itself was invalid
@@ -262,6 +305,12 @@ class ServiceResult(BaseModel):
     image_reused: bool = False
     unchanged: bool = False
     rolled_back: bool = False
+    # Releases
+    staged_revision: str | None = None
+    tag_url: str | None = None
+    checks: list[CheckOutcome] = Field(default_factory=list)
+    promoted_percent: int | None = None
+    release_step: str | None = None  # what a release is doing to it now (e.g. verifying)
 
 
 class RunResult(BaseModel):

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from shared.architecture.model import DeploymentSpec
+from shared.architecture.model import DeploymentSpec, VerifyCheck
 from shared.messages import (
+    CheckOutcome,
     Phase,
     RunRecord,
     RunResult,
@@ -151,4 +152,15 @@ class ArchitectureReader(Protocol):
         `ArchitectureError` naming it and the fix; a transient failure a retryable
         `BackendError`.
         """
+        ...
+
+
+class CheckRunner(Protocol):
+    """Runs a release's checks against a staged revision (`shared.adapters.checks`)."""
+
+    def run(self, check: VerifyCheck, target_url: str) -> CheckOutcome:
+        """One check against `target_url`: passed or not, with the response or output.
+
+        Never raises for the check's own failure (refused, timed out, wrong status, a
+        non-zero exit): that is an outcome that did not pass."""
         ...

@@ -55,6 +55,7 @@ def completed(task: TaskRecord, completion: TaskCompletion) -> TaskRecord | None
             "build_id": completion.build_id or task.build_id,
             "reused": completion.reused,
             "previous": completion.previous or task.previous,
+            "release": completion.release or task.release,
             "started_at": completion.started_at or task.started_at,
             "finished_at": completion.finished_at,
             "lease_expires_at": None,

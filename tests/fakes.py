@@ -15,9 +15,12 @@ from pydantic import BaseModel
 
 from shared import store_rules as rules
 from shared.architecture.model import DeploymentSpec
+from shared.core.release_plan import TAG_PATTERN
 from shared.deployer import (
     Deployed,
+    Staged,
     Target,
+    Traffic,
     build_then_deploy,
     config_fingerprint,
     current_target,
@@ -193,10 +196,12 @@ class FakeBus:
 
 
 class FakeDeployer:
-    """`ContainerDeployer` and `IncrementalDeployer` that records calls and takes scripted
-    delays and failures. It remembers, per instance, each image built from a source and
-    each deploy as a revision, so repeated runs reuse what is unchanged and a rollback
-    returns to a revision it served."""
+    """`ContainerDeployer`, `IncrementalDeployer` and `TrafficDeployer` that records calls
+    and takes scripted delays and failures. It remembers, per instance, each image built
+    from a source and each deploy as a revision, so repeated runs reuse what is unchanged
+    and a rollback returns to a revision it served. Revisions, tags and traffic percents
+    live in memory and are checked as Cloud Run checks them (percents sum to 100 over
+    known revisions; tag syntax), and every traffic change is logged with its time."""
 
     def __init__(
         self,
@@ -206,6 +211,7 @@ class FakeDeployer:
         fail_build: Mapping[str, str] | None = None,
         fail_deploy: Mapping[str, str] | None = None,
         build_gate: threading.Barrier | None = None,
+        fail_stage: Mapping[str, str] | None = None,
     ) -> None:
         self.build_seconds = build_seconds
         # Builds wait here until every party has started: all in flight at once, by event.
@@ -222,6 +228,10 @@ class FakeDeployer:
         self.revisions: dict[str, list[Deployed]] = {}  # service -> every deploy, in order
         self.serving: dict[str, Deployed] = {}  # service -> what serves it now
         self.rolled_back: list[tuple[str, str]] = []  # (service, revision)
+        self.fail_stage = dict(fail_stage or {})
+        self.percents: dict[str, dict[str, int]] = {}  # service -> revision -> percent
+        self.tags: dict[str, dict[str, str]] = {}  # service -> tag -> revision
+        self.traffic_log: list[tuple[str, dict[str, int], float]] = []  # (service, %, time)
 
     def build(
         self, service_name: str, spec: DeploymentSpec, *, target: Target | None = None
@@ -266,7 +276,7 @@ class FakeDeployer:
                 revision=revision,
             )
             history.append(now)
-            self.serving[service_name] = now
+            self._serve(service_name, {revision: 100})
         self._event("deploy-end", service_name)
         return now.url
 
@@ -285,7 +295,7 @@ class FakeDeployer:
             found = [d for d in self.revisions.get(service_name, []) if d.revision == revision]
             if not found:
                 raise BackendError(f"rolling back {service_name}: no revision {revision!r}")
-            self.serving[service_name] = found[0]
+            self._serve(service_name, {revision: 100})
             self.rolled_back.append((service_name, revision))
         self._event("rollback", service_name)
         return found[0].url
@@ -304,6 +314,8 @@ class FakeDeployer:
         with self._lock:
             self.torn_down.append(service_name)
             self.serving.pop(service_name, None)
+            self.percents.pop(service_name, None)
+            self.tags.pop(service_name, None)
 
     def deployed_names(self) -> list[str]:
         return [name for name, _, _ in self.deploys]
@@ -311,3 +323,91 @@ class FakeDeployer:
     def _event(self, action: str, service: str) -> None:
         with self._lock:
             self.events.append((action, service, time.monotonic()))
+
+    # TrafficDeployer
+
+    def stage(
+        self,
+        service_name: str,
+        service_account_email: str,
+        spec: DeploymentSpec,
+        *,
+        tag: str,
+        target: Target | None = None,
+    ) -> Staged:
+        if not TAG_PATTERN.match(tag):
+            raise BackendError(f"staging {service_name}: tag {tag!r} is not a valid tag")
+        self._event("stage-start", service_name)
+        time.sleep(self.deploy_seconds)
+        if service_name in self.fail_stage:
+            raise BackendError(f"staging {service_name}: {self.fail_stage[service_name]}")
+        health = (target or current_target()).health_check
+        fingerprint = config_fingerprint(service_account_email, spec, health)
+        with self._lock:
+            tagged = self.tags.get(service_name, {}).get(tag)
+            same = [d for d in self.revisions.get(service_name, []) if d.revision == tagged]
+            if same and same[0].fingerprint == fingerprint:  # staged before: the same one
+                return self._staged(service_name, tag, tagged or "", created=False)
+            history = self.revisions.setdefault(service_name, [])
+            revision = f"{service_name}-{len(history) + 1:05}"
+            history.append(Deployed(self._url(service_name), spec.image, fingerprint, revision))
+            self.deploys.append((service_name, service_account_email, spec))
+            self.tags.setdefault(service_name, {})[tag] = revision
+            created = service_name not in self.percents
+            if created:  # a service cannot exist serving nothing
+                self._serve(service_name, {revision: 100})
+        self._event("stage-end", service_name)
+        return self._staged(service_name, tag, revision, created=created)
+
+    def traffic(self, service_name: str, *, target: Target | None = None) -> Traffic | None:
+        with self._lock:
+            if service_name not in self.percents:
+                return None
+            tags = dict(self.tags.get(service_name, {}))
+            return Traffic(
+                url=self._url(service_name),
+                percents=dict(self.percents[service_name]),
+                tags=tags,
+                tag_urls={t: self._tag_url(service_name, t) for t in tags},
+            )
+
+    def set_traffic(
+        self, service_name: str, percents: dict[str, int], *, target: Target | None = None
+    ) -> Traffic:
+        known = {d.revision for d in self.revisions.get(service_name, [])}
+        if service_name not in self.percents:
+            raise BackendError(f"setting traffic of {service_name}: no such service")
+        unknown = sorted(set(percents) - known)
+        if unknown:
+            raise BackendError(f"setting traffic of {service_name}: no revision {unknown[0]!r}")
+        if sum(percents.values()) != 100 or any(not 0 <= p <= 100 for p in percents.values()):
+            raise BackendError(f"setting traffic of {service_name}: {percents} does not sum to 100")
+        with self._lock:
+            self._serve(service_name, {r: p for r, p in percents.items() if p > 0})
+        self._event("set-traffic", service_name)
+        traffic = self.traffic(service_name)
+        assert traffic is not None
+        return traffic
+
+    def untag(self, service_name: str, tag: str, *, target: Target | None = None) -> None:
+        with self._lock:
+            self.tags.get(service_name, {}).pop(tag, None)
+
+    def _serve(self, service_name: str, percents: dict[str, int]) -> None:
+        """Under the lock: traffic now, logged; `serving` is the largest share's revision."""
+        self.percents[service_name] = dict(percents)
+        self.traffic_log.append((service_name, dict(percents), time.monotonic()))
+        history = {d.revision: d for d in self.revisions.get(service_name, [])}
+        top = max(percents, key=lambda r: (percents[r], r))
+        self.serving[service_name] = history[top]
+
+    def _staged(self, service_name: str, tag: str, revision: str, *, created: bool) -> Staged:
+        return Staged(revision, tag, self._tag_url(service_name, tag), created=created)
+
+    @staticmethod
+    def _url(service_name: str) -> str:
+        return f"https://{service_name}.fake.run"
+
+    @staticmethod
+    def _tag_url(service_name: str, tag: str) -> str:
+        return f"https://{tag}---{service_name}.fake.run"

@@ -8,10 +8,18 @@ read and checked.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 # Injected into every deployed service's environment; a user value for these is replaced.
 INJECTED_ENV = ("SERVICE_DIRECTOR_URL", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME")
@@ -41,6 +49,84 @@ class ServiceMapping(_Model):
 class HealthCheck(_Model):
     port: int | None = Field(default=None, ge=1, le=65535)
     path: str = "/"
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(value: Any) -> Any:
+    """`30s`, `2m`, `500ms`, `1h` or a plain number of seconds, as seconds."""
+    if isinstance(value, str):
+        text = value.strip()
+        for unit in sorted(_UNITS, key=len, reverse=True):
+            number = text.removesuffix(unit)
+            if number != text:
+                try:
+                    return float(number) * _UNITS[unit]
+                except ValueError:
+                    break
+        raise ValueError(f"{value!r} is not a duration: write e.g. 30s, 2m, 500ms or 1h")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0, le=86400)]
+
+
+class HttpCheck(_Model):
+    """GET the staged revision's `path`; pass on `status` (and `contains` in the body)."""
+
+    path: str = "/"
+    status: int = Field(default=200, ge=100, le=599)
+    contains: str | None = None
+    timeout: Seconds = 10.0
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"a check's path must start with /: write /{path}")
+        return path
+
+
+class VerifyCheck(_Model):
+    """One release check: an HTTP request, or a command given TARGET_URL in its env."""
+
+    http: HttpCheck | None = None
+    command: list[str] | None = Field(default=None, min_length=1)
+    timeout: Seconds = 60.0  # the command's
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> VerifyCheck:
+        if (self.http is None) == (self.command is None):
+            raise ValueError("give exactly one of `http: {path: ...}` or `command: [argv]`")
+        return self
+
+    @property
+    def name(self) -> str:
+        if self.http is not None:
+            return f"http {self.http.path}"
+        return "command " + " ".join(self.command or [])
+
+
+class ReleaseSpec(_Model):
+    """How a release moves traffic: all at once, or through percent steps with a soak."""
+
+    strategy: Literal["all-at-once", "steps"] = "all-at-once"
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=lambda: [100])
+    soak: Seconds = 0.0
+
+    @model_validator(mode="after")
+    def _steps_rise_to_100(self) -> ReleaseSpec:
+        steps = self.steps
+        if not steps or steps[-1] != 100 or any(a >= b for a, b in itertools.pairwise(steps)):
+            raise ValueError(
+                f"steps must rise strictly and end at 100, e.g. [10, 50, 100]: {steps}"
+            )
+        return self
+
+    @property
+    def percents(self) -> list[int]:
+        return self.steps if self.strategy == "steps" else [100]
 
 
 class SecretEnvVar(_Model):
@@ -87,6 +173,11 @@ class DeploymentSpec(_Model):
     max_instances: int | None = Field(default=None, ge=1)
     environment_vars: dict[str, str] = Field(default_factory=dict)
     secret_environment_vars: list[SecretEnvVar] = Field(default_factory=list)
+    verify: list[VerifyCheck] = Field(
+        default_factory=list,
+        description="Releases: checks run against the staged revision's tagged URL"
+        " (default: the service's health check)",
+    )
 
     @model_validator(mode="after")
     def _scaling_bounds_ordered(self) -> DeploymentSpec:
@@ -181,6 +272,9 @@ class Architecture(_Model):
     service_manager_spec: ServiceManagerSpec | None = None
     dataflows: dict[str, Dataflow] = Field(default_factory=dict)
     deployment_environments: dict[str, EnvironmentOverride] = Field(default_factory=dict)
+    release: ReleaseSpec | None = Field(
+        default=None, description="opt in to releases: stage, verify, then promote traffic"
+    )
     # Written by older versions; accepted so such files keep loading, otherwise unused.
     topics: list[Any] = Field(default_factory=list)
     subscriptions: list[Any] = Field(default_factory=list)

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from shared.cli.dev import dev
 from shared.cli.local import no_wait_option, state_file_option
+from shared.cli.release import rollback
 from shared.cli.ui import ui
 from shared.errors import (
     EXIT_OK,
@@ -190,6 +191,7 @@ def plan(
     is_flag=True,
     help="If deploys fail, put every service back on what it served before.",
 )
+@click.option("--release", is_flag=True, help="Stage, verify, then promote (see README).")
 @no_wait_option
 @click.pass_context
 def up(
@@ -204,6 +206,7 @@ def up(
     endpoint: str | None,
     no_cache: bool,
     rollback_on_failure: bool,
+    release: bool,
     no_wait: bool,
 ) -> None:
     """Build every service in parallel, then deploy them, and show the result.
@@ -219,6 +222,7 @@ def up(
         "requested_by": "cli",
         "no_cache": no_cache,
         "rollback_on_failure": rollback_on_failure,
+        "release": release,
     }
     settings = _settings(ctx, file, parallelism=parallelism)
     if endpoint:
@@ -378,6 +382,7 @@ def down(
 
 cli.add_command(dev)
 cli.add_command(ui)
+cli.add_command(rollback)
 
 
 def main() -> None:

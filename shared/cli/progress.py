@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from shared.core.runtime import run_view as current
-from shared.messages import RunResult, RunStatus
+from shared.messages import RunResult, RunStatus, ServiceResult
 from shared.ports import RunStore
 
 _STYLE = {
@@ -32,6 +32,12 @@ _STYLE = {
     "planned": "dim",
     "unchanged": "green dim",
     "rolled back": "magenta",
+    "staging": "blue",
+    "verifying": "blue",
+    "promoting": "blue",
+    "reverting": "magenta",
+    "staged": "cyan",
+    "promoted": "green",
 }
 
 
@@ -49,8 +55,11 @@ def result_table(result: RunResult) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("service", "dataflow", "status", "build", "deploy", "image", "url"):
         table.add_column(column, no_wrap=column in ("service", "status", "url"))
+    released = any(svc.staged_revision for svc in result.services.values())
+    if released:
+        table.add_column("release", no_wrap=True)
     for svc in result.services.values():
-        table.add_row(
+        row = [
             svc.service,
             svc.dataflow or "(director)",
             f"[{_STYLE.get(svc.status, '')}]{svc.status}[/]",
@@ -58,8 +67,19 @@ def result_table(result: RunResult) -> Table:
             f"{svc.deploy_seconds:.1f}s" if svc.deploy_seconds is not None else "",
             short_image(svc.image),
             svc.url or "",
-        )
+        ]
+        table.add_row(*row, *([release_cell(svc)] if released else []))
     return table
+
+
+def release_cell(svc: ServiceResult) -> str:
+    """A released service's staged revision, its traffic share and its checks."""
+    if not svc.staged_revision:
+        return ""
+    share = f"{svc.promoted_percent}%" if svc.promoted_percent is not None else "0%"
+    passed = sum(c.passed for c in svc.checks)
+    checks = f", checks {passed}/{len(svc.checks)}" if svc.checks else ""
+    return f"{svc.staged_revision} {share}{checks}" + (" (reverted)" if svc.rolled_back else "")
 
 
 def print_errors(result: RunResult, console: Console) -> None:

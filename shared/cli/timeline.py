@@ -15,7 +15,16 @@ from shared.doors.dashboard.view import Bar, RunView, load_run
 from shared.errors import EXIT_OK, EXIT_RUN_FAILED, RunNotFound
 from shared.ports import RunStore
 
-PHASE_LETTERS = {"build": "B", "director": "R", "deploy": "D", "rollback": "U"}
+PHASE_LETTERS = {
+    "build": "B",
+    "director": "R",
+    "deploy": "D",
+    "rollback": "U",
+    "stage": "S",
+    "verify": "V",
+    "promote": "P",
+    "revert": "T",  # traffic back
+}
 OUTCOME_FILLS = {
     "succeeded": "=",
     "failed": "!",
@@ -27,7 +36,8 @@ OUTCOME_FILLS = {
     "timed_out": "~",
 }
 LEGEND = (
-    "B build  R director  D deploy  U rollback  |  = ok  ! failed  > running  "
+    "B build  R director  D deploy  U rollback  S stage  V verify  P promote  T revert  |  "
+    "= ok  ! failed  > running  "
     "- skipped  x cancelled  ~ timed out"
 )
 

@@ -20,7 +20,7 @@ from shared.core.run_engine import (
 )
 from shared.core.runtime import Runtime
 from shared.logs import log_context
-from shared.messages import RunRecord, RunStatus, TaskRecord, TaskStatus
+from shared.messages import Phase, RunRecord, RunStatus, TaskRecord, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def cancel_run(run_id: str, rt: Runtime, *, by: str) -> RunRecord | None:
         not_started = [
             t
             for t in rt.store.get_tasks(run_id)
-            if t.status in (TaskStatus.WAITING, TaskStatus.PENDING)
+            # A release's reverts still run: they put traffic back.
+            if t.status in (TaskStatus.WAITING, TaskStatus.PENDING) and t.phase is not Phase.REVERT
         ]
         close_tasks(not_started, TaskStatus.CANCELLED, f"cancelled by {by} before it started", rt)
         cancel_submitted_builds(run_id, rt)

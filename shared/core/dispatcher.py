@@ -11,10 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from shared.architecture.loading import LoadedArchitecture, load_architecture, parse_architecture
-from shared.architecture.model import Architecture
+from shared.architecture.model import Architecture, ReleaseSpec
 from shared.core.control import cancel_run
 from shared.core.dependency_urls import earlier_urls, outside_dependencies
 from shared.core.plan import plan_run, select_dataflows
+from shared.core.release_tasks import traffic_deployer
+from shared.core.rollback import plan_rollback_run
 from shared.core.run_engine import advance_run, finish_run, publish_tasks
 from shared.core.runtime import Runtime
 from shared.errors import ArchdeployError, ArchitectureError, UsageError
@@ -67,13 +69,17 @@ def dispatch_request(
             _resume(existing, rt)
             return rt.store.get_run(run_id) or existing
         try:
-            loaded = load_request(request, rt)
-            run, tasks = _plan(request, loaded, run_id, key, rt)
+            if request.rollback_of:
+                run, tasks, text = plan_rollback_run(request, run_id, key, rt)
+            else:
+                loaded = load_request(request, rt)
+                run, tasks = _plan(request, loaded, run_id, key, rt)
+                text = loaded.text
         except (ArchitectureError, UsageError) as exc:
             if not record_invalid:
                 raise
             return _record_invalid(run_id, key, request, exc, rt)
-        run, created = rt.store.create_run(run, tasks, loaded.text)
+        run, created = rt.store.create_run(run, tasks, text)
         if created:
             log.info("run created: %d tasks over dataflows %s", len(tasks), run.dataflows)
             _supersede(run, rt)
@@ -87,6 +93,7 @@ def _plan(
 ) -> tuple[RunRecord, list[TaskRecord]]:
     source_root = request.source_root or _default_source_root(request, loaded)
     arch = loaded.architecture
+    release = release_policy(arch, request, rt)
     plan = plan_run(
         arch,
         run_id=run_id,
@@ -99,6 +106,7 @@ def _plan(
         images=request.images,
         service_accounts=request.service_accounts,
         known_urls=_known_urls(arch, request, rt),
+        release=release is not None,
     )
     for service, notes in plan.notes.items():
         for note in notes:
@@ -119,11 +127,22 @@ def _plan(
         supersede_order=request.supersede_order,
         no_cache=request.no_cache,
         rollback_on_failure=request.rollback_on_failure,
+        release=release,
         created_at=now,
         updated_at=now,
         **(rt.driver.fields() if rt.driver else {}),
     )
     return run, plan.tasks
+
+
+def release_policy(arch: Architecture, request: DeployRequest, rt: Runtime) -> ReleaseSpec | None:
+    """How the run releases (the file's `release:`, or all at once for `--release`), or
+    None for plain deploys. A release needs a deployer with traffic: refused otherwise."""
+    if request.build_only or not (request.release or arch.release):
+        return None
+    if rt.deployer is not None:
+        traffic_deployer(rt.deployer)  # raises a UsageError naming what is missing
+    return arch.release or ReleaseSpec()
 
 
 def _known_urls(arch: Architecture, request: DeployRequest, rt: Runtime) -> dict[str, str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shared.architecture.model import Architecture, DeploymentSpec, ServiceSpec
 from shared.core.dependency_urls import plan_dependency_env
+from shared.core.release_plan import plan_release
 from shared.errors import UsageError
 from shared.messages import Phase, TaskRecord, TaskStatus, task_id_for
 
@@ -107,6 +108,7 @@ def plan_run(
     images: Mapping[str, str] | None = None,
     service_accounts: Mapping[str, str] | None = None,
     known_urls: Mapping[str, str] | None = None,
+    release: bool = False,
 ) -> Plan:
     """The run's tasks, all `waiting`: the state machine releases them (builds at once,
     up to the run's build cap; the others when their phase opens).
@@ -116,8 +118,8 @@ def plan_run(
     `images` are taken as built (their build tasks start succeeded); `build_only` plans
     no deploys; `service_accounts` override the file's accounts. Each deploy also gets its
     dependencies' URLs (`shared.core.dependency_urls`): placeholders for those deployed in
-    this run, `known_urls` (earlier runs' URLs) for the others.
-    """
+    this run, `known_urls` (earlier runs' URLs) for the others. A `release` plans its
+    tasks in place of deploys (`shared.core.release_plan`)."""
     selected = select_dataflows(arch, dataflows)
     members = [
         (flow, spec)
@@ -135,12 +137,11 @@ def plan_run(
     tasks.extend(_task(run_id, Phase.BUILD, f, s, arch, source_root, None) for f, s in members)
     notes: dict[str, list[str]] = {}
     if not build_only:
-        tasks.extend(_deploys(run_id, members, arch, source_root, known_urls or {}, notes))
-    if rollback:
+        deploys = _deploys(run_id, members, arch, source_root, known_urls or {}, notes)
+        tasks.extend(plan_release(run_id, deploys) if release else deploys)
+    if rollback and not release:
         tasks.extend(_rollbacks(run_id, tasks))
-    tasks = [_prebuilt(t, images or {}, now) for t in tasks]
-    accounts = service_accounts or {}
-    tasks = [_with_account(t, accounts) for t in tasks]
+    tasks = [_with_account(_prebuilt(t, images or {}, now), service_accounts or {}) for t in tasks]
     return Plan(
         run_id=run_id, dataflows=selected, director_url=director_url, tasks=tasks, notes=notes
     )

@@ -17,6 +17,7 @@ from shared.core.runtime import Runtime
 from shared.core.state import all_succeeded, all_terminal, assemble_result, next_deploys, outcome
 from shared.deployer import BuildSubmitter
 from shared.messages import (
+    RELEASE_PHASES,
     TOPIC_RESULTS,
     TOPIC_TASKS,
     Phase,
@@ -66,6 +67,8 @@ def advance_run(run_id: str, rt: Runtime) -> None:
         _after_director(run, rt)
     elif run.phase is Phase.DEPLOY:
         _step_deploys(run, rt)
+    elif run.phase in RELEASE_PHASES:
+        _step_release(run, rt)
     else:
         _after_rollback(run, rt)
 
@@ -87,7 +90,7 @@ def _after_builds(run: RunRecord, rt: Runtime) -> None:
         _finish(run, rt)
         return
     has_director = any(rt.store.count_tasks(run.run_id, Phase.DIRECTOR).values())
-    next_phase = Phase.DIRECTOR if has_director else Phase.DEPLOY
+    next_phase = Phase.DIRECTOR if has_director else _deploy_phase(run)
     moved = rt.store.update_run(
         run.run_id,
         expect={"phase": Phase.BUILD, "status": RunStatus.RUNNING, "halted": None},
@@ -99,7 +102,7 @@ def _after_builds(run: RunRecord, rt: Runtime) -> None:
     if has_director:
         release(moved, rt.store.get_tasks(run.run_id, Phase.DIRECTOR), rt)
     else:
-        _step_deploys(moved, rt)
+        _open_deploys(moved, rt)
 
 
 BUILD_FAILED = (TaskStatus.FAILED, TaskStatus.TIMED_OUT)
@@ -146,11 +149,34 @@ def _after_director(run: RunRecord, rt: Runtime) -> None:
     moved = rt.store.update_run(
         run.run_id,
         expect={"phase": Phase.DIRECTOR, "status": RunStatus.RUNNING},
-        changes={"phase": Phase.DEPLOY, "director_url": director.url, "updated_at": rt.clock()},
+        changes={
+            "phase": _deploy_phase(run),
+            "director_url": director.url,
+            "updated_at": rt.clock(),
+        },
     )
     if moved is not None:
-        log.info("director deployed at %s: phase deploy opens", director.url)
-        _step_deploys(moved, rt)
+        log.info("director deployed at %s: phase %s opens", director.url, moved.phase.value)
+        _open_deploys(moved, rt)
+
+
+def _deploy_phase(run: RunRecord) -> Phase:
+    """After build and director: deploys, or a release's first phase."""
+    return Phase.STAGE if run.release is not None else Phase.DEPLOY
+
+
+def _open_deploys(run: RunRecord, rt: Runtime) -> None:
+    if run.phase is Phase.STAGE:
+        _step_release(run, rt)
+    else:
+        _step_deploys(run, rt)
+
+
+def _step_release(run: RunRecord, rt: Runtime) -> None:
+    # Imported here: the release engine builds on this module's release and finish.
+    from shared.core.release import step_release
+
+    step_release(run, rt)
 
 
 def _step_deploys(run: RunRecord, rt: Runtime) -> None:
@@ -259,14 +285,19 @@ def _built_images(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> dict[
 def _dependency_urls(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> dict[str, str]:
     """The URLs the released deploys' dependencies reported (deployed or unchanged): they
     deployed before their dependents are released, so their tasks carry them."""
-    wanted = {d for t in tasks if t.phase is Phase.DEPLOY for d in t.depends_on}
+    wanted = {d for t in tasks if t.phase in _DEPLOYING for d in t.depends_on}
     if not wanted:
         return {}
+    # A release's stages report their services' stable URLs, as deploys do.
+    phase = Phase.STAGE if any(t.phase is Phase.STAGE for t in tasks) else Phase.DEPLOY
     if len(wanted) <= 3:  # a dependency chain: a read per dependency
-        found = [rt.store.get_task(task_id_for(run.run_id, Phase.DEPLOY, d)) for d in wanted]
+        found = [rt.store.get_task(task_id_for(run.run_id, phase, d)) for d in wanted]
     else:
-        found = list(rt.store.get_tasks(run.run_id, Phase.DEPLOY))
+        found = list(rt.store.get_tasks(run.run_id, phase))
     return {t.service: t.url for t in found if t is not None and t.url and t.service in wanted}
+
+
+_DEPLOYING = (Phase.DEPLOY, Phase.STAGE)
 
 
 def _spec_updates(
@@ -275,7 +306,7 @@ def _spec_updates(
     if task.phase is Phase.BUILD or task.spec is None:
         return {}
     env = dict(task.spec.environment_vars)
-    if task.phase is Phase.DEPLOY:
+    if task.phase in _DEPLOYING:
         env["SERVICE_DIRECTOR_URL"] = run.director_url or ""
         env = fill_dependency_urls(env, task.depends_on, urls)
     return {"image": images.get(task.service, task.spec.image), "environment_vars": env}

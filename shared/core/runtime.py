@@ -15,7 +15,7 @@ from datetime import datetime
 from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
 from shared.messages import Phase, RunResult, utcnow
-from shared.ports import ArchitectureReader, MessageBus, RunStore, SourceProvider
+from shared.ports import ArchitectureReader, CheckRunner, MessageBus, RunStore, SourceProvider
 
 # How long a worker's claim holds before another may take the task over (a crashed
 # worker's task is reclaimed after this), and how long a task may run before the sweep
@@ -25,12 +25,20 @@ DEFAULT_LEASES = {
     Phase.DIRECTOR: 900.0,
     Phase.DEPLOY: 900.0,
     Phase.ROLLBACK: 900.0,
+    Phase.STAGE: 900.0,
+    Phase.VERIFY: 900.0,
+    Phase.PROMOTE: 1800.0,  # steps wait out their soak
+    Phase.REVERT: 900.0,
 }
 DEFAULT_DEADLINES = {
     Phase.BUILD: 3600.0,
     Phase.DIRECTOR: 1200.0,
     Phase.DEPLOY: 1200.0,
     Phase.ROLLBACK: 1200.0,
+    Phase.STAGE: 1200.0,
+    Phase.VERIFY: 1200.0,
+    Phase.PROMOTE: 3600.0,
+    Phase.REVERT: 1200.0,
 }
 
 
@@ -112,6 +120,7 @@ class Runtime:
     deployer: ContainerDeployer | None = None  # a worker's; elsewhere, only to cancel builds
     sources: SourceProvider | None = None  # fetches remote build sources for the worker
     architectures: ArchitectureReader | None = None  # reads gs:// and github:// locations
+    checks: CheckRunner | None = None  # a worker's: runs a release's checks
     policy: RunPolicy = field(default_factory=RunPolicy)
     worker_id: str = field(default_factory=_default_worker_id)
     clock: Callable[[], datetime] = utcnow

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.messages import (
+    RELEASE_PHASES,
     Phase,
     RunRecord,
     RunResult,
@@ -74,12 +75,17 @@ def next_deploys(tasks: Sequence[TaskRecord]) -> DeployStep:
 
 def outcome(tasks: Iterable[TaskRecord]) -> RunStatus:
     """How the run went; rollback tasks say what was undone, not how the run went."""
-    statuses = [t.status for t in tasks if t.phase is not Phase.ROLLBACK]
+    statuses = [t.status for t in tasks if t.phase is not Phase.ROLLBACK and not _unused(t)]
     if any(s is TaskStatus.CANCELLED for s in statuses):
         return RunStatus.CANCELLED
     if all(s is TaskStatus.SUCCEEDED for s in statuses):
         return RunStatus.SUCCEEDED
     return RunStatus.FAILED
+
+
+def _unused(task: TaskRecord) -> bool:
+    """A release's revert that was never needed: the release went through."""
+    return task.phase is Phase.REVERT and task.status is TaskStatus.WAITING
 
 
 def assemble_result(
@@ -94,7 +100,10 @@ def assemble_result(
         entry = services.setdefault(
             task.service, ServiceResult(service=task.service, dataflow=task.dataflow, status="")
         )
-        _merge(entry, task)
+        if task.phase in RELEASE_PHASES:
+            _merge_release(entry, task)
+        else:
+            _merge(entry, task)
         if task.error and task.status is not TaskStatus.SUCCEEDED:
             errors.append(ServiceError(service=task.service, phase=task.phase, error=task.error))
     for task in tasks:
@@ -131,6 +140,33 @@ def assemble_result(
 
 def _phase_order(task: TaskRecord) -> tuple[int, str]:
     return (list(Phase).index(task.phase), task.service)
+
+
+def _merge_release(entry: ServiceResult, task: TaskRecord) -> None:
+    """A release task's part: staged revision and tag URL, checks, traffic, revert."""
+    detail = task.release
+    if task.phase is Phase.STAGE:
+        _merge(entry, task)
+        if detail is not None:
+            entry.staged_revision, entry.tag_url = detail.revision, detail.tag_url
+    elif task.phase is Phase.REVERT:
+        entry.rolled_back = task.status is TaskStatus.SUCCEEDED and not task.reused
+    elif detail is not None:
+        entry.checks = [*entry.checks, *(c for c in detail.checks if c not in entry.checks)]
+        if task.phase is Phase.PROMOTE:
+            entry.promoted_percent = detail.percent
+    if task.error and task.status is not TaskStatus.SUCCEEDED:
+        entry.error = task.error
+    if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        entry.release_step = _RELEASE_STEPS[task.phase]
+
+
+_RELEASE_STEPS = {
+    Phase.STAGE: "staging",
+    Phase.VERIFY: "verifying",
+    Phase.PROMOTE: "promoting",
+    Phase.REVERT: "reverting",
+}
 
 
 def _merge(entry: ServiceResult, task: TaskRecord) -> None:
@@ -172,8 +208,12 @@ def _service_status(entry: ServiceResult, run: RunRecord) -> str:
         return "built" if build is TaskStatus.SUCCEEDED else "planned"
     if deploy is TaskStatus.WAITING and run.status.terminal:
         return "not deployed"
+    if entry.release_step:
+        return entry.release_step
     if entry.rolled_back:
         return "rolled back"
+    if entry.staged_revision:
+        return "promoted" if entry.promoted_percent == 100 else "staged"
     if entry.unchanged:
         return "unchanged"
     return _DEPLOY_LABELS.get(deploy, deploy.value)

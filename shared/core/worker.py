@@ -13,6 +13,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from shared.core.release_tasks import run_release_task
 from shared.core.run_engine import attributes, halt_run
 from shared.core.runtime import Runtime
 from shared.deployer import (
@@ -25,6 +26,7 @@ from shared.deployer import (
 from shared.errors import ArchdeployError, BackendError, UsageError
 from shared.logs import log_context
 from shared.messages import (
+    RELEASE_PHASES,
     TOPIC_COMPLETIONS,
     Phase,
     RunRecord,
@@ -59,7 +61,7 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
             log.warning("task not claimed (duplicate delivery, or already done): ignored")
             return None
         run = rt.store.get_run(message.run_id)
-        stop = _why_not_start(run)
+        stop = _why_not_start(run, message.phase)
         if stop is not None:
             status, why = stop
             completion = _completion(message, claimed, status, now, error=f"not started: {why}")
@@ -94,9 +96,11 @@ def report(completion: TaskCompletion, rt: Runtime) -> None:
     rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=attributes(completion))
 
 
-def _why_not_start(run: RunRecord | None) -> tuple[TaskStatus, str] | None:
+def _why_not_start(run: RunRecord | None, phase: Phase) -> tuple[TaskStatus, str] | None:
     if run is None:
         return TaskStatus.SKIPPED, "the run is unknown"
+    if phase is Phase.REVERT and not run.status.terminal:
+        return None  # putting traffic back is what a stopped release still must do
     if run.cancelled_by:
         return TaskStatus.CANCELLED, run.halted or f"cancelled by {run.cancelled_by}"
     if run.status.terminal:
@@ -130,7 +134,7 @@ def _reused(
         spec = rt.sources.localize(message.spec) if rt.sources else message.spec
         image = deployer.cached_image(message.service, spec, target=target)
         return {"image": image, "reused": True} if image else None
-    if message.phase is Phase.ROLLBACK:
+    if message.phase not in (Phase.DIRECTOR, Phase.DEPLOY, Phase.STAGE):
         return None
     current = deployer.deployed(message.service, target=target)
     wanted = config_fingerprint(message.service_account, message.spec, message.health_check)
@@ -188,6 +192,9 @@ def _execute(
             done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, image=image)
         elif message.phase is Phase.ROLLBACK:
             done = _roll_back(message, claimed, rt, started)
+        elif message.phase in RELEASE_PHASES:
+            status, outputs = run_release_task(message, _target(message), rt)
+            done = _completion(message, claimed, status, started, **outputs)
         else:
             url = rt.deployer.deploy_service(message.service, message.service_account, message.spec)
             done = _completion(message, claimed, TaskStatus.SUCCEEDED, started, url=url, **kept)

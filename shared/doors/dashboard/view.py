@@ -18,6 +18,8 @@ from shared.messages import Phase, RunRecord, RunStatus, TaskRecord, TaskStatus,
 from shared.ports import RunStore
 
 _PHASES = list(Phase)
+# The tasks that put a service up (a release's stage reports its stable URL).
+_SERVES = (Phase.DIRECTOR, Phase.DEPLOY, Phase.STAGE)
 _COMMIT = re.compile(r"@([0-9a-f]{7,40})\b")
 
 
@@ -101,7 +103,7 @@ def build_view(run: RunRecord, tasks: Sequence[TaskRecord], now: datetime | None
     by_service: dict[str, list[TaskRecord]] = {}
     for task in sorted(tasks, key=lambda t: _PHASES.index(t.phase)):
         by_service.setdefault(task.service, []).append(task)
-    up = {t.service: t.status for t in tasks if t.phase in (Phase.DIRECTOR, Phase.DEPLOY)}
+    up = {t.service: t.status for t in tasks if t.phase in _SERVES}
     rows = []
     for service, own in by_service.items():
         entry = result.services.get(service)
@@ -141,7 +143,7 @@ def _row(
     bars = [bar for task in tasks if (bar := _bar(run, task, end)) is not None]
     failed = [t for t in tasks if t.error and t.status in (TaskStatus.FAILED, TaskStatus.TIMED_OUT)]
     build = next((t for t in tasks if t.phase is Phase.BUILD), None)
-    out = next((t for t in reversed(tasks) if t.phase is not Phase.ROLLBACK), None)
+    out = next((t for t in reversed(tasks) if t.phase in (Phase.BUILD, *_SERVES)), None)
     durations = [t.duration_seconds for t in tasks if t.duration_seconds is not None]
     return Row(
         service=tasks[0].service,
@@ -191,9 +193,9 @@ def why(run: RunRecord, tasks: Sequence[TaskRecord], up: Mapping[str, TaskStatus
     """Why this service waited, was skipped or was left alone, in a few words ("" if
     nothing needs saying). Derived from its task records, the run's phase, and `up`: the
     status of every service's deploy (or director) task, for "waiting on ingest"."""
+    # Rollbacks, and a release's reverts until needed, say nothing of how the run went.
+    tasks = [t for t in tasks if t.phase is not Phase.ROLLBACK and not _unused_revert(run, t)]
     for task in tasks:
-        if task.phase is Phase.ROLLBACK:
-            continue
         if task.status in (TaskStatus.SKIPPED, TaskStatus.CANCELLED) and task.error:
             word = "skipped" if task.status is TaskStatus.SKIPPED else "cancelled"
             return f"{word}: {_reason(task.error)}"
@@ -205,10 +207,19 @@ def why(run: RunRecord, tasks: Sequence[TaskRecord], up: Mapping[str, TaskStatus
             return _waiting(run, task, up)
         if task.status is TaskStatus.PENDING:
             return "queued: waiting for a worker"
+    if not tasks:
+        return ""
     last = tasks[-1]
+    if last.phase is Phase.PROMOTE and last.reused:  # nothing staged: a release left it
+        return "unchanged: not released"
     if last.reused and last.status is TaskStatus.SUCCEEDED and last.phase is not Phase.BUILD:
         return "unchanged: not redeployed"
     return ""
+
+
+def _unused_revert(run: RunRecord, task: TaskRecord) -> bool:
+    waiting = task.phase is Phase.REVERT and task.status is TaskStatus.WAITING
+    return waiting and not run.rollback_of  # a rollback run is its reverts
 
 
 def _reason(error: str) -> str:
@@ -222,12 +233,20 @@ def _waiting(run: RunRecord, task: TaskRecord, up: Mapping[str, TaskStatus]) -> 
         return "held by the build cap" if not run.halted else f"held: {run.halted}"
     if run.phase is Phase.BUILD:
         return "waiting on the builds"
-    if run.phase is Phase.DIRECTOR and task.phase is Phase.DEPLOY:
+    if run.phase is Phase.DIRECTOR and task.phase in (Phase.DEPLOY, Phase.STAGE):
         return "waiting on the director"
+    if task.phase in _RELEASE_WAITS:
+        return _RELEASE_WAITS[task.phase]
     blocking = [d for d in task.depends_on if up.get(d) is not TaskStatus.SUCCEEDED]
     if blocking:
         return f"waiting on {', '.join(blocking)}"
     return "held by the deploy cap"
+
+
+_RELEASE_WAITS = {
+    Phase.VERIFY: "waiting to be verified",
+    Phase.PROMOTE: "waiting to be promoted",
+}
 
 
 def load_run(store: RunStore, run_id: str, now: datetime | None = None) -> RunView | None:

@@ -1,0 +1,83 @@
+"""The release checks' runner (`shared.ports.CheckRunner`): HTTP requests and commands.
+
+An HTTP check GETs the tag URL plus its path and passes on the expected status (and the
+text it must contain); a command check runs argv with `TARGET_URL` in its environment and
+passes on exit 0. Both keep what was answered, trimmed, so a failed release names it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+
+from shared.architecture.model import HttpCheck, VerifyCheck
+from shared.messages import CheckOutcome
+
+# What a failed check keeps of a response or an output: enough to say why.
+KEEP_CHARS = 2000
+
+
+def _trimmed(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= KEEP_CHARS else text[:KEEP_CHARS] + " [...]"
+
+
+class HttpAndCommandChecks:
+    """Runs checks on this machine: urllib for HTTP, a subprocess for commands."""
+
+    def run(self, check: VerifyCheck, target_url: str) -> CheckOutcome:
+        if check.http is not None:
+            return http_check(check.name, check.http, target_url)
+        return command_check(check.name, check.command or [], target_url, check.timeout)
+
+
+def http_check(name: str, http: HttpCheck, target_url: str) -> CheckOutcome:
+    url = target_url.rstrip("/") + http.path
+    request = urllib.request.Request(url, headers={"User-Agent": "archdeploy-release-check"})
+    try:
+        with urllib.request.urlopen(request, timeout=http.timeout or None) as response:
+            status, body = response.status, response.read(64_000)
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read(64_000)
+    except (OSError, ValueError) as exc:  # refused, unreachable, timed out, a bad URL
+        return CheckOutcome(name=name, passed=False, detail=f"GET {url}: {exc}")
+    text = body.decode("utf-8", "replace")
+    if status != http.status:
+        detail = f"GET {url} answered {status}, not {http.status}: {_trimmed(text)}"
+        return CheckOutcome(name=name, passed=False, detail=detail)
+    if http.contains is not None and http.contains not in text:
+        detail = f"GET {url} answered {status} without {http.contains!r}: {_trimmed(text)}"
+        return CheckOutcome(name=name, passed=False, detail=detail)
+    return CheckOutcome(name=name, passed=True, detail=f"GET {url} answered {status}")
+
+
+def command_check(name: str, argv: list[str], target_url: str, timeout: float) -> CheckOutcome:
+    env = {**os.environ, "TARGET_URL": target_url}
+    try:
+        done = subprocess.run(
+            argv,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout or None,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        output = _text(exc.stdout) + _text(exc.stderr)
+        detail = f"timed out after {timeout:g}s: {_trimmed(output)}"
+        return CheckOutcome(name=name, passed=False, detail=detail)
+    except OSError as exc:  # not found, not executable
+        return CheckOutcome(name=name, passed=False, detail=f"could not run: {exc}")
+    output = _trimmed(done.stdout + done.stderr)
+    if done.returncode != 0:
+        detail = f"exited {done.returncode}: {output}"
+        return CheckOutcome(name=name, passed=False, detail=detail)
+    return CheckOutcome(name=name, passed=True, detail=output)
+
+
+def _text(data: str | bytes | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data or ""

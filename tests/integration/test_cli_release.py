@@ -1,0 +1,58 @@
+"""The CLI's release input: bad `release:`/`verify:` and bad rollbacks exit 2, clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from shared.cli.main import cli
+
+VALID = """\
+project_id: acme-dev
+{release}dataflows:
+  orders:
+    services:
+      ingest:
+        deployment:
+          source_path: services/ingest
+          verify:
+            - {check}
+"""
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("release", "check", "needle"),
+    [
+        ("release: {strategy: steps, steps: [10, 50]}\n", "command: [smoke]", "release"),
+        ("release: {soak: 5 minutes}\n", "command: [smoke]", "release.soak"),
+        ("", "{http: {path: /h}, command: [smoke]}", "exactly one"),
+    ],
+)
+def test_bad_release_input_exits_2_naming_the_field_and_builds_nothing(
+    tmp_path: Path, release: str, check: str, needle: str
+) -> None:
+    (tmp_path / "services" / "ingest").mkdir(parents=True)
+    path = tmp_path / "services.yaml"
+    path.write_text(VALID.format(release=release, check=check))
+    for command in ("validate", "up"):
+        code, out = _invoke("--state-dir", str(tmp_path / "state"), command, str(path))
+        assert code == 2, out
+        assert needle in out and str(path) in out and "Traceback" not in out
+    assert not (tmp_path / "state" / "images").exists()
+
+
+def test_rollback_with_no_promoted_release_exits_2(tmp_path: Path) -> None:
+    code, out = _invoke("--state-dir", str(tmp_path), "rollback")
+    assert code == 2 and "no promoted release to roll back" in out, out
+
+
+def test_rollback_of_an_unknown_run_exits_2(tmp_path: Path) -> None:
+    code, out = _invoke("--state-dir", str(tmp_path), "rollback", "r-nosuchrun")
+    assert code == 2 and "'r-nosuchrun' is not a release" in out, out

@@ -1,0 +1,219 @@
+"""Releases through the core with FakeDeployer as a TrafficDeployer: stage, verify,
+promote (dependencies first, in steps), revert (dependents first) and rollback."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from shared.cli.progress import result_table
+from shared.cli.timeline import render_timeline
+from shared.core.control import cancel_run
+from shared.core.dispatcher import dispatch_request
+from shared.core.rollback import last_promoted_run
+from shared.doors.dashboard.view import build_view
+from shared.errors import UsageError
+from shared.messages import DeployRequest, Phase, RunStatus, TaskStatus, task_id_for
+from tests.fakes import FakeDeployer
+from tests.release_system import FAIL, PASS, ReleaseSystem, chain, fail_on_call
+
+STEPS = {"strategy": "steps", "steps": [10, 50, 100], "soak": "0s"}
+
+
+def released() -> tuple[ReleaseSystem, dict[str, dict[str, int]]]:
+    """A system where version 1 serves (deployed plainly), and its traffic."""
+    system = ReleaseSystem()
+    first = system.run(chain())
+    assert first.status is RunStatus.SUCCEEDED
+    return system, system.traffic()
+
+
+def test_a_failing_check_promotes_nothing_and_leaves_the_traffic_as_it_was() -> None:
+    system, before = released()
+
+    result = system.run(chain(version="2", api_checks=[PASS], web_checks=[FAIL]), release=True)
+
+    assert result.status is RunStatus.FAILED
+    assert system.traffic() == before
+    (error,) = [e for e in result.errors if e.phase is Phase.VERIFY]
+    assert error.service == "web" and "smoke failed: 503 from /orders" in error.error
+    web = result.services["web"]
+    assert web.staged_revision and web.tag_url and web.promoted_percent is None
+    assert [c.passed for c in web.checks] == [False]
+    # The staged revisions are kept, under the run's tag, taking no traffic.
+    assert web.staged_revision in system.deployer.tags["web"].values()
+    assert all(
+        p.status is not TaskStatus.SUCCEEDED or p.reused
+        for p in system.tasks(result.run_id, Phase.PROMOTE).values()
+    )
+
+
+def test_when_all_checks_pass_dependencies_take_traffic_first() -> None:
+    system, before = released()
+
+    result = system.run(chain(version="2", api_checks=[PASS], web_checks=[PASS]), release=True)
+
+    assert result.status is RunStatus.SUCCEEDED, result.errors
+    api, web = result.services["api"], result.services["web"]
+    assert system.traffic()["api"] == {api.staged_revision: 100}
+    assert system.traffic()["web"] == {web.staged_revision: 100}
+    assert system.moved_at("api", api.staged_revision or "") < system.moved_at(
+        "web", web.staged_revision or ""
+    )
+    assert (api.promoted_percent, web.promoted_percent) == (100, 100)
+    assert api.status == web.status == "promoted" and not result.rolled_back
+    assert "ok https://rel-" in api.checks[0].detail  # the check ran against the tag URL
+    # Unchanged: not staged, its traffic untouched.
+    assert result.services["jobs"].unchanged and system.traffic()["jobs"] == before["jobs"]
+
+
+def test_the_health_check_is_the_default_check() -> None:
+    system, _ = released()
+    result = system.run(chain(version="2", web_health="/h"), release=True)
+
+    # The fake's tag URLs resolve nowhere: the default HTTP check fails, naming its GET.
+    assert result.status is RunStatus.FAILED
+    assert "GET https://rel-" in (result.services["web"].error or "")
+
+
+def test_a_canary_moves_through_its_steps_with_checks_between(tmp_path: Path) -> None:
+    system, before = released()
+    arch = chain(version="2", release=STEPS, api_checks=[PASS])
+
+    result = system.run(arch)  # the file's `release:` alone opts in
+
+    assert result.status is RunStatus.SUCCEEDED, result.errors
+    new = result.services["api"].staged_revision or ""
+    (old,) = before["api"]
+    shares = [p for name, p, _ in system.deployer.traffic_log if name == "api" and new in p]
+    assert shares == [{new: 10, old: 90}, {new: 50, old: 50}, {new: 100}]
+    assert len(result.services["api"].checks) == 1  # verify's, then each step's re-run
+
+
+def test_a_check_failing_mid_canary_reverts_dependents_first(tmp_path: Path) -> None:
+    system, before = released()
+    # web's check passes at verify and fails at its canary's first step (its 2nd run).
+    arch = chain(version="2", release=STEPS, web_checks=[fail_on_call(tmp_path / "n", 2)])
+
+    result = system.run(arch)
+
+    assert result.status is RunStatus.FAILED
+    assert system.traffic() == before
+    (error,) = [e for e in result.errors if e.phase is Phase.PROMOTE]
+    assert error.service == "web" and "at 10%" in error.error and "call 2" in error.error
+    assert sorted(result.rolled_back) == ["api", "web"]
+    reverted = {name: t for name, p, t in system.deployer.traffic_log if p == before.get(name)}
+    assert reverted["web"] < reverted["api"]  # dependents leave the new revisions first
+
+
+def test_rollback_puts_a_promoted_run_back_dependents_first() -> None:
+    system, before = released()
+    promoted = system.run(chain(version="2"), release=True)
+    assert promoted.status is RunStatus.SUCCEEDED
+
+    back = system.run(rollback_of=promoted.run_id)
+
+    assert back.status is RunStatus.SUCCEEDED, back.errors
+    assert system.traffic() == before
+    assert sorted(back.rolled_back) == ["api", "web"]
+    reverted = {name: t for name, p, t in system.deployer.traffic_log if p == before.get(name)}
+    assert reverted["web"] < reverted["api"]
+
+
+def test_a_first_release_creates_services_and_a_failure_removes_them() -> None:
+    system = ReleaseSystem()
+
+    result = system.run(chain(web_checks=[FAIL]), release=True)
+
+    assert result.status is RunStatus.FAILED
+    assert "web" in system.deployer.torn_down and "web" not in system.traffic()
+
+
+def test_a_deployer_without_traffic_cannot_release_and_nothing_is_built() -> None:
+    inner = FakeDeployer()
+
+    class Plain:  # the seed's four methods, and no traffic
+        build = inner.build
+        deploy_service = inner.deploy_service
+        build_and_deploy = inner.build_and_deploy
+        teardown = inner.teardown
+
+    system = ReleaseSystem()
+    system.rt.deployer = Plain()
+    request = DeployRequest(architecture=chain().model_dump_json(), release=True)
+
+    with pytest.raises(UsageError, match="TrafficDeployer"):
+        dispatch_request(request, system.rt, record_invalid=False)
+    assert inner.built == [] and system.store.runs == {}
+
+
+def test_rolling_back_a_run_that_was_not_a_release_is_a_usage_error() -> None:
+    system = ReleaseSystem()
+    plain = system.run(chain())
+    request = DeployRequest(rollback_of=plain.run_id)
+
+    with pytest.raises(UsageError, match="is not a release"):
+        dispatch_request(request, system.rt, record_invalid=False)
+
+
+def test_a_release_cancelled_mid_promote_puts_traffic_back_and_ends_cancelled() -> None:
+    system, before = released()
+    request = DeployRequest(architecture=chain(version="2").model_dump_json(), release=True)
+    run = dispatch_request(request, system.rt)
+    api_promote = task_id_for(run.run_id, Phase.PROMOTE, "api")
+    while (t := system.store.get_task(api_promote)) is None or t.status is not TaskStatus.SUCCEEDED:
+        assert system.bus.deliver_all(limit=1), "the release stalled"
+    assert system.traffic()["api"] != before["api"]  # api took the traffic, web not yet
+
+    cancel_run(run.run_id, system.rt, by="tester")
+    system.bus.deliver_all()
+
+    result = system.store.get_result(run.run_id)
+    assert result is not None and result.status is RunStatus.CANCELLED
+    assert system.traffic() == before and result.rolled_back == ["api", "web"]
+
+
+def test_progress_and_timeline_show_each_release_phase() -> None:
+    system, _ = released()
+    result = system.run(chain(version="2", web_checks=[FAIL]), release=True)
+    run = system.store.get_run(result.run_id)
+    assert run is not None
+
+    view = build_view(run, system.store.get_tasks(result.run_id))
+    text = render_timeline(view, width=120)
+    web = next(line for line in text.splitlines() if line.startswith("web"))
+    assert "V!" in web and "T=" in web and "rolled back" in web  # failed verify, reverted
+    assert "S stage  V verify  P promote  T revert" in text
+    console = Console(file=io.StringIO(), width=200)
+    console.print(result_table(result))
+    table = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "release" in table and "checks 0/1" in table and "(reverted)" in table
+
+
+def test_rollback_by_default_takes_the_last_promoted_release_not_yet_undone() -> None:
+    system, _ = released()
+    older = system.run(chain(version="2"), release=True)
+    newer = system.run(chain(version="3"), release=True)
+    assert last_promoted_run(system.store) == newer.run_id
+
+    system.run(rollback_of=newer.run_id)
+
+    assert last_promoted_run(system.store) == older.run_id
+
+
+def test_the_dashboard_notes_of_a_release_say_what_it_did() -> None:
+    system, _ = released()
+    result = system.run(chain(version="2"), release=True)
+    back = system.run(rollback_of=result.run_id)
+
+    for run_id, notes in (
+        (result.run_id, {"api": "", "web": "", "jobs": "unchanged: not released"}),
+        (back.run_id, {"api": "", "web": ""}),
+    ):
+        run = system.store.get_run(run_id)
+        assert run is not None
+        view = build_view(run, system.store.get_tasks(run_id))
+        assert {row.service: row.note for row in view.rows} == notes
