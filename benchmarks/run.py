@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import aggregator, coldstart, devtopo, report
+from benchmarks.harness import aggregator, coldstart, devtopo, report, startup
 from benchmarks.harness.embedded import Case, run_case
 from benchmarks.harness.workload import Durations, Workload
 
@@ -53,21 +53,42 @@ def cases(quick: bool) -> list[Case]:
 
 
 def measure_case(case: Case, repeat: int) -> dict[str, Any]:
-    """The median run (by makespan) of `repeat`, with every makespan kept."""
+    """The median run (by makespan) of `repeat`, with every makespan kept. The ratios are
+    the medians of each run's own ratio (bound and baseline measured in the same run)."""
     rows = [run_case(case) for _ in range(repeat)]
     rows.sort(key=lambda r: r["makespan_s"])
     median = dict(rows[len(rows) // 2])
     median["makespans_s"] = [r["makespan_s"] for r in rows]
     if len(rows) > 1:
         median["makespan_spread_s"] = round(statistics.pstdev(median["makespans_s"]), 4)
+    for key in ("vs_critical_path", "vs_thread_pool"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if values:
+            median[key] = round(statistics.median(values), 3)
+            median[f"{key}_runs"] = values
     return median
+
+
+def measure_aggregator(repeat: int, services: int) -> dict[str, Any]:
+    """The median run (by completions per second) of `repeat`, every run's rate kept."""
+    runs = sorted((aggregator.throughput(services) for _ in range(repeat)), key=_rate)
+    median = dict(runs[len(runs) // 2])
+    median["per_second_runs"] = [_rate(r) for r in runs]
+    return median
+
+
+def _rate(run: dict[str, Any]) -> int:
+    return int(run["per_second"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a few cases, one run each")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per case (median kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per case (median kept)")
     parser.add_argument("--no-dev", action="store_true", help="skip the dev topology")
+    parser.add_argument(
+        "--no-up", action="store_true", help="skip the example's first and second `up`"
+    )
     parser.add_argument("--only", nargs="*", default=[], help="embedded case names to run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -82,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases(args.quick):
         if args.only and case.name not in args.only:
             continue
-        big = case.workload.services >= 1000 or case.workload.durations.mean >= 1.0
-        row = measure_case(case, 1 if big else repeat)
+        slow = case.workload.durations.mean >= 1.0  # seconds per run: once is enough
+        row = measure_case(case, 1 if slow else repeat)
         results["cases"].append(row)
         _progress(f"{case.name}: {row['makespan_s']} s (critical path {row['critical_path_s']} s)")
     if not args.only:
@@ -91,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         _progress("cold starts ...")
         results["cold_start"] = coldstart.measure(3 if args.quick else 5)
         _progress("aggregator throughput ...")
-        results["aggregator"] = aggregator.throughput(500 if args.quick else 2000)
+        results["aggregator"] = measure_aggregator(repeat, 500 if args.quick else 2000)
+        _progress("archdeploy validate ...")
+        results["validate"] = startup.validate_wall(5)
+        if not args.no_up:
+            _progress("the example's first and second up ...")
+            results["second_up"] = startup.second_up(2 if args.quick else 5)
     results["targets"] = report.verdicts(results)
     results["seconds"] = round(time.perf_counter() - started, 1)
     _print(results)
@@ -130,7 +156,8 @@ def _print(results: dict[str, Any]) -> None:
         for f in cold["functions"]:
             print(
                 f"  {f['function']:<10} import {f['import_ms']} ms (+{f['over_floor_ms']}), "
-                f"{f['maxrss_mib']} MiB; first event's SDKs {f['first_event_sdk_ms']} ms, "
+                f"{f['maxrss_mib']} MiB; first event: ours {f['first_event_shared_ms']} ms, "
+                f"SDKs {f['first_event_sdk_ms']} ms, "
                 f"{f['maxrss_with_sdks_mib']} MiB; SDKs at import: {f['sdks_at_import'] or 'none'}"
             )
     agg = results.get("aggregator")
@@ -139,11 +166,31 @@ def _print(results: dict[str, Any]) -> None:
             f"\naggregator: {agg['per_second']} completions/s ({agg['completions']} with "
             f"{agg['duplicates']:.0%} duplicates, {agg['services']} services)"
         )
-    print("\ntargets:")
+    _print_startup(results)
+    print("\ntargets (figure: median; noise: min-max of the runs; baseline: when set):")
     for t in results["targets"]:
         mark = {True: "met ", False: "MISS", None: "n/a "}[t["met"]]
-        print(f"  [{mark}] {t['target']}: {t['figure']}")
+        extra = "; ".join(
+            f"{label} {t[key]}"
+            for label, key in (("noise", "noise"), ("baseline", "baseline"))
+            if t.get(key)
+        )
+        print(f"  [{mark}] {t['target']}: {t['figure']}" + (f" ({extra})" if extra else ""))
     print(f"\n{results['seconds']} s in all")
+
+
+def _print_startup(results: dict[str, Any]) -> None:
+    if validate := results.get("validate"):
+        print(
+            f"\nvalidate the example: {validate['median']} s wall (runs {validate['values']}), "
+            f"{validate['cpu_s']['median']} s CPU"
+        )
+    if up := results.get("second_up"):
+        print(
+            f"example up: first {up['first_s']['median']} s, unchanged second "
+            f"{up['second_s']['median']} s, ratio {up['ratio']['median']} "
+            f"(runs {up['ratio']['values']})"
+        )
 
 
 def _progress(message: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 from shared.architecture.model import DeploymentSpec, HealthCheck
 
@@ -240,3 +240,25 @@ class TrafficDeployer(Protocol):
     def untag(self, service_name: str, tag: str, *, target: Target | None = None) -> None:
         """Remove `tag` (and its URL). A tag that is not there is fine."""
         ...
+
+
+_KNOWN_ABILITIES: dict[tuple[type, type], bool] = {}
+
+
+def _can(deployer: object, ability: type) -> bool:
+    """`isinstance(deployer, ability)` for the ability protocols above, decided once per
+    deployer class: a runtime-checkable protocol's isinstance walks every member on every
+    call, which the worker paid up to three times per task (docs/performance.md)."""
+    key = (type(deployer), ability)
+    known = _KNOWN_ABILITIES.get(key)
+    if known is None:
+        known = _KNOWN_ABILITIES[key] = isinstance(deployer, ability)
+    return known
+
+
+def is_incremental(deployer: object) -> TypeGuard[IncrementalDeployer]:
+    return _can(deployer, IncrementalDeployer)
+
+
+def submits_builds(deployer: object) -> TypeGuard[BuildSubmitter]:
+    return _can(deployer, BuildSubmitter)

@@ -43,15 +43,16 @@ def check_paths(deployment: DeploymentSpec, path: FieldPath, report: Report) -> 
 
 
 def _check_inside(relative: str, path: FieldPath, report: Report) -> bool:
-    reason = _escape(relative, report.base_dir)
+    reason = _escape(relative, report)
     if reason is not None:
         fix = "keep source files inside the architecture file's directory, relative to it"
         report.error(path, f"`{shown(relative)}` {reason}", fix)
     return reason is None
 
 
-def _escape(relative: str, base_dir: Path | None) -> str | None:
-    """Why `relative` leads outside `base_dir`, or None when it stays inside."""
+def _escape(relative: str, report: Report) -> str | None:
+    """Why `relative` leads outside the report's `base_dir`, or None when it stays inside."""
+    base_dir = report.base_dir
     if "\0" in relative:
         return "contains a NUL character"
     if os.path.isabs(relative) and base_dir is None:
@@ -62,7 +63,8 @@ def _escape(relative: str, base_dir: Path | None) -> str | None:
     if base_dir is None:
         return None
     try:
-        base, target = base_dir.resolve(), (base_dir / relative).resolve()
+        base = report.resolved_base or base_dir.resolve()
+        target = (base / relative).resolve()
     except (OSError, RuntimeError, ValueError):
         return "cannot be resolved (a loop of symbolic links?)"
     return None if target.is_relative_to(base) else f"resolves to {target}, outside {base}"

@@ -21,12 +21,13 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
+
+from shared.cli.lazy_console import lazy_console
 
 if TYPE_CHECKING:
     from shared.devserver.topology import DevTopology
 
-err = Console(stderr=True, highlight=False)
+err = lazy_console(stderr=True, highlight=False)
 
 
 @click.command()

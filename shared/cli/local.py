@@ -232,23 +232,25 @@ def up_embedded(
                     interrupted.set()
                 cancel_run(run.run_id, system.rt, by="Ctrl-C")
 
-            waiter = threading.Thread(target=_wait, args=(system, run.run_id, say), daemon=True)
+            over = threading.Event()
+            args = (system, run.run_id, say, over)
+            waiter = threading.Thread(target=_wait, args=args, daemon=True)
             with Interrupts(cancel, say) as interrupts:
                 waiter.start()
-                result = follow(
-                    system.store, run.run_id, stream=sys.stderr, done=lambda: not waiter.is_alive()
-                )
+                result = follow(system.store, run.run_id, stream=sys.stderr, done=over)
                 waiter.join()
         finally:
             system.close()
     return result, interrupts.count > 0
 
 
-def _wait(system: Any, run_id: str, say: Callable[[str], None]) -> None:
+def _wait(system: Any, run_id: str, say: Callable[[str], None], over: threading.Event) -> None:
     try:
         system.wait(run_id)
     except Exception as exc:  # shown to the user; the run's record says the rest
         say(f"error: a handler gave up: {exc.__cause__ or exc}")
+    finally:
+        over.set()  # the progress view reads the final result now, not at its next tick
 
 
 def down_local(

@@ -11,12 +11,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
 from shared.cli.dev import dev
+from shared.cli.lazy_console import lazy_console
 from shared.cli.local import no_wait_option, state_file_option
 from shared.cli.release import rollback
 from shared.cli.ui import ui
@@ -28,10 +28,12 @@ from shared.errors import (
     RunNotFound,
     UsageError,
 )
-from shared.messages import DeployRequest, RunResult, RunStatus
+
+if TYPE_CHECKING:  # the messages (pydantic models) load only in the commands that use them
+    from shared.messages import RunResult
 
 F = TypeVar("F", bound=Callable[..., Any])
-err = Console(stderr=True, highlight=False)
+err = lazy_console(stderr=True, highlight=False)
 
 
 class _Group(click.Group):
@@ -213,6 +215,8 @@ def up(
 
     Unchanged services are neither rebuilt nor redeployed (`--no-cache` forces both).
     """
+    from shared.messages import DeployRequest
+
     loaded = _load(file, strict, environment, check_paths=True)
     options: dict[str, Any] = {
         "source_root": str(loaded.base_dir) if loaded.base_dir else None,
@@ -252,7 +256,10 @@ def _say(line: str) -> None:
 
 def _report(result: RunResult, as_json: bool, exit_code: int | None = None) -> int:
     """Print the result; returns the exit code it calls for (`exit_code` overrides it)."""
+    from rich.console import Console
+
     from shared.cli.progress import print_errors, result_table
+    from shared.messages import RunStatus
 
     out = Console(highlight=False)
     if as_json:

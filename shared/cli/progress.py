@@ -6,6 +6,7 @@ the same way.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import IO
@@ -96,12 +97,12 @@ def follow(
     run_id: str,
     *,
     stream: IO[str],
-    done: Callable[[], bool] | None = None,
+    done: threading.Event | None = None,
     interval: float = 0.1,
     timeout: float | None = None,
 ) -> RunResult:
-    """Show the run, read from the store, until it has a final result (or `done()` says
-    the work is over)."""
+    """Show the run, read from the store, until it has a final result (or `done` is set:
+    the work is over, and the view is read at once rather than at the next tick)."""
     return follow_view(
         lambda: current(store, run_id),
         stream=stream,
@@ -115,7 +116,7 @@ def follow_view(
     fetch: Callable[[], RunResult | None],
     *,
     stream: IO[str],
-    done: Callable[[], bool] | None = None,
+    done: threading.Event | None = None,
     interval: float = 0.1,
     timeout: float | None = None,
 ) -> RunResult:
@@ -125,7 +126,7 @@ def follow_view(
 
     def poll() -> tuple[RunResult | None, bool]:
         # `done()` first: once the work is over, the view read after it is final.
-        out = done is not None and done()
+        out = done is not None and done.is_set()
         expired = deadline is not None and time.monotonic() > deadline
         view = fetch()
         over = view is not None and view.status is not RunStatus.RUNNING
@@ -134,23 +135,32 @@ def follow_view(
     if console.is_terminal:
         # Transient: the final table is printed once, by the caller, when the run ends.
         with Live(console=console, refresh_per_second=10, transient=True) as live:
-            return _until_over(poll, lambda view: live.update(result_table(view)), interval)
-    return _until_over(poll, _line_printer(console), interval)
+
+            def show(view: RunResult) -> None:
+                live.update(result_table(view))
+
+            return _until_over(poll, show, interval, done)
+    return _until_over(poll, _line_printer(console), interval, done)
 
 
 def _until_over(
     poll: Callable[[], tuple[RunResult | None, bool]],
     show: Callable[[RunResult], None],
     interval: float,
+    done: threading.Event | None = None,
 ) -> RunResult:
-    """One store read per tick: show it, and stop when it is the last."""
+    """One store read per tick: show it, and stop when it is the last. A tick ends early
+    when `done` is set, so the final view does not wait out the interval."""
     while True:
         view, over = poll()
         if view is not None:
             show(view)
         if over and view is not None:
             return view
-        time.sleep(interval)
+        if done is None:
+            time.sleep(interval)
+        elif done.wait(interval) and view is None:
+            time.sleep(interval)  # over, but nothing to show yet: do not spin
 
 
 def _line_printer(console: Console) -> Callable[[RunResult], None]:

@@ -17,10 +17,11 @@ from shared.core.release_tasks import run_release_task
 from shared.core.run_engine import attributes, halt_run
 from shared.core.runtime import Runtime
 from shared.deployer import (
-    BuildSubmitter,
     IncrementalDeployer,
     Target,
     config_fingerprint,
+    is_incremental,
+    submits_builds,
     targeting,
 )
 from shared.errors import ArchdeployError, BackendError, UsageError
@@ -117,7 +118,7 @@ def _reusable(message: TaskMessage, rt: Runtime) -> dict[str, Any] | None:
     Looking is never what fails a task: an error here (a source that cannot be fetched,
     a backend that does not answer) is a miss, and the build or deploy that follows
     meets it again and reports it on the task."""
-    if message.no_cache or not isinstance(rt.deployer, IncrementalDeployer):
+    if message.no_cache or not is_incremental(rt.deployer):
         return None
     try:
         return _reused(message, rt.deployer, rt)
@@ -150,7 +151,7 @@ def _submit_build(message: TaskMessage, claimed: TaskRecord, rt: Runtime) -> Tas
         log.warning("build %s was submitted before: not submitting again", claimed.build_id)
         return None
     builds = rt.deployer
-    if not isinstance(builds, BuildSubmitter):
+    if not submits_builds(builds):
         raise UsageError("async builds need a deployer that submits builds (the gcp deployer)")
     try:
         spec = rt.sources.localize(message.spec) if rt.sources else message.spec
@@ -218,7 +219,7 @@ def _ours(deployer: object) -> bool:
 
 def _serving(message: TaskMessage, rt: Runtime) -> str | None:
     """What serves the service before this deploy replaces it: where a rollback returns."""
-    if not isinstance(rt.deployer, IncrementalDeployer):
+    if not is_incremental(rt.deployer):
         return None
     current = rt.deployer.deployed(message.service, target=_target(message))
     return current.revision if current else None
@@ -231,7 +232,7 @@ def _roll_back(
     director = rt.store.get_task(task_id_for(message.run_id, Phase.DIRECTOR, message.service))
     replaced = deploy or director
     previous = replaced.previous if replaced else None
-    if not previous or not isinstance(rt.deployer, IncrementalDeployer):
+    if not previous or not is_incremental(rt.deployer):
         error = "nothing to roll back to"
         return _completion(message, claimed, TaskStatus.SKIPPED, started, error=error)
     url = rt.deployer.rollback(message.service, previous, target=_target(message))

@@ -10,7 +10,7 @@ from shared.architecture.model import Architecture
 from shared.core.dispatcher import dispatch_request
 from shared.core.handlers import subscribe_all
 from shared.core.runtime import Runtime
-from shared.deployer import IncrementalDeployer
+from shared.deployer import IncrementalDeployer, is_incremental, submits_builds
 from shared.messages import DeployRequest, Phase, RunResult, RunStatus, TaskStatus
 from tests.builders import architecture, service
 from tests.fakes import FakeBus, FakeDeployer, FakeRunStore
@@ -45,6 +45,16 @@ def two_services(**env: str) -> Architecture:
 
 def test_the_fake_deployer_is_an_incremental_deployer() -> None:
     assert isinstance(FakeDeployer(), IncrementalDeployer)
+
+
+def test_the_worker_s_ability_checks_answer_as_isinstance_does_asked_again() -> None:
+    class Plain:
+        def build(self, service_name: str, spec: object) -> str:
+            return "image"
+
+    for _ in range(2):  # the second answer comes from the per-class cache
+        assert is_incremental(FakeDeployer()) and not submits_builds(FakeDeployer())
+        assert not is_incremental(Plain()) and not is_incremental(None)
 
 
 def test_an_unchanged_architecture_is_neither_rebuilt_nor_redeployed() -> None:

@@ -1,0 +1,59 @@
+"""Start-up stays light: what a command or a function imports is pinned by module names
+(sys.modules), not by wall-clock time, so a heavy import creeping back fails here on any
+machine. docs/performance.md has the timings these guard."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# The pydantic messages and the runtime: `validate` and `--help` use neither.
+HEAVY = ("shared.messages", "shared.core", "shared.bootstrap", "shared.settings", "rich")
+
+
+def loaded_after(code: str, cwd: Path = REPO) -> set[str]:
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, check=True
+    )
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def heavy(modules: set[str], prefixes: tuple[str, ...] = HEAVY) -> list[str]:
+    return sorted(m for m in modules if m.startswith(prefixes) and m.split(".")[0] != "")
+
+
+def test_importing_the_cli_loads_neither_pydantic_nor_rich_nor_the_core() -> None:
+    modules = loaded_after("import shared.cli.main")
+
+    assert heavy(modules, (*HEAVY, "pydantic", "shared.architecture")) == []
+
+
+def test_validate_loads_the_architecture_model_but_not_the_messages_or_the_core() -> None:
+    code = (
+        "import sys\n"
+        "from shared.cli.main import cli\n"
+        "try:\n"
+        "    cli.main(['validate', 'examples/architecture.yaml'], prog_name='archdeploy')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+    )
+    modules = loaded_after(code)
+
+    assert "shared.architecture.model" in modules  # it did validate
+    assert heavy(modules) == []
+
+
+@pytest.mark.parametrize("name", ["dispatcher", "worker", "aggregator"], ids=str)
+def test_a_function_imports_nothing_of_ours_until_its_first_event(name: str) -> None:
+    where = REPO / "functions" / name
+    floor = loaded_after("import functions_framework", cwd=where)
+
+    over_floor = loaded_after("import main", cwd=where) - floor
+
+    assert heavy(over_floor, ("pydantic", "shared", "google", "yaml")) == []
