@@ -215,8 +215,6 @@ def up(
 
     Unchanged services are neither rebuilt nor redeployed (`--no-cache` forces both).
     """
-    from shared.messages import DeployRequest
-
     loaded = _load(file, strict, environment, check_paths=True)
     options: dict[str, Any] = {
         "source_root": str(loaded.base_dir) if loaded.base_dir else None,
@@ -229,24 +227,9 @@ def up(
         "release": release,
     }
     settings = _settings(ctx, file, parallelism=parallelism)
-    if endpoint:
-        from shared.cli.remote import up_over_http
+    from shared.cli.submit import submit_up
 
-        request = DeployRequest(architecture=loaded.text, **options)
-        result, code = up_over_http(endpoint, request, settings.http_token), None
-    elif settings.bus_kind == "pubsub":
-        from shared.cli.remote import up_over_pubsub
-
-        request = DeployRequest(architecture=loaded.text, **options)
-        result, code = up_over_pubsub(settings, request), None
-    else:
-        from shared.cli.local import EXIT_INTERRUPTED, prepare, up_embedded
-
-        prepare(settings.state_dir)
-        request = DeployRequest(architecture_uri=str(Path(file).resolve()), **options)
-        services = len(list(loaded.architecture.services()))
-        result, interrupted = up_embedded(settings, request, services, wait=not no_wait, say=_say)
-        code = EXIT_INTERRUPTED if interrupted else None
+    result, code = submit_up(settings, loaded, file, options, endpoint, wait=not no_wait, say=_say)
     sys.exit(_report(result, as_json, code))
 
 
