@@ -147,3 +147,11 @@ def test_build_slots_never_exceed_the_cap_and_an_expired_lease_is_taken_back() -
         held, release=["b"], want=["c", "d", "e"], cap=2, lease_seconds=60, now=later
     )
     assert (granted, freed, sorted(held)) == (["c", "d"], 1, ["c", "d"])
+
+
+@pytest.mark.parametrize(("setting", "cap"), [(0, None), (12, 12)], ids=["off", "twelve"])
+def test_the_project_build_cap_setting_reaches_the_policy(setting: int, cap: int | None) -> None:
+    from shared.bootstrap import run_policy
+    from shared.settings import Settings
+
+    assert run_policy(Settings(project_build_cap=setting)).project_build_cap == cap
