@@ -155,3 +155,24 @@ def test_the_project_build_cap_setting_reaches_the_policy(setting: int, cap: int
     from shared.settings import Settings
 
     assert run_policy(Settings(project_build_cap=setting)).project_build_cap == cap
+
+
+def test_a_run_waiting_for_the_projects_only_slot_is_woken_when_another_run_frees_it() -> None:
+    # Given two runs of one project with a project build cap of 1: the second finds no slot
+    store, bus = FakeRunStore(), FakeBus()
+    policy = RunPolicy(project_build_cap=1)
+    rt = Runtime(store=store, bus=bus, deployer=FakeDeployer(), policy=policy)
+    subscribe_all(bus, rt)
+    first, second = (
+        dispatch_request(
+            DeployRequest(architecture=wide(2).model_dump_json(), idempotency_key=key), rt
+        ).run_id
+        for key in ("first", "second")
+    )
+    assert [t.status.value for t in store.get_tasks(second, Phase.BUILD)] == ["waiting"] * 2
+    # When only the bus delivers (no sweep ever runs)
+    bus.deliver_all()
+    # Then each freed slot woke the other run, and both finished
+    for run_id in (first, second):
+        assert store.get_result(run_id).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert store.slots["acme-dev"] == {}
