@@ -12,7 +12,7 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 FUNCTIONS := aggregator dispatcher worker
 
-.PHONY: install demo test lint unit integration e2e bench clean down lock browser
+.PHONY: install demo test lint unit integration e2e bench bench-capped clean down lock browser
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11 (or run: make PYTHON=python3)"; exit 2; }
@@ -91,6 +91,11 @@ e2e: $(STAMP)
 # aggregator throughput. Prints a table; JSON lands in benchmarks/results/. ~3-5 minutes.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# Admission under a cap (issue 19): critical path first vs FIFO vs the lower bound, 300
+# heterogeneous services, cap 30, median of 5. ~1 minute.
+bench-capped: $(STAMP)
+	$(BIN)/python -m benchmarks.capped
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .archdeploy .pytest_cache

@@ -188,6 +188,7 @@ def run_policy(settings: Settings) -> RunPolicy:
         if capped or "deploy_concurrency" in explicit
         else None,
         cancel_builds_on_failure=settings.cancel_builds_on_failure,
+        project_build_cap=settings.project_build_cap or None,
     )
 
 

@@ -225,6 +225,11 @@ class TaskRecord(BaseModel):
     status: TaskStatus = TaskStatus.WAITING
     attempt: int = 0
     depends_on: list[str] = Field(default_factory=list)
+    # Admission order when a cap holds tasks back (`shared.core.priority`): `priority` is
+    # the estimated seconds of the longest path from this task's start to the run's end;
+    # `rank` its place in that order, ties in file order. Set once, at planning.
+    priority: float = 0.0
+    rank: int = 0
     service_account: str = ""
     spec: DeploymentSpec | None = None
     health_check: HealthCheck | None = None

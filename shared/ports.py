@@ -133,6 +133,40 @@ class RunStore(Protocol):
         """How many of the run's tasks of `phase` are in each status."""
         ...
 
+    # --- what the scheduler keeps across runs (`shared.core.priority`) ----------------
+
+    def get_durations(self, project_id: str) -> Mapping[str, float]:
+        """The project's smoothed task durations in seconds, keyed `phase:service`;
+        empty when none were recorded."""
+        ...
+
+    def record_durations(self, project_id: str, samples: Mapping[str, float]) -> None:
+        """Smooth `samples` (`phase:service` -> seconds) into the project's durations
+        (`store_rules.durations_updated`), atomically: concurrent callers lose no sample."""
+        ...
+
+    def build_slots(
+        self,
+        project_id: str,
+        *,
+        release: Sequence[str],
+        want: Sequence[str],
+        cap: int,
+        lease_seconds: float,
+        now: datetime,
+    ) -> tuple[list[str], int]:
+        """The project's build quota, shared by every run: at most `cap` slots, each held
+        by one task id until released or until its lease (`lease_seconds` after it was
+        taken) has expired, so a killed run cannot keep the quota.
+
+        Frees the slots the ids in `release` hold, then grants slots to the ids of `want`
+        in order while fewer than `cap` live slots are held (`store_rules.slots_taken`).
+        An id that holds a slot keeps it: asking again takes no second slot. Returns (the
+        ids of `want` that hold a slot, how many slots `release` freed). Compare-and-set:
+        concurrent callers never hold more than `cap` live slots together.
+        """
+        ...
+
 
 class SourceProvider(Protocol):
     def localize(self, spec: DeploymentSpec) -> DeploymentSpec:

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     health_timeout_seconds: float = Field(default=60, gt=0)
     build_concurrency: int = Field(default=10, ge=1, description="builds at once in one run")
     deploy_concurrency: int = Field(default=20, ge=1, description="deploys at once in one run")
+    project_build_cap: int = Field(
+        default=0, ge=0, description="builds at once in the project, all runs together; 0: off"
+    )
     async_builds: bool = Field(
         default=True, description="gcp: submit builds and take their result from build events"
     )

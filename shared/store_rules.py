@@ -8,7 +8,7 @@ atomically (SQLite transaction, Firestore transaction, a lock in the fake).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -100,3 +100,55 @@ def run_finished(run: RunRecord, result: RunResult) -> RunRecord | None:
             "updated_at": result.finished_at or run.updated_at,
         }
     )
+
+
+# --- what the scheduler keeps across runs ------------------------------------------------
+
+# Weight of the newest sample in a service's smoothed duration (an exponentially weighted
+# moving average): one slow build moves the estimate by a third, not all the way.
+DURATION_ALPHA = 0.3
+
+
+def smoothed(previous: float | None, sample: float, alpha: float = DURATION_ALPHA) -> float:
+    """The new estimate after `sample`: the sample itself when nothing was seen before."""
+    if previous is None:
+        return sample
+    return alpha * sample + (1 - alpha) * previous
+
+
+def durations_updated(
+    current: Mapping[str, float], samples: Mapping[str, float]
+) -> dict[str, float]:
+    """Every key of `samples` smoothed into `current` (`phase:service` -> seconds)."""
+    updated = dict(current)
+    for key, seconds in samples.items():
+        if seconds >= 0:
+            updated[key] = round(smoothed(current.get(key), seconds), 4)
+    return updated
+
+
+def slots_taken(
+    held: Mapping[str, datetime],
+    *,
+    release: Sequence[str],
+    want: Sequence[str],
+    cap: int,
+    lease_seconds: float,
+    now: datetime,
+) -> tuple[dict[str, datetime], list[str], int]:
+    """One project's build slots (holder task id -> lease expiry) after freeing `release`
+    and expired leases, then granting `want` in order while fewer than `cap` are held.
+
+    Returns (the slots now held, the ids of `want` holding one, how many were freed). A
+    holder that has a slot keeps it as it is: asking twice takes one slot."""
+    gone = set(release)
+    live = {h: exp for h, exp in held.items() if h not in gone and exp > now}
+    freed = sum(1 for h in held if h in gone)
+    granted: list[str] = []
+    for holder in dict.fromkeys(want):
+        if holder in live:
+            granted.append(holder)
+        elif len(live) < cap:
+            live[holder] = now + timedelta(seconds=lease_seconds)
+            granted.append(holder)
+    return live, granted, freed

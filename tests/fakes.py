@@ -46,6 +46,8 @@ class FakeRunStore:
         self.architectures: dict[str, str] = {}
         self.results: dict[str, RunResult] = {}
         self.finish_calls = 0
+        self.durations: dict[str, dict[str, float]] = {}  # project -> phase:service -> s
+        self.slots: dict[str, dict[str, datetime]] = {}  # project -> holder -> lease expiry
 
     def create_run(
         self, run: RunRecord, tasks: Sequence[TaskRecord], architecture: str
@@ -133,6 +135,37 @@ class FakeRunStore:
 
     def get_result(self, run_id: str) -> RunResult | None:
         return self.results.get(run_id)
+
+    def get_durations(self, project_id: str) -> dict[str, float]:
+        with self._lock:
+            return dict(self.durations.get(project_id, {}))
+
+    def record_durations(self, project_id: str, samples: Mapping[str, float]) -> None:
+        with self._lock:
+            current = self.durations.get(project_id, {})
+            self.durations[project_id] = rules.durations_updated(current, samples)
+
+    def build_slots(
+        self,
+        project_id: str,
+        *,
+        release: Sequence[str],
+        want: Sequence[str],
+        cap: int,
+        lease_seconds: float,
+        now: datetime,
+    ) -> tuple[list[str], int]:
+        with self._lock:
+            held, granted, freed = rules.slots_taken(
+                self.slots.get(project_id, {}),
+                release=release,
+                want=want,
+                cap=cap,
+                lease_seconds=lease_seconds,
+                now=now,
+            )
+            self.slots[project_id] = held
+            return granted, freed
 
     def _update(
         self, task_id: str, change: Callable[[TaskRecord], TaskRecord | None]

@@ -15,6 +15,7 @@ from shared.architecture.model import Architecture, ReleaseSpec
 from shared.core.control import cancel_run
 from shared.core.dependency_urls import earlier_urls, outside_dependencies
 from shared.core.plan import plan_run, select_dataflows
+from shared.core.priority import prioritise
 from shared.core.release_tasks import traffic_deployer
 from shared.core.rollback import plan_rollback_run
 from shared.core.run_engine import advance_run, finish_run, publish_tasks
@@ -108,6 +109,8 @@ def _plan(
         known_urls=_known_urls(arch, request, rt),
         release=release is not None,
     )
+    # Priorities once, here: admission under a cap then only sorts by the stored rank.
+    tasks = prioritise(plan.tasks, rt.store.get_durations(arch.project_id))
     for service, notes in plan.notes.items():
         for note in notes:
             log.warning("%s: %s", service, note)
@@ -132,7 +135,7 @@ def _plan(
         updated_at=now,
         **(rt.driver.fields() if rt.driver else {}),
     )
-    return run, plan.tasks
+    return run, tasks
 
 
 def release_policy(arch: Architecture, request: DeployRequest, rt: Runtime) -> ReleaseSpec | None:

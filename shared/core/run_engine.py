@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.core.dependency_urls import fill_dependency_urls
+from shared.core.priority import admission_order
+from shared.core.quota import after_finish, runs_waiting_for_slots, take_build_slots
 from shared.core.runtime import Runtime
 from shared.core.state import all_succeeded, all_terminal, assemble_result, next_deploys, outcome
 from shared.deployer import BuildSubmitter
@@ -77,6 +79,7 @@ def _after_builds(run: RunRecord, rt: Runtime) -> None:
     counts = rt.store.count_tasks(run.run_id, Phase.BUILD)
     if not run.halted and any(counts.get(s) for s in BUILD_FAILED):
         run = _halt_on_stored_failure(run, rt)
+    admitting = bool(counts.get(TaskStatus.WAITING)) and not run.halted
     if counts.get(TaskStatus.WAITING):
         if run.halted:
             waiting = _with_status(rt, run.run_id, Phase.BUILD, TaskStatus.WAITING)
@@ -84,6 +87,8 @@ def _after_builds(run: RunRecord, rt: Runtime) -> None:
         else:
             _admit(run, Phase.BUILD, counts, rt.policy.build_concurrency, rt)
         counts = rt.store.count_tasks(run.run_id, Phase.BUILD)
+    if rt.policy.project_build_cap is not None and not admitting:
+        _with_build_slots(run, rt.store.get_tasks(run.run_id, Phase.BUILD), [], rt)
     if not all_terminal(counts):
         return
     if not all_succeeded(counts) or run.halted:
@@ -121,18 +126,36 @@ def _halt_on_stored_failure(run: RunRecord, rt: Runtime) -> RunRecord:
 def _admit(
     run: RunRecord, phase: Phase, counts: Mapping[TaskStatus, int], cap: int | None, rt: Runtime
 ) -> None:
-    """Release waiting tasks while the run has fewer than `cap` of them in flight."""
+    """Release waiting tasks while the run has fewer than `cap` of them in flight, longest
+    remaining path first (`shared.core.priority`); builds of a project with a build cap
+    only once they hold one of its slots (`shared.core.quota`)."""
     in_flight = counts.get(TaskStatus.PENDING, 0) + counts.get(TaskStatus.RUNNING, 0)
     room = counts.get(TaskStatus.WAITING, 0) if cap is None else cap - in_flight
-    if room > 0:
+    project_capped = phase is Phase.BUILD and rt.policy.project_build_cap is not None
+    if room > 0 or project_capped:
         tasks = rt.store.get_tasks(run.run_id, phase)
         if cap is not None:
             # Count again in the read the waiting tasks come from: another aggregator may
             # have released some since `counts`, and they are in flight now.
             busy = (TaskStatus.PENDING, TaskStatus.RUNNING)
             room = cap - sum(t.status in busy for t in tasks)
-        waiting = [t for t in tasks if t.status is TaskStatus.WAITING]
-        release(run, waiting[: max(room, 0)], rt)
+        waiting = admission_order(t for t in tasks if t.status is TaskStatus.WAITING)
+        waiting = waiting[: max(room, 0)]
+        if project_capped:
+            waiting = _with_build_slots(run, tasks, waiting, rt)
+        release(run, waiting, rt)
+
+
+def _with_build_slots(
+    run: RunRecord, tasks: list[TaskRecord], wanted: list[TaskRecord], rt: Runtime
+) -> list[TaskRecord]:
+    """The wanted builds that got one of the project's slots; the run's ended builds give
+    theirs back, and other runs of the project waiting for one are woken."""
+    granted, freed = take_build_slots(run, tasks, wanted, rt)
+    if freed:
+        for other in runs_waiting_for_slots(run, rt):
+            advance_run(other, rt)
+    return granted
 
 
 def _with_status(rt: Runtime, run_id: str, phase: Phase, status: TaskStatus) -> list[TaskRecord]:
@@ -195,7 +218,7 @@ def _step_deploys(run: RunRecord, rt: Runtime) -> None:
     step = next_deploys(tasks)
     for task, reason in step.skip:
         close_tasks([task], TaskStatus.SKIPPED, reason, rt)
-    ready = step.release
+    ready = admission_order(step.release)
     if rt.policy.deploy_concurrency is not None:
         in_flight = sum(t.status in (TaskStatus.PENDING, TaskStatus.RUNNING) for t in tasks)
         ready = ready[: max(0, rt.policy.deploy_concurrency - in_flight)]
@@ -364,6 +387,9 @@ def finish_run(
     final = run.model_copy(update={"status": status, "finished_at": now, "updated_at": now})
     result = assemble_result(final, tasks, status)
     if rt.store.finish_run(run.run_id, result):
+        if after_finish(final, tasks, rt):
+            for other in runs_waiting_for_slots(run, rt):
+                advance_run(other, rt)
         log.info(
             "run finished: %s (%d images, %d urls, %d errors)",
             status.value,

@@ -75,6 +75,9 @@ class RunPolicy:
     # Admission caps per run: tasks beyond them wait in the store, released as others end.
     build_concurrency: int | None = None
     deploy_concurrency: int | None = None
+    # One build cap for the project, across runs (Cloud Build's quota is the project's):
+    # builds hold a slot in the store while in flight; None: no project-wide cap.
+    project_build_cap: int | None = None
     cancel_builds_on_failure: bool = False
 
 

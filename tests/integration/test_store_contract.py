@@ -409,3 +409,63 @@ def test_fifty_concurrent_completions_of_one_run_all_apply(store: RunStore) -> N
 
     assert all(record is not None for record in applied)
     assert _nonzero(store.count_tasks(run_id, Phase.BUILD)) == {TaskStatus.SUCCEEDED: 50}
+
+
+# --- what the scheduler keeps across runs ----------------------------------------------
+
+
+def test_durations_are_smoothed_per_project_and_start_empty(store: RunStore) -> None:
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    assert dict(store.get_durations(project)) == {}
+    store.record_durations(project, {"build:api": 10.0, "deploy:api": 2.0})
+    store.record_durations(project, {"build:api": 20.0})
+    assert dict(store.get_durations(project)) == {"build:api": 13.0, "deploy:api": 2.0}
+    assert dict(store.get_durations(f"{project}-other")) == {}
+
+
+def test_concurrent_runs_recording_durations_lose_no_sample(store: RunStore) -> None:
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    _in_threads(6, lambda i: store.record_durations(project, {f"build:svc-{i}": float(i)}))
+    assert dict(store.get_durations(project)) == {f"build:svc-{i}": float(i) for i in range(6)}
+
+
+def test_build_slots_hold_the_cap_are_idempotent_freed_and_taken_back_when_expired(
+    store: RunStore,
+) -> None:
+    project = f"p-{uuid.uuid4().hex[:8]}"
+
+    def take(want: list[str], release: Sequence[str] = (), now: datetime = NOW) -> Any:
+        return store.build_slots(
+            project, release=release, want=want, cap=2, lease_seconds=60, now=now
+        )
+
+    assert take(["a", "b", "c"]) == (["a", "b"], 0)
+    assert take(["b", "c"]) == (["b"], 0)  # b holds one already; c finds none free
+    assert take(["c"], release=["a"]) == (["c"], 1)
+    assert take(["d"], release=["a"]) == ([], 0)  # freeing twice frees nothing
+    # b and c's run was killed: a minute later their leases have lapsed.
+    assert take(["d", "e"], now=NOW + timedelta(seconds=61)) == (["d", "e"], 0)
+    other = store.build_slots(
+        f"{project}-other", release=[], want=["x"], cap=1, lease_seconds=60, now=NOW
+    )
+    assert other == (["x"], 0)  # each project has its own slots
+
+
+def test_concurrent_callers_never_hold_more_build_slots_than_the_cap(store: RunStore) -> None:
+    project = f"p-{uuid.uuid4().hex[:8]}"
+
+    def take(i: int) -> list[str]:
+        want = [f"run{i}:build:svc-{k}" for k in range(3)]
+        granted, _ = store.build_slots(
+            project, release=[], want=want, cap=5, lease_seconds=600, now=NOW
+        )
+        return granted
+
+    granted = [g for got in _in_threads(6, take) for g in got]
+    assert len(granted) == len(set(granted)) == 5
+    # Everyone frees theirs: the whole cap is free again.
+    _, freed = store.build_slots(
+        project, release=granted, want=[], cap=5, lease_seconds=600, now=NOW
+    )
+    assert freed == 5
+    assert len(take(9)) == 3

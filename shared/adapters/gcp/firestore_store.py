@@ -6,6 +6,7 @@ Layout, for a collection `C` (default `archdeploy_runs`)::
     C/{run_id}/tasks/{task_id}          one TaskRecord per task (`{run_id}:{phase}:{service}`)
     C/{run_id}/meta/architecture[-N]    the architecture text, as bytes in <= 900 KB chunks
     C/{run_id}/meta/result[-N]          the final RunResult's JSON, chunked the same way
+    C_durations/..., C_slots/...        what the scheduler keeps (`firestore_scheduling`)
 
 Why: Firestore sustains about one write per second per document. A run of 500 services
 whose builds finish together must not queue on one document, so every claim and
@@ -50,6 +51,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from shared import store_rules as rules
+from shared.adapters.gcp.firestore_scheduling import FirestoreScheduling
 from shared.adapters.gcp.retry import is_transient
 from shared.errors import BackendError
 from shared.messages import (
@@ -72,7 +74,7 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
-class FirestoreRunStore:
+class FirestoreRunStore(FirestoreScheduling):
     """`RunStore` on Firestore; safe for any number of threads and processes."""
 
     def __init__(

@@ -8,6 +8,7 @@ compare-and-set runs in a `BEGIN IMMEDIATE` transaction.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,6 +47,16 @@ CREATE TABLE IF NOT EXISTS tasks (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_by_run ON tasks (run_id, phase, status);
+CREATE TABLE IF NOT EXISTS durations (
+    project_id TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS build_slots (
+    project_id TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    PRIMARY KEY (project_id, holder)
+);
 """
 
 
@@ -288,3 +299,46 @@ class SqliteRunStore:
                 (updated.status.value, updated.model_dump_json(), task_id),
             )
             return updated
+
+    # --- what the scheduler keeps across runs ------------------------------------------
+
+    def get_durations(self, project_id: str) -> dict[str, float]:
+        rows = self._read("SELECT doc FROM durations WHERE project_id = ?", (project_id,))
+        return {k: float(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}
+
+    def record_durations(self, project_id: str, samples: Mapping[str, float]) -> None:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT doc FROM durations WHERE project_id = ?", (project_id,)
+            ).fetchone()
+            updated = rules.durations_updated(json.loads(row[0]) if row else {}, samples)
+            db.execute(
+                "INSERT OR REPLACE INTO durations (project_id, doc) VALUES (?, ?)",
+                (project_id, json.dumps(updated, sort_keys=True)),
+            )
+
+    def build_slots(
+        self,
+        project_id: str,
+        *,
+        release: Sequence[str],
+        want: Sequence[str],
+        cap: int,
+        lease_seconds: float,
+        now: datetime,
+    ) -> tuple[list[str], int]:
+        # BEGIN IMMEDIATE: runs of other processes sharing this file wait their turn.
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT holder, expires_at FROM build_slots WHERE project_id = ?", (project_id,)
+            ).fetchall()
+            held = {holder: datetime.fromisoformat(at) for holder, at in rows}
+            live, granted, freed = rules.slots_taken(
+                held, release=release, want=want, cap=cap, lease_seconds=lease_seconds, now=now
+            )
+            db.execute("DELETE FROM build_slots WHERE project_id = ?", (project_id,))
+            db.executemany(
+                "INSERT INTO build_slots (project_id, holder, expires_at) VALUES (?, ?, ?)",
+                [(project_id, holder, at.isoformat()) for holder, at in live.items()],
+            )
+        return granted, freed

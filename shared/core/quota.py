@@ -1,0 +1,83 @@
+"""What the scheduler shares across runs: the project's build slots and task durations.
+
+Cloud Build's concurrent-build quota belongs to the project, not to a run: with
+`RunPolicy.project_build_cap`, a build is released only once it holds one of the
+project's slots in the store (`RunStore.build_slots`), and its slot is freed at the next
+step of its run after it ends, or when the run finishes. A slot's lease is the build
+deadline: a run killed with builds in flight cannot keep the quota past it (its builds
+would have been timed out by then anyway).
+
+A finished run also records how long its tasks took (`RunStore.record_durations`), so
+the next run's priorities (`shared.core.priority`) use measured durations.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared.core.priority import duration_samples
+from shared.core.runtime import Runtime
+from shared.errors import BackendError
+from shared.messages import Phase, RunRecord, TaskRecord
+
+log = logging.getLogger(__name__)
+
+
+def take_build_slots(
+    run: RunRecord, tasks: list[TaskRecord], wanted: list[TaskRecord], rt: Runtime
+) -> tuple[list[TaskRecord], int]:
+    """Free the slots of the run's ended builds and take slots for `wanted`, in one store
+    call. Returns (the wanted builds that hold a slot, in order; how many slots were
+    freed: other runs of the project may now start builds)."""
+    cap = rt.policy.project_build_cap
+    if cap is None:
+        return wanted, 0
+    granted, freed = rt.store.build_slots(
+        run.project_id,
+        release=[t.task_id for t in tasks if t.phase is Phase.BUILD and t.status.terminal],
+        want=[t.task_id for t in wanted],
+        cap=cap,
+        lease_seconds=rt.policy.deadlines[Phase.BUILD],
+        now=rt.clock(),
+    )
+    if len(granted) < len(wanted):
+        log.info("project build cap %d reached: %d builds wait", cap, len(wanted) - len(granted))
+    held = set(granted)
+    return [t for t in wanted if t.task_id in held], freed
+
+
+def runs_waiting_for_slots(run: RunRecord, rt: Runtime) -> list[str]:
+    """Other running runs of the project still in their build phase: slots freed here may
+    let them start builds, and nothing else would wake one that has none in flight."""
+    return [
+        other.run_id
+        for other in rt.store.list_active_runs()
+        if other.run_id != run.run_id
+        and other.project_id == run.project_id
+        and other.phase is Phase.BUILD
+        and not other.halted
+    ]
+
+
+def after_finish(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> bool:
+    """Once a run has finished: remember its durations, free any slot it still holds.
+    Returns whether slots were freed. Neither may fail the run: both are logged."""
+    samples = duration_samples(tasks)
+    try:
+        if samples:
+            rt.store.record_durations(run.project_id, samples)
+        if rt.policy.project_build_cap is None:
+            return False
+        builds = [t.task_id for t in tasks if t.phase is Phase.BUILD]
+        _, freed = rt.store.build_slots(
+            run.project_id,
+            release=builds,
+            want=[],
+            cap=rt.policy.project_build_cap,
+            lease_seconds=0,
+            now=rt.clock(),
+        )
+        return freed > 0
+    except BackendError:
+        log.warning("could not record durations or free build slots", exc_info=True)
+        return False
