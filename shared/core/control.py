@@ -11,12 +11,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from shared.core.publishing import publish_tasks
 from shared.core.run_engine import (
     advance_run,
     cancel_submitted_builds,
     close_tasks,
     finish_run,
-    publish_tasks,
 )
 from shared.core.runtime import Runtime
 from shared.logs import log_context

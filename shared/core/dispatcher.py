@@ -16,9 +16,10 @@ from shared.core.control import cancel_run
 from shared.core.dependency_urls import earlier_urls, outside_dependencies
 from shared.core.plan import plan_run, select_dataflows
 from shared.core.priority import prioritise
+from shared.core.publishing import publish_tasks
 from shared.core.release_tasks import traffic_deployer
 from shared.core.rollback import plan_rollback_run
-from shared.core.run_engine import advance_run, finish_run, publish_tasks
+from shared.core.run_engine import advance_run, finish_run
 from shared.core.runtime import Runtime
 from shared.errors import ArchdeployError, ArchitectureError, UsageError
 from shared.locations import is_remote, parse_github_file

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 
-from shared.core.run_engine import close_tasks, finish_run, release
+from shared.core.publishing import release
+from shared.core.run_engine import close_tasks, finish_run
 from shared.core.runtime import Runtime
 from shared.core.state import next_deploys
 from shared.messages import (

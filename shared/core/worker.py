@@ -13,8 +13,9 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from shared.core.publishing import attributes
 from shared.core.release_tasks import run_release_task
-from shared.core.run_engine import attributes, halt_run
+from shared.core.run_engine import halt_run
 from shared.core.runtime import Runtime
 from shared.deployer import (
     IncrementalDeployer,

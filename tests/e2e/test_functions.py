@@ -69,7 +69,7 @@ def _start_run(state_dir: Path) -> str:
 
 
 def _task_message(state_dir: Path, run_id: str, service: str) -> bytes:
-    from shared.core.run_engine import task_message
+    from shared.core.publishing import task_message
 
     store = SqliteRunStore(state_dir / "runs.db")
     run = store.get_run(run_id)
