@@ -50,8 +50,12 @@ class _Group(click.Group):
                 raise
             from shared.cli.local import as_usage_error
 
+            from rich.markup import escape
+
             known = exc if isinstance(exc, ArchdeployError) else as_usage_error(exc)
-            err.print(f"[bold red]error:[/] {known}", markup=True, highlight=False, soft_wrap=True)
+            # Escaped: messages quote YAML such as `[argv]`, which markup would swallow.
+            text = f"[bold red]error:[/] {escape(str(known))}"
+            err.print(text, markup=True, highlight=False, soft_wrap=True)
             ctx.exit(known.exit_code)
         except KeyboardInterrupt:
             err.print("interrupted")

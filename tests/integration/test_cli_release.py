@@ -32,7 +32,8 @@ def _invoke(*args: str) -> tuple[int, str]:
     [
         ("release: {strategy: steps, steps: [10, 50]}\n", "command: [smoke]", "release"),
         ("release: {soak: 5 minutes}\n", "command: [smoke]", "release.soak"),
-        ("", "{http: {path: /h}, command: [smoke]}", "exactly one"),
+        # the message quotes `command: [argv]`: printed whole, not eaten as markup
+        ("", "{http: {path: /h}, command: [smoke]}", "`command: [argv]`"),
     ],
 )
 def test_bad_release_input_exits_2_naming_the_field_and_builds_nothing(
