@@ -204,14 +204,17 @@ def _service_status(entry: ServiceResult, run: RunRecord) -> str:
     build, deploy = entry.build_status, entry.deploy_status
     if build is not None and build is not TaskStatus.SUCCEEDED:
         return _BUILD_LABELS.get(build, build.value)
-    if deploy is None:
-        return "built" if build is TaskStatus.SUCCEEDED else "planned"
-    if deploy is TaskStatus.WAITING and run.status.terminal:
-        return "not deployed"
+    # A rollback run has revert tasks only: its services' words come from those.
     if entry.release_step:
         return entry.release_step
     if entry.rolled_back:
         return "rolled back"
+    if deploy is None:
+        if entry.error:
+            return "failed"
+        return "built" if build is TaskStatus.SUCCEEDED else "planned"
+    if deploy is TaskStatus.WAITING and run.status.terminal:
+        return "not deployed"
     if entry.staged_revision:
         return "promoted" if entry.promoted_percent == 100 else "staged"
     if entry.unchanged:

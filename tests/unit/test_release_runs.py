@@ -119,6 +119,10 @@ def test_rollback_puts_a_promoted_run_back_dependents_first() -> None:
     assert back.status is RunStatus.SUCCEEDED, back.errors
     assert system.traffic() == before
     assert sorted(back.rolled_back) == ["api", "web"]
+    assert {n: s.status for n, s in back.services.items()} == {
+        "api": "rolled back",
+        "web": "rolled back",
+    }
     reverted = {name: t for name, p, t in system.deployer.traffic_log if p == before.get(name)}
     assert reverted["web"] < reverted["api"]
 
