@@ -48,9 +48,9 @@ class _Group(click.Group):
         except (ArchdeployError, OSError) as exc:
             if ctx.meta.get("debug"):
                 raise
-            from shared.cli.local import as_usage_error
-
             from rich.markup import escape
+
+            from shared.cli.local import as_usage_error
 
             known = exc if isinstance(exc, ArchdeployError) else as_usage_error(exc)
             # Escaped: messages quote YAML such as `[argv]`, which markup would swallow.

@@ -164,16 +164,21 @@ def _sweep_run(run: RunRecord, now: datetime, rt: Runtime, report: SweepReport) 
     if now - run.created_at > timedelta(seconds=rt.policy.run_deadline):
         # Cancel first: it looks for builds still running, which the time-out ends.
         cancel_submitted_builds(run.run_id, rt)
-        _time_out(tasks, f"the run's deadline of {rt.policy.run_deadline:g}s passed", rt, report)
-    else:
-        overdue = [t for t in tasks if _past_deadline(t, now, rt)]
-        for task in overdue:
-            reason = f"no result within the {task.phase.value} deadline of "
-            _time_out([task], reason + f"{rt.policy.deadlines[task.phase]:g}s", rt, report)
-        lost = [t for t in tasks if t not in overdue and _lost(t, now, rt)]
-        publish_tasks(run, lost, rt)
-        report.republished.extend(t.task_id for t in lost)
+        ending = [t for t in tasks if t.phase not in _UNDOING]
+        _time_out(ending, f"the run's deadline of {rt.policy.run_deadline:g}s passed", rt, report)
+        # Putting traffic back is still owed: those tasks keep their own deadlines.
+        tasks = [t for t in tasks if t.phase in _UNDOING]
+    overdue = [t for t in tasks if _past_deadline(t, now, rt)]
+    for task in overdue:
+        reason = f"no result within the {task.phase.value} deadline of "
+        _time_out([task], reason + f"{rt.policy.deadlines[task.phase]:g}s", rt, report)
+    lost = [t for t in tasks if t not in overdue and _lost(t, now, rt)]
+    publish_tasks(run, lost, rt)
+    report.republished.extend(t.task_id for t in lost)
     advance_run(run.run_id, rt)
+
+
+_UNDOING = (Phase.REVERT, Phase.ROLLBACK)
 
 
 def _time_out(tasks: list[TaskRecord], reason: str, rt: Runtime, report: SweepReport) -> None:

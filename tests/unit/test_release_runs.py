@@ -221,3 +221,26 @@ def test_the_dashboard_notes_of_a_release_say_what_it_did() -> None:
         assert run is not None
         view = build_view(run, system.store.get_tasks(run_id))
         assert {row.service: row.note for row in view.rows} == notes
+
+
+def test_a_release_past_its_run_deadline_still_puts_traffic_back() -> None:
+    from datetime import timedelta
+
+    from shared.core.control import sweep
+
+    system, before = released()
+    arch = chain(version="2", api_checks=[PASS], web_checks=[PASS], release=STEPS)
+    run = dispatch_request(DeployRequest(architecture=arch.model_dump_json()), system.rt)
+    while system.tasks(run.run_id, Phase.PROMOTE).get("api") is None or (
+        system.tasks(run.run_id, Phase.PROMOTE)["api"].status is not TaskStatus.SUCCEEDED
+    ):
+        assert system.bus.deliver_all(limit=1), "the release stalled before api was promoted"
+    assert system.traffic() != before  # api serves the new revision
+
+    sweep(system.rt, system.rt.clock() + timedelta(seconds=system.rt.policy.run_deadline + 1))
+    system.bus.deliver_all()
+
+    result = system.store.get_result(run.run_id)
+    assert result is not None and result.status is RunStatus.FAILED
+    assert system.traffic() == before
+    assert "api" in result.rolled_back
