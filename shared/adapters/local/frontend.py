@@ -146,14 +146,9 @@ class FrontEnd:
             return _plain(503, f"archdeploy front end: {name} has no serving revision\n")
         upstream = backend.upstream
         self.in_flight[upstream] += 1
-        response: web.StreamResponse | None = None
         try:
-            response = await self._forward(request, upstream)
-            return response
+            return await self._forward(request, upstream)
         except (ClientError, OSError, TimeoutError) as exc:
-            if response is not None and response.prepared:
-                response.force_close()  # the answer started: cut it, a 502 cannot follow
-                return response
             detail = str(exc) or type(exc).__name__
             return _plain(
                 502,
@@ -206,8 +201,17 @@ async def _relay(request: web.BaseRequest, answer: ClientResponse) -> web.Stream
     if length is not None:
         response.content_length = length
     await response.prepare(request)
-    async for chunk in answer.content.iter_any():
-        await response.write(chunk)
+    try:
+        async for chunk in answer.content.iter_any():
+            await response.write(chunk)
+    except (ClientError, OSError, TimeoutError):
+        # The revision died mid-answer. A 502 cannot follow what was sent, and ending a
+        # chunked body cleanly would pass off a truncated answer as whole: cut the
+        # connection, as a proxy must, so the client sees the answer broken.
+        response.force_close()
+        if request.transport is not None:
+            request.transport.close()
+        return response
     await response.write_eof()
     return response
 
