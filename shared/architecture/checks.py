@@ -16,7 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.architecture.cloud_run_limits import limit_problems
+from shared.architecture.cloud_run_limits import (
+    MAX_RELEASED_NAME,
+    limit_problems,
+    release_name_problem,
+)
 from shared.architecture.model import INJECTED_ENV, Architecture, DeploymentSpec, ServiceSpec
 from shared.architecture.path_checks import check_paths, shown
 from shared.architecture.yaml_source import FieldPath, line_of, render_path
@@ -94,6 +98,8 @@ def check_architecture(architecture: Architecture, report: Report, environment: 
     _check_root(architecture, report, environment)
     services = _services(architecture)
     _check_names(services, report)
+    if architecture.release is not None:
+        _check_released_names(services, report)
     _check_dependencies(services, report)
     for path, spec in services:
         if spec.deployment is not None:
@@ -182,6 +188,15 @@ def _check_names(services: list[tuple[FieldPath, ServiceSpec]], report: Report) 
                 "give each service its own name, unique across all dataflows and the director",
             )
         first.setdefault(spec.name, at)
+
+
+def _check_released_names(services: list[tuple[FieldPath, ServiceSpec]], report: Report) -> None:
+    for path, spec in services:
+        problem = release_name_problem(spec.name) if path != _DIRECTOR else None
+        if problem and spec.deployment is not None:
+            written = (*path, "name") in report.lines
+            fix = f"shorten the name to at most {MAX_RELEASED_NAME} characters, or drop `release:`"
+            report.error((*path, "name") if written else path, problem, fix)
 
 
 def _suggest_name(name: str) -> str:

@@ -35,6 +35,24 @@ WHOLE_CPUS.update({6: (4 * _GI, 24 * _GI), 8: (4 * _GI, 32 * _GI)})
 _MIN_CPU = Decimal("0.08")
 
 
+# A release tags each staged revision `rel-` and 10 hex digits of its run id (see
+# `shared.core.release_plan.release_tag`), and Cloud Run refuses a traffic tag whose
+# length plus the service name's exceeds 46 ("Combined traffic tag and service name
+# cannot exceed 46 characters", the error Cloud Run gives; the fake enforces it).
+RELEASE_TAG_LENGTH = 14
+MAX_RELEASED_NAME = 46 - RELEASE_TAG_LENGTH
+
+
+def release_name_problem(name: str) -> str | None:
+    """Why a service of this name cannot be released on Cloud Run, or None."""
+    if len(name) <= MAX_RELEASED_NAME:
+        return None
+    return (
+        f"`{name}` is {len(name)} characters: a release tags its revisions with"
+        f" {RELEASE_TAG_LENGTH} more, and Cloud Run refuses a tag and service name over 46"
+    )
+
+
 @dataclass(frozen=True)
 class LimitProblem:
     field: str  # the deployment field to point at

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from shared.architecture.cloud_run_limits import MAX_RELEASED_NAME, release_name_problem
 from shared.architecture.loading import LoadedArchitecture, load_architecture, parse_architecture
 from shared.architecture.model import Architecture, ReleaseSpec
 from shared.core.control import cancel_run
@@ -146,6 +147,15 @@ def release_policy(arch: Architecture, request: DeployRequest, rt: Runtime) -> R
         return None
     if rt.deployer is not None:
         traffic_deployer(rt.deployer)  # raises a UsageError naming what is missing
+    too_long = [
+        problem
+        for flow in arch.dataflows.values()
+        for spec in flow.services.values()
+        if spec.deployment is not None and (problem := release_name_problem(spec.name))
+    ]
+    if too_long:  # the file's `release:` is checked at validation; `--release` here
+        fix = f"shorten them to at most {MAX_RELEASED_NAME} characters, or deploy without it"
+        raise UsageError(f"cannot release: {'; '.join(too_long)}. {fix}")
     return arch.release or ReleaseSpec()
 
 

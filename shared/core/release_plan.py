@@ -9,22 +9,26 @@ run, so all are planned up front; the run engine (`shared.core.release`) release
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 
+from shared.architecture.cloud_run_limits import RELEASE_TAG_LENGTH
 from shared.messages import Phase, TaskRecord, TaskStatus, task_id_for
 
 # Cloud Run's rule for a traffic tag: lowercase letters, digits and `-`, starting with a
 # letter; the tag's URL is TAG---SERVICE-..., so it is kept short.
 TAG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,45}$")
-_TAG_LENGTH = 24
+_RUN_HEX = re.compile(r"r-([0-9a-f]{10})[0-9a-f]*")
 
 
 def release_tag(run_id: str) -> str:
-    """The tag a run's staged revisions carry: derived from its id, valid for Cloud Run."""
-    word = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
-    tag = f"rel-{word}"[:_TAG_LENGTH].rstrip("-")
-    assert TAG_PATTERN.match(tag), tag
+    """The tag a run's staged revisions carry: `rel-` and 10 hex digits of the run id
+    (of its digest, for ids of another shape), short enough for long service names."""
+    found = _RUN_HEX.fullmatch(run_id)
+    digits = found.group(1) if found else hashlib.sha256(run_id.encode()).hexdigest()[:10]
+    tag = f"rel-{digits}"
+    assert TAG_PATTERN.match(tag) and len(tag) == RELEASE_TAG_LENGTH, tag
     return tag
 
 

@@ -57,3 +57,24 @@ def test_rollback_with_no_promoted_release_exits_2(tmp_path: Path) -> None:
 def test_rollback_of_an_unknown_run_exits_2(tmp_path: Path) -> None:
     code, out = _invoke("--state-dir", str(tmp_path), "rollback", "r-nosuchrun")
     assert code == 2 and "'r-nosuchrun' is not a release" in out, out
+
+
+LONG = "orders-ingest-with-a-long-name-33"  # 33 characters: 14 more for the tag is 47
+
+
+@pytest.mark.parametrize("how", ["file", "flag"])
+def test_a_name_too_long_for_a_release_tag_exits_2_and_builds_nothing(
+    tmp_path: Path, how: str
+) -> None:
+    (tmp_path / "services" / "ingest").mkdir(parents=True)
+    path = tmp_path / "services.yaml"
+    release = "release: {strategy: all-at-once}\n" if how == "file" else ""
+    text = VALID.format(release=release, check="command: [smoke]")
+    path.write_text(text.replace("      ingest:\n", f"      {LONG}:\n"))
+    args = ["--state-dir", str(tmp_path / "state"), "up", str(path)]
+    code, out = _invoke(*args, *(["--release"] if how == "flag" else []))
+    assert code == 2, out
+    assert f"`{LONG}` is 33 characters" in out and "at most 32 characters" in out, out
+    assert not (tmp_path / "state" / "images").exists()
+    if how == "flag":  # without --release the same file is fine to validate
+        assert _invoke("validate", str(path))[0] == 0

@@ -51,6 +51,12 @@ def test_the_director_is_deployed_not_released() -> None:
 def test_a_run_tag_is_valid_cloud_run_tag_syntax(run_id: str) -> None:
     tag = release_tag(run_id)
     assert TAG_PATTERN.match(tag) and tag == release_tag(run_id)
+    assert len(tag) == 14  # leaves 32 characters for the service name (46 in all)
+
+
+def test_a_run_tag_names_its_run() -> None:
+    assert release_tag("r-0123456789abcdef") == "rel-0123456789"
+    assert release_tag("r-0123456789abcdef") != release_tag("r-1123456789abcdef")
 
 
 def test_traffic_splits_keep_the_old_shares_in_proportion() -> None:
