@@ -108,6 +108,9 @@ class VerifyCheck(_Model):
         return "command " + " ".join(self.command or [])
 
 
+MAX_TOTAL_SOAK = 420.0  # seconds of soak per promote, leaving 120 s of 540 for checks
+
+
 class ReleaseSpec(_Model):
     """How a release moves traffic: all at once, or through percent steps with a soak."""
 
@@ -121,6 +124,19 @@ class ReleaseSpec(_Model):
         if not steps or steps[-1] != 100 or any(a >= b for a, b in itertools.pairwise(steps)):
             raise ValueError(
                 f"steps must rise strictly and end at 100, e.g. [10, 50, 100]: {steps}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _soaks_fit_one_promote(self) -> ReleaseSpec:
+        # A service's steps run in one promote task, which on Google Cloud is one call
+        # of the worker function: at most 540 s, checks included.
+        total = self.soak * (len(self.percents) - 1)
+        if total > MAX_TOTAL_SOAK:
+            raise ValueError(
+                f"soak {self.soak:g}s at each of {len(self.percents) - 1} steps is"
+                f" {total:g}s: at most {MAX_TOTAL_SOAK:g}s in all fit one promote (a function"
+                " call is cut at 540 s); use fewer steps or a shorter soak"
             )
         return self
 

@@ -133,9 +133,15 @@ def _promote(
     now = deployer.traffic(message.service, target=target)
     current = now.percents.get(detail.revision, 0) if now else 0
     checks: list[CheckOutcome] = []
+    claimed = rt.store.get_task(message.task_id)
+    attempt = claimed.attempt if claimed else 0
     for percent in steps:
         if percent < current:
             continue  # a retry: this step was taken before
+        if checks and not _still_ours(message, attempt, rt):
+            # Past a soak the task may have been claimed again (its lease lapsed) or the
+            # release stopped and is reverting: a late step must not move traffic.
+            return TaskStatus.FAILED, {"error": f"stopped before {percent}%: superseded"}
         after = deployer.set_traffic(
             message.service, split_traffic(detail.previous, detail.revision, percent), target=target
         )
@@ -149,6 +155,14 @@ def _promote(
                 return TaskStatus.FAILED, {"error": f"at {percent}%: {error}", "release": failed}
     done = detail.model_copy(update={"checks": checks or detail.checks, "percent": 100})
     return TaskStatus.SUCCEEDED, {"url": after.url if steps else None, "release": done}
+
+
+def _still_ours(message: TaskMessage, attempt: int, rt: Runtime) -> bool:
+    task = rt.store.get_task(message.task_id)
+    run = rt.store.get_run(message.run_id)
+    if task is None or run is None or run.halted or run.status.terminal:
+        return False
+    return task.status is TaskStatus.RUNNING and task.attempt == attempt
 
 
 def _revert(

@@ -182,6 +182,12 @@ def test_release_and_verify_as_documented_load() -> None:
         ("release: {strategy: steps, steps: [50, 10]}\n", None, "release", "rise strictly"),
         ("release: {steps: [10, 50]}\n", None, "release", "end at 100"),
         ("release: {soak: soon}\n", None, "release.soak", "not a duration"),
+        (
+            "release: {strategy: steps, steps: [10, 50, 100], soak: 5m}\n",
+            None,
+            "release",
+            "600s: at most 420s",
+        ),
         ("", "            - http: {path: healthz}", "verify[0].http.path", "start with /"),
         ("", "            - {}", "verify[0]", "exactly one"),
         ("", "            - http: {status: 99}", "verify[0].http.status", "100"),

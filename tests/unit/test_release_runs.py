@@ -244,3 +244,39 @@ def test_a_release_past_its_run_deadline_still_puts_traffic_back() -> None:
     assert result is not None and result.status is RunStatus.FAILED
     assert system.traffic() == before
     assert "api" in result.rolled_back
+
+
+def test_a_promote_stopped_during_its_soak_takes_no_further_step() -> None:
+    """The release is cancelled while a stepped promote soaks (as a lapsed lease or a
+    revert would overtake it): the promote wakes and must not move traffic on."""
+    from shared.core.control import cancel_run
+    from shared.messages import CheckOutcome
+
+    system, before = released()
+    cancelled: list[str] = []
+
+    class CancelDuringSoak:
+        def run(self, check: object, target_url: str) -> CheckOutcome:
+            promoting = [
+                t
+                for t in system.store.tasks.values()
+                if t.phase is Phase.PROMOTE and t.status is TaskStatus.RUNNING
+            ]
+            if promoting and not cancelled:
+                cancelled.append(promoting[0].run_id)
+                cancel_run(promoting[0].run_id, system.rt, by="test")
+            return CheckOutcome(name="ok", passed=True, detail="ok")
+
+    system.rt.checks = CancelDuringSoak()
+    arch = chain(version="2", api_checks=[PASS], web_checks=[PASS], release=STEPS)
+    result = system.run(arch)
+
+    assert cancelled and result.status is not RunStatus.SUCCEEDED
+    new_shares = [
+        share
+        for _, percents, _ in system.deployer.traffic_log
+        for revision, share in percents.items()
+        if revision not in before.get(revision.rsplit("-", 1)[0], {})
+    ]
+    assert new_shares and max(new_shares) == 10  # the first step, and no further
+    assert system.traffic() == before
