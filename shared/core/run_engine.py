@@ -297,9 +297,6 @@ def finish_run(
     final = run.model_copy(update={"status": status, "finished_at": now, "updated_at": now})
     result = assemble_result(final, tasks, status)
     if rt.store.finish_run(run.run_id, result):
-        if after_finish(final, tasks, rt):
-            for other in runs_waiting_for_slots(run, rt):
-                advance_run(other, rt)
         log.info(
             "run finished: %s (%d images, %d urls, %d errors)",
             status.value,
@@ -307,6 +304,9 @@ def finish_run(
             len(result.urls),
             len(result.errors),
         )
+        if after_finish(final, tasks, rt):
+            for other in runs_waiting_for_slots(run, rt):
+                advance_run(other, rt)
         rt.bus.publish(
             TOPIC_RESULTS,
             RunFinished(run_id=run.run_id, status=status, result=result),

@@ -167,10 +167,16 @@ def test_a_failed_build_fails_the_run_by_the_event_path_and_deploys_nothing(
     assert _labelled(_log_entries(topology, "dispatcher"), run_id=run_id)
     worker = _labelled(_log_entries(topology, "worker"), task_id=task_id)
     aggregator = _labelled(_log_entries(topology, "aggregator"), task_id=task_id)
-    closed = _labelled(_log_entries(topology, "aggregator"), run_id=run_id)
     assert any(e["message"].startswith("build failed:") for e in worker), worker
     assert aggregator, "the aggregator was not pushed the failed build's completion"
-    assert any(e["message"].startswith("run finished: failed") for e in closed), closed
+    # The result is stored before the line saying so is logged: wait for it (bounded).
+    deadline = time.monotonic() + 30
+    while True:
+        closed = _labelled(_log_entries(topology, "aggregator"), run_id=run_id)
+        if any(e["message"].startswith("run finished: failed") for e in closed):
+            break
+        assert time.monotonic() < deadline, closed
+        time.sleep(0.1)
 
 
 def _assert_failed_on_build(result: RunResult, service: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -63,8 +64,15 @@ async def _fetch_through_front_end(tmp_path: Path, query: str) -> bytes:
         await runner.cleanup()
 
 
+def _fetch(tmp_path: Path, query: str) -> bytes:
+    # A thread of its own: other tests (Playwright's sync API) may leave this thread's
+    # event loop running, and asyncio.run() refuses to nest in one.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _fetch_through_front_end(tmp_path, query)).result()
+
+
 def test_a_revision_dying_mid_answer_closes_the_connection(tmp_path: Path) -> None:
-    data = asyncio.run(_fetch_through_front_end(tmp_path, ""))
+    data = _fetch(tmp_path, "")
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {SIZE}".encode() in head
     assert SENT <= len(body) < SIZE  # the connection ended short of the promised length
@@ -72,7 +80,7 @@ def test_a_revision_dying_mid_answer_closes_the_connection(tmp_path: Path) -> No
 
 
 def test_a_chunked_answer_cut_short_is_not_ended_as_if_whole(tmp_path: Path) -> None:
-    data = asyncio.run(_fetch_through_front_end(tmp_path, "?chunked=1"))
+    data = _fetch(tmp_path, "?chunked=1")
     assert data.startswith(b"HTTP/1.1 200")
     assert not data.endswith(b"0\r\n\r\n")  # no last chunk: the client knows it is broken
     assert b"HTTP/1.1 502" not in data
