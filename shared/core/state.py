@@ -155,7 +155,9 @@ def _merge_release(entry: ServiceResult, task: TaskRecord) -> None:
         entry.checks = [*entry.checks, *(c for c in detail.checks if c not in entry.checks)]
         if task.phase is Phase.PROMOTE:
             entry.promoted_percent = detail.percent
-    if task.error and task.status is not TaskStatus.SUCCEEDED:
+    # A phase skipped after a failure keeps the failure as the service's error, not its echo.
+    skipped = task.status is TaskStatus.SKIPPED and entry.error is not None
+    if task.error and task.status is not TaskStatus.SUCCEEDED and not skipped:
         entry.error = task.error
     if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
         entry.release_step = _RELEASE_STEPS[task.phase]
