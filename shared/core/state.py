@@ -151,6 +151,7 @@ def _merge_release(entry: ServiceResult, task: TaskRecord) -> None:
             entry.staged_revision, entry.tag_url = detail.revision, detail.tag_url
     elif task.phase is Phase.REVERT:
         entry.rolled_back = task.status is TaskStatus.SUCCEEDED and not task.reused
+        entry.url = entry.url or task.url  # a rollback run has no stage: the URL put back
     elif detail is not None:
         entry.checks = [*entry.checks, *(c for c in detail.checks if c not in entry.checks)]
         if task.phase is Phase.PROMOTE:
@@ -207,6 +208,8 @@ def _service_status(entry: ServiceResult, run: RunRecord) -> str:
     if build is not None and build is not TaskStatus.SUCCEEDED:
         return _BUILD_LABELS.get(build, build.value)
     if deploy is None:
+        if entry.rolled_back or entry.release_step:  # a rollback run: reverts only
+            return entry.release_step or "rolled back"
         return "built" if build is TaskStatus.SUCCEEDED else "planned"
     if deploy is TaskStatus.WAITING and run.status.terminal:
         return "not deployed"

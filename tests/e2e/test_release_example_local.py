@@ -126,7 +126,10 @@ def test_a_failed_check_promotes_nothing_a_passing_release_promotes_all_then_rol
     assert failed["services"]["enrich"]["checks"][0]["passed"] is True
     assert roles(urls) == v1  # real GETs on the stable URLs: the old version serves
     promotes = example.tasks(failed["run_id"], Phase.PROMOTE)
-    assert {t.status for t in promotes.values()} == {TaskStatus.SKIPPED}
+    assert {n: t.status for n, t in promotes.items() if n in ROLES} == dict.fromkeys(
+        ROLES, TaskStatus.SKIPPED
+    )
+    assert promotes["notify"].reused  # nothing staged: left alone (the director is no release's)
 
     # The same change with checks that pass: promoted, dependencies first.
     example.version("v2", {"ingest": [contains("(v2)")], "enrich": [contains("(v2)")]})
@@ -147,6 +150,9 @@ def test_a_failed_check_promotes_nothing_a_passing_release_promotes_all_then_rol
     assert code == 0, err
     assert back["status"] == "succeeded"
     assert roles(urls) == v1
+    for name in ROLES:  # the rollback's own result says what it did, and where
+        assert back["services"][name]["status"] == "rolled back"
+        assert back["services"][name]["url"] == urls[name]
     reverts = example.tasks(back["run_id"], Phase.REVERT)
     assert reverts["enrich"].finished_at <= reverts["ingest"].started_at  # dependents first
 
