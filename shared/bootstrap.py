@@ -22,7 +22,7 @@ from shared.errors import UsageError
 from shared.locations import GITHUB, GS, ArchitecturesByScheme
 from shared.logs import configure
 from shared.messages import DeployRequest, Phase, RunRecord, RunResult
-from shared.ports import ArchitectureReader, MessageBus, RunStore, SourceProvider
+from shared.ports import ArchitectureReader, CheckRunner, MessageBus, RunStore, SourceProvider
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -92,6 +92,15 @@ def make_deployer(settings: Settings) -> ContainerDeployer:
     raise UsageError(f"unknown deployer {kind!r}: choose one of {', '.join(DEPLOYERS)}")
 
 
+def make_checks(settings: Settings) -> CheckRunner:
+    """The release checks' runner: on Google Cloud, HTTP checks carry an ID token."""
+    if settings.deployer_kind == "gcp":
+        from shared.adapters.gcp.run_checks import CloudRunChecks
+
+        return CloudRunChecks()
+    return HttpAndCommandChecks()
+
+
 def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
     """What one function needs: the dispatcher and aggregator run no deployer.
 
@@ -112,7 +121,7 @@ def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         store=make_store(settings),
         bus=bus,
         deployer=deployer,
-        checks=HttpAndCommandChecks() if with_deployer else None,
+        checks=make_checks(settings) if with_deployer else None,
         sources=_github_sources(settings),
         architectures=_remote_architectures(settings),
         policy=run_policy(settings),
@@ -277,14 +286,15 @@ def embedded(
     deployer: ContainerDeployer | None = None,
     store: RunStore | None = None,
     clock: object | None = None,
+    checks: CheckRunner | None = None,
 ) -> Embedded:
-    """Wire the embedded system; tests pass fakes for `deployer` and `store`."""
+    """Wire the embedded system; tests pass fakes for `deployer`, `store` and `checks`."""
     bus = InProcessBus(parallelism=settings.parallelism)
     rt = Runtime(
         store=store or make_store(settings),
         bus=bus,
         deployer=deployer or make_deployer(settings),
-        checks=HttpAndCommandChecks(),
+        checks=checks or make_checks(settings),
         policy=run_policy(settings),
         driver=Driver.this_process(),
     )

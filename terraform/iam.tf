@@ -246,6 +246,15 @@ resource "google_project_iam_custom_role" "run_invoker_admin" {
   permissions = ["run.services.getIamPolicy", "run.services.setIamPolicy"]
 }
 
+# A release checks each staged revision on its tag URL before moving traffic, with the
+# worker's own ID token (shared/adapters/gcp/run_checks.py): Cloud Run admits it only if the
+# worker holds roles/run.invoker on the service, which it cannot know of before deploying.
+resource "google_project_iam_member" "worker_run_invoker" {
+  project = var.project_id
+  role    = "roles/run.invoker"
+  member  = local.sa_member["worker"]
+}
+
 resource "google_project_iam_member" "worker_run_invoker_admin" {
   project = var.project_id
   role    = google_project_iam_custom_role.run_invoker_admin.id

@@ -11,6 +11,7 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 
 from shared.architecture.model import HttpCheck, VerifyCheck
 from shared.messages import CheckOutcome
@@ -33,11 +34,21 @@ class HttpAndCommandChecks:
         return command_check(check.name, check.command or [], target_url, check.timeout)
 
 
-def http_check(name: str, http: HttpCheck, target_url: str) -> CheckOutcome:
+def http_check(
+    name: str,
+    http: HttpCheck,
+    target_url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    opener: urllib.request.OpenerDirector | None = None,
+) -> CheckOutcome:
+    """GET the target URL plus the check's path, with `headers` (e.g. an ID token)."""
     url = target_url.rstrip("/") + http.path
-    request = urllib.request.Request(url, headers={"User-Agent": "archdeploy-release-check"})
+    sent = {"User-Agent": "archdeploy-release-check", **(headers or {})}
+    request = urllib.request.Request(url, headers=sent)
+    open_url = opener.open if opener is not None else urllib.request.urlopen
     try:
-        with urllib.request.urlopen(request, timeout=http.timeout or None) as response:
+        with open_url(request, timeout=http.timeout or None) as response:
             status, body = response.status, response.read(64_000)
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read(64_000)
@@ -53,8 +64,14 @@ def http_check(name: str, http: HttpCheck, target_url: str) -> CheckOutcome:
     return CheckOutcome(name=name, passed=True, detail=f"GET {url} answered {status}")
 
 
-def command_check(name: str, argv: list[str], target_url: str, timeout: float) -> CheckOutcome:
-    env = {**os.environ, "TARGET_URL": target_url}
+def command_check(
+    name: str,
+    argv: list[str],
+    target_url: str,
+    timeout: float,
+    extra_env: Mapping[str, str] | None = None,
+) -> CheckOutcome:
+    env = {**os.environ, **(extra_env or {}), "TARGET_URL": target_url}
     try:
         done = subprocess.run(
             argv,

@@ -156,6 +156,7 @@ def schema() -> None:
 )
 @click.option("--director-url", default=None, help="Use this director instead of deploying it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--release", is_flag=True, help="Plan a release: stage, verify, promote.")
 def plan(
     file: str,
     strict: bool,
@@ -163,12 +164,13 @@ def plan(
     dataflows: tuple[str, ...],
     director_url: str | None,
     as_json: bool,
+    release: bool,
 ) -> None:
     """Show what `up` would do: tasks by phase and the env each deploy gets."""
     from shared.cli.plan_text import show_plan
 
     loaded = _load(file, strict, environment, check_paths=False)
-    click.echo(show_plan(loaded, dataflows, director_url, as_json=as_json))
+    click.echo(show_plan(loaded, dataflows, director_url, as_json=as_json, release=release))
 
 
 @cli.command()

@@ -93,6 +93,16 @@ def _open_revert(run: RunRecord, why: str, rt: Runtime) -> None:
     if moved is None:
         return
     log.warning("release stopped (%s): reverting what was staged", why)
+    # The phases that will not open now end, so a finished run has no task waiting: left
+    # alone (unchanged) for services with nothing staged, skipped for the others.
+    for phase in _NEXT.values():
+        _end_unchanged(run.run_id, phase, rt)
+    unopened = [
+        t
+        for t in rt.store.get_tasks(run.run_id)
+        if t.phase in _NEXT.values() and t.status is TaskStatus.WAITING
+    ]
+    close_tasks(unopened, TaskStatus.SKIPPED, f"not started: {why}", rt)
     _end_unchanged(run.run_id, Phase.REVERT, rt)
     step_release(moved, rt)
 

@@ -151,11 +151,14 @@ def _merge_release(entry: ServiceResult, task: TaskRecord) -> None:
             entry.staged_revision, entry.tag_url = detail.revision, detail.tag_url
     elif task.phase is Phase.REVERT:
         entry.rolled_back = task.status is TaskStatus.SUCCEEDED and not task.reused
+        entry.url = entry.url or task.url  # a rollback run has no stage: the URL put back
     elif detail is not None:
         entry.checks = [*entry.checks, *(c for c in detail.checks if c not in entry.checks)]
         if task.phase is Phase.PROMOTE:
             entry.promoted_percent = detail.percent
-    if task.error and task.status is not TaskStatus.SUCCEEDED:
+    # A phase skipped after a failure keeps the failure as the service's error, not its echo.
+    skipped = task.status is TaskStatus.SKIPPED and entry.error is not None
+    if task.error and task.status is not TaskStatus.SUCCEEDED and not skipped:
         entry.error = task.error
     if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
         entry.release_step = _RELEASE_STEPS[task.phase]
@@ -204,17 +207,18 @@ def _service_status(entry: ServiceResult, run: RunRecord) -> str:
     build, deploy = entry.build_status, entry.deploy_status
     if build is not None and build is not TaskStatus.SUCCEEDED:
         return _BUILD_LABELS.get(build, build.value)
-    # A rollback run has revert tasks only: its services' words come from those.
-    if entry.release_step:
-        return entry.release_step
-    if entry.rolled_back:
-        return "rolled back"
     if deploy is None:
+        if entry.rolled_back or entry.release_step:  # a rollback run: reverts only
+            return entry.release_step or "rolled back"
         if entry.error:
             return "failed"
         return "built" if build is TaskStatus.SUCCEEDED else "planned"
     if deploy is TaskStatus.WAITING and run.status.terminal:
         return "not deployed"
+    if entry.release_step:
+        return entry.release_step
+    if entry.rolled_back:
+        return "rolled back"
     if entry.staged_revision:
         return "promoted" if entry.promoted_percent == 100 else "staged"
     if entry.unchanged:

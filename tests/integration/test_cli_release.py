@@ -78,3 +78,36 @@ def test_a_name_too_long_for_a_release_tag_exits_2_and_builds_nothing(
     assert not (tmp_path / "state" / "images").exists()
     if how == "flag":  # without --release the same file is fine to validate
         assert _invoke("validate", str(path))[0] == 0
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "architecture.yaml"
+
+
+def test_plan_shows_a_releases_tasks_only_when_one_is_asked_for() -> None:
+    code, plain = _invoke("plan", str(EXAMPLE))
+    assert code == 0 and "stage" not in plain and "promote" not in plain, plain
+
+    code, out = _invoke("plan", str(EXAMPLE), "--release")
+
+    assert code == 0, out
+    assert "\ndeploy:" not in out
+    stage, verify, promote, revert = (
+        out.index(h) for h in ("stage (", "verify (", "promote (all at once", "revert (")
+    )
+    assert stage < verify < promote < revert
+    assert "  enrich after ingest\n      DATAFLOW_NAME=orders" in out[stage:verify]
+    assert "check http /healthz (its health check)" in out[verify:promote]
+    assert "  ingest after dependents enrich" in out[revert:]
+
+
+def test_plan_shows_the_files_steps_and_verify_checks(tmp_path: Path) -> None:
+    (tmp_path / "services" / "ingest").mkdir(parents=True)
+    path = tmp_path / "services.yaml"
+    release = "release: {strategy: steps, steps: [50, 100], soak: 100ms}\n"
+    path.write_text(VALID.format(release=release, check="{http: {path: /ready}}"))
+
+    code, out = _invoke("plan", str(path))
+
+    assert code == 0, out
+    assert "promote (steps 50%, 100%, soak 0.1s, checks again at each):" in out
+    assert "      check http /ready" in out

@@ -185,6 +185,28 @@ def test_untag_frees_the_port_and_stops_a_revision_with_no_traffic(
     assert _version(url) == "v1"
 
 
+def test_traffic_back_to_a_stopped_revision_starts_it_again(
+    deployer: LocalDeployer, tmp_path: Path
+) -> None:
+    # v2 promoted: v1 has neither traffic nor a tag, so its process stops (scaled to zero).
+    source = echo_service(tmp_path / "web")
+    url, first, second = _two_revisions(deployer, source)
+    key = str(deployer.running()["web"]["key"])
+    old = TrafficState.load(deployer.instances, key).records[first]
+    deployer.set_traffic("web", {second: 100})
+    assert refuses_connections(str(old["revision_url"]))
+    assert first not in TrafficState.load(deployer.instances, key).records
+
+    # What a rollback does: v1's saved deployment starts again and takes the traffic.
+    traffic = deployer.set_traffic("web", {first: 100})
+
+    assert traffic.percents == {first: 100}
+    assert _version(url) == "v1"
+    record = TrafficState.load(deployer.instances, key).records[first]
+    assert record["instance"] != old["instance"] and _version(str(record["revision_url"])) == "v1"
+    assert deployer.running()["web"]["revision"] == first
+
+
 def test_moving_traffic_under_load_drops_no_request(
     deployer: LocalDeployer, tmp_path: Path
 ) -> None:

@@ -538,6 +538,7 @@ DISTRIBUTIONS = {
     "grpc": "grpcio",
     "google.api_core": "google-api-core",
     "google.auth": "google-auth",
+    "google.oauth2": "google-auth",
     "google.protobuf": "protobuf",
     "google.cloud.pubsub": "google-cloud-pubsub",
     "google.cloud.pubsub_v1": "google-cloud-pubsub",

@@ -241,7 +241,7 @@ class LocalDeployer(TrafficMixin):
         all traffic to it, and revisions left with neither traffic nor a tag drain and stop."""
         key = self._key(service_name)
         record = self._start_revision(service_name, spec, saved, key, context)
-        self.commit_traffic(key, service_name, lambda s: s.serve(record), new=record)
+        self.commit_traffic(key, service_name, lambda s: s.serve(record), new=[record])
         self.history.save(key, saved)
         log.info(
             "%s: %s at %s via %s (pid %d)",

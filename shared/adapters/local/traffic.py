@@ -15,7 +15,7 @@ served by the same process, reaching that revision only; removing the tag frees 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,7 @@ class TrafficMixin:
         else:
             record = self._start_revision(service_name, spec, saved, key, f"staging {service_name}")
             state = self.commit_traffic(
-                key, service_name, lambda s: s.stage(record, tag), new=record
+                key, service_name, lambda s: s.stage(record, tag), new=[record]
             )
             self.history.save(key, saved)
         url = self.gateway.url(self.gateway.tag_ports(key)[tag])
@@ -201,12 +201,43 @@ class TrafficMixin:
         traffic nor a tag are stopped once drained. Raises BackendError naming what it
         refuses (a sum other than 100, an unknown revision, a percent out of 0..100)."""
         key = self._key(service_name, target)
-        if not TrafficState.load(self.instances, key).percents:
+        state = TrafficState.load(self.instances, key)
+        if not state.percents:
             raise BackendError(f"setting the traffic of {service_name}: it is not deployed")
-        self.commit_traffic(key, service_name, lambda s: s.split(service_name, percents))
+        started = self._wake(service_name, key, state, percents)
+
+        def change(s: TrafficState) -> None:
+            s.records.update({str(r["revision"]): r for r in started})
+            s.split(service_name, percents)
+
+        self.commit_traffic(key, service_name, change, new=started)
         traffic = self.traffic_at(key)
         assert traffic is not None
         return traffic
+
+    def _wake(
+        self, service_name: str, key: str, state: TrafficState, percents: dict[str, int]
+    ) -> list[Record]:
+        """Start again each revision given traffic whose process is gone but whose
+        deployment is saved, as a Cloud Run revision that served before scales up from
+        zero: what a rollback to a release's previous revision needs."""
+        saved = set(self.history.revisions(key))
+        started: list[Record] = []
+        try:
+            for revision, percent in sorted(percents.items()):
+                record = state.records.get(revision)
+                if percent <= 0 or (record is not None and alive(record)) or revision not in saved:
+                    continue
+                context = f"setting the traffic of {service_name}: starting {revision} again"
+                deployment = self.history.load(key, revision, context)
+                spec = DeploymentSpec.model_validate(deployment["spec"])
+                started.append(self._start_revision(service_name, spec, deployment, key, context))
+        except BaseException:
+            for record in started:
+                self.instances.stop_instance(record)
+                self.instances.forget_starting(key, str(record["instance"]))
+            raise
+        return started
 
     def untag(self, service_name: str, tag: str, *, target: Target | None = None) -> None:
         """Remove `tag` and free its port; its revision stops if it has no traffic."""
@@ -221,10 +252,10 @@ class TrafficMixin:
         key: str,
         service: str,
         change: Callable[[TrafficState], object],
-        new: Record | None = None,
+        new: Sequence[Record] = (),
     ) -> TrafficState:
         """Apply `change` under the service's lock, route it, then stop what it left
-        unreferenced. `new`, a revision just started, is stopped if this fails."""
+        unreferenced. `new`, revisions just started, are stopped if this fails."""
         stale: list[Record] = []
         result = TrafficState()
 
@@ -237,8 +268,8 @@ class TrafficMixin:
             tag_ports = {t: self.gateway.port_for(f"{key}{TAG_SEPARATOR}{t}") for t in state.tags}
             self.gateway.serve(key, service, state.routes(port, tag_ports))
             state.save(self.instances, key)
-            if new is not None:  # recorded in traffic.json now, no longer "starting"
-                self.instances.forget_starting(key, str(new["instance"]))
+            for record in new:  # recorded in traffic.json now, no longer "starting"
+                self.instances.forget_starting(key, str(record["instance"]))
             after = {str(r.get("instance")) for r in state.records.values()}
             stale.extend(r for i, r in before.items() if i not in after)
             result.__dict__.update(state.__dict__)
@@ -247,9 +278,9 @@ class TrafficMixin:
         try:
             self.instances.commit(key, apply)
         except BaseException:
-            if new is not None:
-                self.instances.stop_instance(new)
-                self.instances.forget_starting(key, str(new["instance"]))
+            for record in new:
+                self.instances.stop_instance(record)
+                self.instances.forget_starting(key, str(record["instance"]))
             raise
         for record in stale:
             self.instances.stop_instance(record)
