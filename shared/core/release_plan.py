@@ -19,6 +19,7 @@ from shared.messages import Phase, TaskRecord, TaskStatus, task_id_for
 # Cloud Run's rule for a traffic tag: lowercase letters, digits and `-`, starting with a
 # letter; the tag's URL is TAG---SERVICE-..., so it is kept short.
 TAG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,45}$")
+TAG_PREFIX = "rel-"
 _RUN_HEX = re.compile(r"r-([0-9a-f]{10})[0-9a-f]*")
 
 
@@ -27,7 +28,7 @@ def release_tag(run_id: str) -> str:
     (of its digest, for ids of another shape), short enough for long service names."""
     found = _RUN_HEX.fullmatch(run_id)
     digits = found.group(1) if found else hashlib.sha256(run_id.encode()).hexdigest()[:10]
-    tag = f"rel-{digits}"
+    tag = f"{TAG_PREFIX}{digits}"
     assert TAG_PATTERN.match(tag) and len(tag) == RELEASE_TAG_LENGTH, tag
     return tag
 

@@ -14,10 +14,10 @@ import time
 from typing import Any
 
 from shared.architecture.model import HttpCheck, VerifyCheck
-from shared.core.release_plan import release_tag, serving_tag, split_traffic
+from shared.core.release_plan import TAG_PREFIX, release_tag, serving_tag, split_traffic
 from shared.core.runtime import Runtime
-from shared.deployer import ContainerDeployer, Target, TrafficDeployer
-from shared.errors import BackendError, UsageError
+from shared.deployer import ContainerDeployer, Target, Traffic, TrafficDeployer
+from shared.errors import ArchdeployError, BackendError, UsageError
 from shared.messages import (
     CheckOutcome,
     Phase,
@@ -153,8 +153,23 @@ def _promote(
             if error:
                 failed = detail.model_copy(update={"checks": checks, "percent": percent})
                 return TaskStatus.FAILED, {"error": f"at {percent}%: {error}", "release": failed}
+    _untag_earlier_releases(message.service, deployer, target, after, release_tag(run.run_id))
     done = detail.model_copy(update={"checks": checks or detail.checks, "percent": 100})
     return TaskStatus.SUCCEEDED, {"url": after.url if steps else None, "release": done}
+
+
+def _untag_earlier_releases(
+    service: str, deployer: TrafficDeployer, target: Target, traffic: Traffic, own: str
+) -> None:
+    """Earlier releases' tags were kept for a look; once a newer release of the service is
+    promoted they go, so their URLs stop reaching revisions nobody serves. (Rollback does
+    not need them: it names revisions, which outlive their tags.) Best effort."""
+    for tag in sorted(traffic.tags):
+        if tag.startswith(TAG_PREFIX) and tag != own:
+            try:
+                deployer.untag(service, tag, target=target)
+            except ArchdeployError as exc:
+                log.warning("%s: tag %s left in place: %s", service, tag, exc)
 
 
 def _still_ours(message: TaskMessage, attempt: int, rt: Runtime) -> bool:

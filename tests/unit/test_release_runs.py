@@ -13,6 +13,7 @@ from shared.cli.progress import result_table
 from shared.cli.timeline import render_timeline
 from shared.core.control import cancel_run
 from shared.core.dispatcher import dispatch_request
+from shared.core.release_plan import release_tag
 from shared.core.rollback import last_promoted_run
 from shared.doors.dashboard.view import build_view
 from shared.errors import UsageError
@@ -280,3 +281,18 @@ def test_a_promote_stopped_during_its_soak_takes_no_further_step() -> None:
     ]
     assert new_shares and max(new_shares) == 10  # the first step, and no further
     assert system.traffic() == before
+
+
+def test_a_promoted_release_removes_earlier_releases_tags_and_keeps_its_own() -> None:
+    system, _ = released()
+    first = system.run(chain(version="2", web_checks=[FAIL]), release=True)
+    assert first.status is RunStatus.FAILED
+    failed_tag = release_tag(first.run_id)
+    assert failed_tag in system.deployer.tags["web"]  # kept for a look
+
+    second = system.run(chain(version="3"), release=True)
+
+    assert second.status is RunStatus.SUCCEEDED, second.errors
+    assert failed_tag not in system.deployer.tags["web"]
+    assert release_tag(second.run_id) in system.deployer.tags["web"]
+    assert system.run(rollback_of=second.run_id).status is RunStatus.SUCCEEDED
