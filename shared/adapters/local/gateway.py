@@ -27,6 +27,7 @@ from shared.adapters.local.processes import (
     SERVICE_MARKER,
     file_lock,
     free_port,
+    kept_port,
     probe,
     spawn,
     stop_group,
@@ -71,9 +72,9 @@ class Gateway:
                     )
                 port = pinned
             else:
-                port = ports.get(key) or free_port()
+                port = ports.get(key) or kept_port()
                 while port in taken:
-                    port = free_port()
+                    port = kept_port()
             if ports.get(key) != port:
                 ports[key] = port
                 write_json_atomic(self.folder / "ports.json", ports)

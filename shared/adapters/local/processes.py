@@ -16,6 +16,7 @@ import http.client
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -46,6 +47,30 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def kept_port(rng: random.Random | None = None) -> int:
+    """A free loopback port to keep for a long time (a stable URL), chosen below the
+    kernel's ephemeral range: ports from `free_port` are also what the kernel gives
+    outgoing connections, so one picked there may be taken before the front end binds it."""
+    low = _ephemeral_low()
+    pick = rng or random.SystemRandom()
+    for _ in range(200):
+        port = pick.randrange(_KEPT_LOW, low)
+        if port_free(port):
+            return port
+    return free_port()  # a crowded range: fall back to the kernel's choice
+
+
+_KEPT_LOW = 20000
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return max(low, _KEPT_LOW + 1000)
 
 
 def port_free(port: int) -> bool:

@@ -1,0 +1,41 @@
+"""Stable local ports come from below the kernel's ephemeral range, where no outgoing
+connection is ever given one, and never a port something listens on."""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+from shared.adapters.local.processes import kept_port
+
+
+class Scripted(random.Random):
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__(0)
+        self.ports = ports
+
+    def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int:  # type: ignore[override]
+        assert stop is not None and start <= self.ports[0] < stop
+        return self.ports.pop(0)
+
+
+def _ephemeral_low() -> int:
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
+def test_a_kept_port_is_free_and_below_the_ephemeral_range() -> None:
+    for seed in range(20):
+        port = kept_port(random.Random(seed))
+        assert 20000 <= port < _ephemeral_low()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_a_port_something_listens_on_is_passed_over() -> None:
+    taken = kept_port(random.Random(1))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", taken))
+        busy.listen()
+        free = next(p for seed in range(2, 50) if (p := kept_port(random.Random(seed))) != taken)
+        assert kept_port(Scripted([taken, free])) == free
