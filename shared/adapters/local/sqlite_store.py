@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from shared import store_rules as rules
+from shared.adapters.local.sqlite_counts import COUNT_SQL, ensure_counts
 from shared.errors import BackendError, UsageError
 from shared.messages import (
     Phase,
@@ -102,6 +103,7 @@ class SqliteRunStore:
             # A crash loses at most the last transactions, never consistency: fine for runs.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            ensure_counts(self._db)
             with suppress(OSError):
                 self.path.chmod(0o600)  # runs hold architectures, which may be private
         except sqlite3.Error as exc:
@@ -267,10 +269,7 @@ class SqliteRunStore:
         return [self._task(task_id, doc) for task_id, doc in rows]
 
     def count_tasks(self, run_id: str, phase: Phase) -> dict[TaskStatus, int]:
-        rows = self._read(
-            "SELECT status, COUNT(*) FROM tasks WHERE run_id = ? AND phase = ? GROUP BY status",
-            (run_id, phase.value),
-        )
+        rows = self._read(COUNT_SQL, (run_id, phase.value))
         return {TaskStatus(status): n for status, n in rows}
 
     def release_task(
