@@ -93,6 +93,17 @@ def _labelled(entries: list[dict[str, Any]], **labels: str) -> list[dict[str, An
     return [e for e in entries if all(e[LABELS].get(k) == v for k, v in labels.items())]
 
 
+def _logged(topo: DevTopology, function: str, run_id: str, start: str) -> list[dict[str, Any]]:
+    """The run's log entries of `function`, once one starting with `start` is written
+    (or RUN_TIMEOUT has passed)."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        entries = _labelled(_log_entries(topo, function), run_id=run_id)
+        if any(e["message"].startswith(start) for e in entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.05)
+
+
 def test_the_example_deploys_through_the_topology(
     example_run: ExampleRun, topology: DevTopology, tmp_path: Path
 ) -> None:
@@ -167,9 +178,10 @@ def test_a_failed_build_fails_the_run_by_the_event_path_and_deploys_nothing(
     assert _labelled(_log_entries(topology, "dispatcher"), run_id=run_id)
     worker = _labelled(_log_entries(topology, "worker"), task_id=task_id)
     aggregator = _labelled(_log_entries(topology, "aggregator"), task_id=task_id)
-    closed = _labelled(_log_entries(topology, "aggregator"), run_id=run_id)
     assert any(e["message"].startswith("build failed:") for e in worker), worker
     assert aggregator, "the aggregator was not pushed the failed build's completion"
+    # The aggregator logs the end after the store holds the result the test waited for.
+    closed = _logged(topology, "aggregator", run_id, "run finished: failed")
     assert any(e["message"].startswith("run finished: failed") for e in closed), closed
 
 
