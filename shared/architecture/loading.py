@@ -8,6 +8,7 @@ dotted field path, the line, and a fix. Unknown keys are warnings (errors with
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import re
@@ -19,8 +20,15 @@ from pydantic import ValidationError
 
 from shared.architecture.checks import PROJECT_ID_FIX, Report, check_architecture
 from shared.architecture.conform import conform
+from shared.architecture.json_source import read_json
 from shared.architecture.model import Architecture
-from shared.architecture.yaml_source import FieldPath, decode, read_document, render_path
+from shared.architecture.yaml_source import (
+    Document,
+    FieldPath,
+    decode,
+    read_document,
+    render_path,
+)
 from shared.errors import ArchitectureError, Problem
 
 logger = logging.getLogger(__name__)
@@ -127,7 +135,26 @@ def _parse(
     environment: str | None,
 ) -> LoadedArchitecture:
     text = decode(source, file=file, max_bytes=MAX_ARCHITECTURE_BYTES)
+    fast = read_json(text)
+    if fast is not None:
+        # Problems need lines: a document with any is read again, as YAML, to place them.
+        with contextlib.suppress(ArchitectureError):
+            loaded = _checked(fast, text, file, base_dir, strict, check_paths_exist, environment)
+            if not loaded.warnings:
+                return loaded
     document = read_document(text, file=file)
+    return _checked(document, text, file, base_dir, strict, check_paths_exist, environment)
+
+
+def _checked(
+    document: Document,
+    text: str,
+    file: str,
+    base_dir: Path | None,
+    strict: bool,
+    check_paths_exist: bool,
+    environment: str | None,
+) -> LoadedArchitecture:
     report = Report(file, document.lines, base_dir, check_paths_exist)
     report.errors.extend(document.problems)
     if not isinstance(document.data, dict):

@@ -63,6 +63,7 @@ class Document:
     lines: dict[FieldPath, int]
     raw: dict[FieldPath, str]
     problems: list[Problem]  # found while reading (duplicate keys); reported with the rest
+    located: bool = True  # False: `lines` has every path but no line numbers (json_source)
 
 
 def render_path(path: FieldPath) -> str:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from shared import store_rules as rules
+from shared.adapters.local.sqlite_counts import COUNT_SQL, ensure_counts
 from shared.errors import BackendError, UsageError
 from shared.messages import (
     Phase,
@@ -68,6 +69,10 @@ _UNCLAIMABLE = _TERMINAL | {TaskStatus.WAITING.value}
 
 M = TypeVar("M", bound=BaseModel)
 
+# Parsed task records kept per store (see `SqliteRunStore._task`); past this many the
+# cache starts again, so a long-lived process holds a bounded number.
+TASK_CACHE_SIZE = 50_000
+
 
 def _parse(path: Path, model: type[M], text: str) -> M:
     """A stored document; a corrupt one is a clear error naming the store and the fix."""
@@ -98,6 +103,7 @@ class SqliteRunStore:
             # A crash loses at most the last transactions, never consistency: fine for runs.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            ensure_counts(self._db)
             with suppress(OSError):
                 self.path.chmod(0o600)  # runs hold architectures, which may be private
         except sqlite3.Error as exc:
@@ -106,6 +112,7 @@ class SqliteRunStore:
                 f"to {self.path.parent}, or pass --state-dir DIR)"
             ) from exc
         self._lock = threading.RLock()
+        self._parsed: dict[str, tuple[str, TaskRecord]] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -149,13 +156,16 @@ class SqliteRunStore:
                 "INSERT INTO runs (run_id, created_at, doc, architecture) VALUES (?, ?, ?, ?)",
                 (run.run_id, run.created_at.isoformat(), run.model_dump_json(), architecture),
             )
+            docs = [t.model_dump_json() for t in tasks]
             db.executemany(
                 "INSERT INTO tasks (task_id, run_id, phase, status, doc) VALUES (?, ?, ?, ?, ?)",
                 [
-                    (t.task_id, t.run_id, t.phase.value, t.status.value, t.model_dump_json())
-                    for t in tasks
+                    (t.task_id, t.run_id, t.phase.value, t.status.value, doc)
+                    for t, doc in zip(tasks, docs, strict=True)
                 ],
             )
+        for task, doc in zip(tasks, docs, strict=True):
+            self._remember(task.task_id, doc, task)
         return run, True
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -213,25 +223,53 @@ class SqliteRunStore:
 
     # --- tasks --------------------------------------------------------------------------
 
+    def _task(self, task_id: str, doc: str) -> TaskRecord:
+        """The record stored as `doc`, parsed once per version of its text.
+
+        The aggregator reads a whole phase at every step of a capped run (the waiting
+        tasks and the number in flight must come from one read), so parsing every record
+        each time cost O(tasks) per completion (docs/performance.md, issue 19). A record
+        is parsed again only when its text differs from the last one seen here, whoever
+        wrote it (another process too). Records are shared between callers, as the fake
+        store shares its own: the core never changes one in place, only `model_copy`s."""
+        hit = self._parsed.get(task_id)
+        if hit is not None and hit[0] == doc:
+            return hit[1]
+        task = _parse(self.path, TaskRecord, doc)
+        self._remember(task_id, doc, task)
+        return task
+
+    def _remember(self, task_id: str, doc: str, task: TaskRecord) -> None:
+        if len(self._parsed) >= TASK_CACHE_SIZE:
+            self._parsed.clear()
+        self._parsed[task_id] = (doc, task)
+
+    def _store_task(self, db: sqlite3.Connection, task: TaskRecord) -> None:
+        doc = task.model_dump_json()
+        db.execute(
+            "UPDATE tasks SET status = ?, doc = ? WHERE task_id = ?",
+            (task.status.value, doc, task.task_id),
+        )
+        self._remember(task.task_id, doc, task)
+
     def get_task(self, task_id: str) -> TaskRecord | None:
         rows = self._read("SELECT doc FROM tasks WHERE task_id = ?", (task_id,))
-        return _parse(self.path, TaskRecord, rows[0][0]) if rows else None
+        return self._task(task_id, rows[0][0]) if rows else None
 
     def get_tasks(self, run_id: str, phase: Phase | None = None) -> list[TaskRecord]:
         if phase is None:
-            rows = self._read("SELECT doc FROM tasks WHERE run_id = ? ORDER BY rowid", (run_id,))
+            rows = self._read(
+                "SELECT task_id, doc FROM tasks WHERE run_id = ? ORDER BY rowid", (run_id,)
+            )
         else:
             rows = self._read(
-                "SELECT doc FROM tasks WHERE run_id = ? AND phase = ? ORDER BY rowid",
+                "SELECT task_id, doc FROM tasks WHERE run_id = ? AND phase = ? ORDER BY rowid",
                 (run_id, phase.value),
             )
-        return [_parse(self.path, TaskRecord, r[0]) for r in rows]
+        return [self._task(task_id, doc) for task_id, doc in rows]
 
     def count_tasks(self, run_id: str, phase: Phase) -> dict[TaskStatus, int]:
-        rows = self._read(
-            "SELECT status, COUNT(*) FROM tasks WHERE run_id = ? AND phase = ? GROUP BY status",
-            (run_id, phase.value),
-        )
+        rows = self._read(COUNT_SQL, (run_id, phase.value))
         return {TaskStatus(status): n for status, n in rows}
 
     def release_task(
@@ -247,16 +285,9 @@ class SqliteRunStore:
         with self._write() as db:
             for task_id, updates in releases:
                 row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-                won = (
-                    rules.released(_parse(self.path, TaskRecord, row[0]), updates, now)
-                    if row
-                    else None
-                )
+                won = rules.released(self._task(task_id, row[0]), updates, now) if row else None
                 if won is not None:
-                    db.execute(
-                        "UPDATE tasks SET status = ?, doc = ? WHERE task_id = ?",
-                        (won.status.value, won.model_dump_json(), task_id),
-                    )
+                    self._store_task(db, won)
                     released.append(won)
         return released
 
@@ -291,13 +322,10 @@ class SqliteRunStore:
             row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
             if row is None:
                 return None
-            updated = change(_parse(self.path, TaskRecord, row[0]))
+            updated = change(self._task(task_id, row[0]))
             if updated is None:
                 return None
-            db.execute(
-                "UPDATE tasks SET status = ?, doc = ? WHERE task_id = ?",
-                (updated.status.value, updated.model_dump_json(), task_id),
-            )
+            self._store_task(db, updated)
             return updated
 
     # --- what the scheduler keeps across runs ------------------------------------------

@@ -1,0 +1,65 @@
+"""The SQLite store parses a task record once per version of its text: what another
+process (another store on the same file) writes is still what every read returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.adapters.local import sqlite_store
+from shared.adapters.local.sqlite_store import SqliteRunStore
+from shared.messages import Phase, TaskStatus
+from tests.integration.test_store_contract import NOW, _completion, _created, _tasks
+
+
+def test_writes_through_another_connection_are_seen_by_every_read(tmp_path: Path) -> None:
+    ours, theirs = SqliteRunStore(tmp_path / "runs.db"), SqliteRunStore(tmp_path / "runs.db")
+    try:
+        run_id = _created(ours, lambda r: _tasks(r, Phase.BUILD, ["api", "web"]))
+        before = ours.get_tasks(run_id, Phase.BUILD)  # parsed, and remembered
+        assert [t.status for t in before] == [TaskStatus.WAITING] * 2
+
+        theirs.release_tasks([(before[0].task_id, {})], now=NOW)
+        theirs.claim_task(before[0].task_id, worker="other", lease_seconds=60, now=NOW)
+
+        seen = ours.get_task(before[0].task_id)
+        assert seen is not None and seen.status is TaskStatus.RUNNING
+        assert seen.claimed_by == "other" and seen.attempt == 1
+        assert [t.status for t in ours.get_tasks(run_id, Phase.BUILD)] == [
+            TaskStatus.RUNNING,
+            TaskStatus.WAITING,
+        ]
+        # Our compare-and-set starts from their record, not the one we parsed before.
+        assert ours.claim_task(before[0].task_id, worker="us", lease_seconds=60, now=NOW) is None
+        done = ours.complete_task(_completion(seen))
+        assert done is not None and done.status is TaskStatus.SUCCEEDED
+        assert theirs.get_task(before[0].task_id) == done
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_an_unchanged_record_is_not_parsed_again(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteRunStore(tmp_path / "runs.db")
+    try:
+        run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["api", "web", "db"]))
+        parsed: list[str] = []
+        real = sqlite_store._parse
+        monkeypatch.setattr(sqlite_store, "_parse", lambda *a: parsed.append(a[2]) or real(*a))
+        tasks = store.get_tasks(run_id, Phase.BUILD)
+        store.release_tasks([(tasks[0].task_id, {})], now=NOW)
+        for _ in range(5):
+            assert store.get_tasks(run_id, Phase.BUILD)[0].status is TaskStatus.PENDING
+        assert parsed == []  # created, released and read back: every text already known
+    finally:
+        store.close()
+
+
+def test_the_cache_is_bounded(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(sqlite_store, "TASK_CACHE_SIZE", 2)
+    store = SqliteRunStore(tmp_path / "runs.db")
+    try:
+        run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["a", "b", "c", "d", "e"]))
+        assert len(store.get_tasks(run_id, Phase.BUILD)) == 5
+        assert len(store._parsed) <= 2
+    finally:
+        store.close()

@@ -1,0 +1,72 @@
+"""The in-process bus's thread pools: at most `parallelism` handlers at once per topic,
+none of a topic's messages waiting while it has room, and a close that drops the rest."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+from shared.adapters.local.inprocess_bus import InProcessBus
+
+TIMEOUT = 30.0
+
+
+def _publish(bus: InProcessBus, topic: str, i: int) -> None:
+    bus.publish_raw(topic, f"message {i}".encode(), {})
+
+
+def test_every_wave_runs_all_its_messages_at_once_up_to_the_parallelism() -> None:
+    bus = InProcessBus(parallelism=5)
+    for wave in range(3):  # threads started, then reused: each wave must still fit at once
+        together = threading.Barrier(5, timeout=TIMEOUT)  # broken if any of the 5 waits
+        bus.subscribe(f"topic-{wave}", lambda _d, _a, b=together: b.wait())  # type: ignore[misc]
+        for i in range(5):
+            _publish(bus, f"topic-{wave}", i)
+        bus.drain(TIMEOUT)
+    bus.close()
+
+
+def test_no_more_than_the_parallelism_run_at_once_and_every_message_runs() -> None:
+    bus = InProcessBus(parallelism=3)
+    lock, running, peak, seen = threading.Lock(), [0], [0], []
+    gate = threading.Event()
+
+    def handler(data: bytes, _attributes: Mapping[str, str]) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        gate.wait(TIMEOUT)
+        with lock:
+            running[0] -= 1
+            seen.append(data)
+
+    bus.subscribe("t", handler)
+    for i in range(20):
+        _publish(bus, "t", i)
+    threading.Timer(0.2, gate.set).start()
+    bus.drain(TIMEOUT)
+    bus.close()
+    assert peak[0] == 3
+    assert len(seen) == 20
+
+
+def test_close_drops_the_messages_not_started_and_drain_returns() -> None:
+    bus = InProcessBus(parallelism=1)
+    started, release, ran = threading.Event(), threading.Event(), []
+
+    def handler(data: bytes, _attributes: Mapping[str, str]) -> None:
+        ran.append(data)
+        started.set()
+        release.wait(TIMEOUT)
+
+    bus.subscribe("t", handler)
+    for i in range(4):
+        _publish(bus, "t", i)
+    assert started.wait(TIMEOUT)
+    closing = threading.Thread(target=bus.close)
+    closing.start()
+    release.set()
+    closing.join(TIMEOUT)
+    assert not closing.is_alive()
+    bus.drain(TIMEOUT)  # the dropped messages are no longer in flight
+    assert len(ran) == 1
