@@ -26,7 +26,6 @@ from shared.adapters.local.instances import alive, read_json
 from shared.adapters.local.processes import (
     SERVICE_MARKER,
     file_lock,
-    free_port,
     kept_port,
     probe,
     spawn,
@@ -170,7 +169,7 @@ class Gateway:
 
     def _start(self) -> Record:
         instance = uuid.uuid4().hex[:8]
-        control_port = free_port()
+        control_port = kept_port()
         record: Record = {
             "instance": instance,
             "marker": self.marker_prefix + instance,

@@ -9,6 +9,7 @@ has since given to another program is never signalled.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -50,19 +51,29 @@ def free_port() -> int:
 
 
 def kept_port(rng: random.Random | None = None) -> int:
-    """A free loopback port to keep for a long time (a stable URL), chosen below the
-    kernel's ephemeral range: ports from `free_port` are also what the kernel gives
-    outgoing connections, so one picked there may be taken before the front end binds it."""
+    """A free loopback port for a server that binds it a little later (a stable URL, a
+    revision starting), chosen below the kernel's ephemeral range: ports from `free_port`
+    are also what the kernel gives outgoing connections, so one picked there may be taken
+    before the server binds it, and the same one may be picked twice meanwhile."""
     low = _ephemeral_low()
     pick = rng or random.SystemRandom()
     for _ in range(200):
         port = pick.randrange(_KEPT_LOW, low)
+        with _HANDED_LOCK:
+            if port in _HANDED_OUT:
+                continue  # given to a revision still starting: not bound yet
         if port_free(port):
+            with _HANDED_LOCK:
+                _HANDED_OUT.append(port)
             return port
     return free_port()  # a crowded range: fall back to the kernel's choice
 
 
 _KEPT_LOW = 20000
+# Ports this process handed out lately: a revision binds its port only once its process
+# has started, and two deploys at once must not be given the same one meanwhile.
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=1024)
+_HANDED_LOCK = threading.Lock()
 
 
 def _ephemeral_low() -> int:
