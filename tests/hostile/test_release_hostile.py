@@ -25,6 +25,7 @@ from tests.hostile.conftest import (
     leftovers,
     run_cli,
     start_cli,
+    stderr_has,
     wait_for,
 )
 
@@ -288,3 +289,23 @@ def test_down_after_releases_stops_every_revision_and_tag_port(example: Example)
     down(example)
 
     assert [url for url in [*tags, *urls.values()] if answers(url)] == []
+
+
+def test_a_second_release_waits_for_the_first_then_finds_nothing_to_do(example: Example) -> None:
+    urls = deploy_v1(example)
+    example.version("v2", gated="ingest")
+    first = start_cli(*example.args("up", str(example.file), "--release"))
+    wait_for("the verify check to start", example.started.exists, timeout=120)
+    second = start_cli(*example.args("up", str(example.file), "--release", "--json"))
+    wait_for("the second to wait", lambda: stderr_has(second, "waiting for archdeploy up (pid"))
+
+    example.go.touch()
+    done = finish(first)
+    after = finish(second)
+
+    assert done.code == 0, done.text
+    assert after.code == 0, after.text
+    result = json.loads(after.out)
+    assert {result["services"][name]["status"] for name in ROLES} == {"unchanged"}
+    assert roles(urls) == served("v2")
+    down(example)
