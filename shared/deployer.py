@@ -262,3 +262,7 @@ def is_incremental(deployer: object) -> TypeGuard[IncrementalDeployer]:
 
 def submits_builds(deployer: object) -> TypeGuard[BuildSubmitter]:
     return _can(deployer, BuildSubmitter)
+
+
+def moves_traffic(deployer: object) -> TypeGuard[TrafficDeployer]:
+    return _can(deployer, TrafficDeployer)

@@ -49,7 +49,14 @@ def plan_rollback_run(
     """The rollback run, its tasks and the released run's architecture text."""
     source_id = request.rollback_of or ""
     source = rt.store.get_run(source_id)
-    if source is None or source.release is None or source.rollback_of:
+    if source is None:
+        raise UsageError(f"no run {source_id!r} here: `archdeploy runs` lists runs")
+    if source.rollback_of:
+        raise UsageError(
+            f"run {source_id} is a rollback (of {source.rollback_of}), not a release: "
+            "to serve that release again, run `archdeploy up FILE --release`"
+        )
+    if source.release is None:
         raise UsageError(
             f"run {source_id!r} is not a release: `archdeploy runs` lists runs; "
             "only runs made with `release:` or `up --release` can be rolled back"

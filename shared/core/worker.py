@@ -18,10 +18,12 @@ from shared.core.release_tasks import run_release_task
 from shared.core.run_engine import halt_run
 from shared.core.runtime import Runtime
 from shared.deployer import (
+    Deployed,
     IncrementalDeployer,
     Target,
     config_fingerprint,
     is_incremental,
+    moves_traffic,
     submits_builds,
     targeting,
 )
@@ -142,8 +144,24 @@ def _reused(
     wanted = config_fingerprint(message.service_account, message.spec, message.health_check)
     if current is None or current.fingerprint != wanted:
         return None
+    released = message.phase is not Phase.DIRECTOR
+    if released and not _serves_whole(message.service, current, rt, target):
+        log.info("%s: traffic is split (a release left halfway): deployed again", message.service)
+        return None
     log.info("%s unchanged: not redeployed", message.service)
     return {"url": current.url, "reused": True}
+
+
+def _serves_whole(service: str, current: Deployed, rt: Runtime, target: Target) -> bool:
+    """Whether `current` takes all the service's traffic: a release killed halfway leaves
+    a split whose newer revision has the wanted fingerprint, yet is no finished release."""
+    if not moves_traffic(rt.deployer):
+        return True
+    traffic = rt.deployer.traffic(service, target=target)
+    if traffic is None:
+        return False
+    serving = [revision.rsplit("/", 1)[-1] for revision, pct in traffic.percents.items() if pct]
+    return serving == [current.revision.rsplit("/", 1)[-1]]
 
 
 def _submit_build(message: TaskMessage, claimed: TaskRecord, rt: Runtime) -> TaskCompletion | None:

@@ -56,7 +56,7 @@ def test_rollback_with_no_promoted_release_exits_2(tmp_path: Path) -> None:
 
 def test_rollback_of_an_unknown_run_exits_2(tmp_path: Path) -> None:
     code, out = _invoke("--state-dir", str(tmp_path), "rollback", "r-nosuchrun")
-    assert code == 2 and "'r-nosuchrun' is not a release" in out, out
+    assert code == 2 and "no run 'r-nosuchrun' here" in out, out
 
 
 LONG = "orders-ingest-with-a-long-name-33"  # 33 characters: 14 more for the tag is 47

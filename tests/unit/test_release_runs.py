@@ -164,6 +164,17 @@ def test_rolling_back_a_run_that_was_not_a_release_is_a_usage_error() -> None:
         dispatch_request(request, system.rt, record_invalid=False)
 
 
+def test_rolling_back_a_rollback_says_so_and_how_to_serve_the_release_again() -> None:
+    system = ReleaseSystem()
+    system.run(chain())
+    released = system.run(chain(version="2", api_checks=[PASS], web_checks=[PASS]), release=True)
+    back = system.run(rollback_of=released.run_id)
+    assert back.status is RunStatus.SUCCEEDED, back.errors
+
+    with pytest.raises(UsageError, match=f"is a rollback \\(of {released.run_id}\\)"):
+        dispatch_request(DeployRequest(rollback_of=back.run_id), system.rt, record_invalid=False)
+
+
 def test_a_release_cancelled_mid_promote_puts_traffic_back_and_ends_cancelled() -> None:
     system, before = released()
     request = DeployRequest(architecture=chain(version="2").model_dump_json(), release=True)
