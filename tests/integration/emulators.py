@@ -1,7 +1,9 @@
 """Session fixtures that run the real Pub/Sub and Firestore emulators on free loopback ports.
 
-Each emulator runs in its own process group: killing only the `gcloud` wrapper leaves the
-emulator's Java process running, so teardown signals the whole group. The emulator
+Each emulator runs under `shared.devserver.emulators.launch`'s supervisor, which leads a
+session of its own: killing only the `gcloud` wrapper would leave the emulator's Java
+process running, so teardown signals the supervisor's group and the supervisor ends the
+whole session; if pytest itself is killed, the supervisor ends it too. The emulator
 variables (`PUBSUB_EMULATOR_HOST`, `FIRESTORE_EMULATOR_HOST`) are set only inside the
 function-scoped `pubsub_env` / `firestore_env` fixtures, so unit tests never see a cloud.
 A missing emulator fails the run (never skips) and says what to install.
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from shared.devserver.emulators import launch
 
 __all__ = [
     "Emulator",
@@ -123,10 +127,9 @@ def _run_emulator(name: str, args: list[str], tmp: Path) -> Iterator[Emulator]:
     log = tmp / f"{name}.log"
     command = ["gcloud", *args, f"--host-port={host}", "--quiet"]
     started = time.monotonic()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    # Under archdeploy's supervisor (as `archdeploy dev` runs them): if pytest is killed,
+    # even by SIGKILL, the emulator and its JVM end with it.
+    proc = launch(f"{name} emulator", command, env=os.environ, cwd=tmp, log_path=log).process
     try:
         _wait_until_up(name, proc, host, log)
         yield Emulator(name, host, PROJECT, round(time.monotonic() - started, 1))
