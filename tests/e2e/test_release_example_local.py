@@ -14,7 +14,6 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from shared.adapters.local.deployer import LocalDeployer
 from shared.adapters.local.processes import processes_in
 from shared.adapters.local.sqlite_store import SqliteRunStore
 from shared.messages import Phase, TaskStatus
+from tests.release_example import ROLES, roles
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-ROLES = {"ingest": "takes orders in", "enrich": "enriches orders"}  # the services released
 OTHERS = ("director", "notify")  # never changed: a release leaves them alone
 
 
@@ -75,16 +74,6 @@ class Example:
             return {t.service: t for t in store.get_tasks(run_id, phase)}
         finally:
             store.close()
-
-
-def role(url: str) -> str:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url + "/", timeout=10) as answer:
-        return str(json.load(answer)["role"])
-
-
-def roles(urls: dict[str, str]) -> dict[str, str]:
-    return {name: role(urls[name]) for name in ROLES}
 
 
 def contains(text: str) -> dict[str, Any]:

@@ -28,9 +28,9 @@ from tests.hostile.conftest import (
     stderr_has,
     wait_for,
 )
+from tests.release_example import ROLES, role, roles
 
 EXAMPLES = REPO / "examples"
-ROLES = {"ingest": "takes orders in", "enrich": "enriches orders"}
 # A verify command: says it started (a file), then waits (bounded) for the test's go file.
 GATE = (
     "import os, signal, sys, time\n"
@@ -81,10 +81,10 @@ class Example:
         """Ingest and enrich answer `role (version)`; `gated` names a service whose check
         blocks on the go file from its `at`th run on (1: verify; 2: the first step);
         `failing` one whose check wants a version that never comes."""
-        for name, role in ROLES.items():
+        for name, says in ROLES.items():
             main = self.root / "example" / "services" / name / "main.py"
             text = (EXAMPLES / "services" / name / "main.py").read_text()
-            main.write_text(text.replace(f'"{role}"', f'"{role} ({version})"'))
+            main.write_text(text.replace(f'"{says}"', f'"{says} ({version})"'))
         document = json.loads(json.dumps(self.base))
         if gated:
             spec = document["dataflows"]["orders"]["services"][gated]["deployment"]
@@ -99,18 +99,6 @@ class Example:
         self.started.unlink(missing_ok=True)
         Path(f"{self.started}.runs").unlink(missing_ok=True)
         self.go.unlink(missing_ok=True)
-
-
-def role(url: str) -> str:
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url + "/", timeout=10) as answer:
-        return str(json.load(answer)["role"])
-
-
-def roles(urls: dict[str, str]) -> dict[str, str]:
-    return {name: role(urls[name]) for name in ROLES}
 
 
 def served(version: str) -> dict[str, str]:
