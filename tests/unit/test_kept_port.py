@@ -7,7 +7,7 @@ import random
 import socket
 from pathlib import Path
 
-from shared.adapters.local.processes import kept_port, port_free
+from shared.adapters.local.processes import free_port, kept_port, port_free
 
 
 class Scripted(random.Random):
@@ -40,3 +40,9 @@ def test_a_port_something_listens_on_is_passed_over() -> None:
         handed = kept_port(random.Random(2))  # handed out, not bound yet: not again
         free = next(p for p in range(20000, 30000) if p not in (taken, handed) and port_free(p))
         assert kept_port(Scripted([taken, handed, free])) == free
+
+
+def test_ports_handed_out_for_revisions_are_never_the_same_twice_in_a_row() -> None:
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(p >= _ephemeral_low() for p in ports)  # never where stable ports are kept

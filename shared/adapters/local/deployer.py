@@ -47,7 +47,7 @@ from shared.adapters.local.oci_images import OciImageStore, collect_files, image
 from shared.adapters.local.processes import (
     SERVICE_MARKER,
     Spawned,
-    kept_port,
+    free_port,
     probe_threshold,
     spawn,
     stop_marked,
@@ -328,7 +328,7 @@ class LocalDeployer(TrafficMixin):
         digest = image_digest(spec.image).removeprefix("sha256:")[:12]
         instance = f"{digest}-{uuid.uuid4().hex[:8]}"
         root = self._run_dir / start.key / instance
-        port = kept_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"  # the revision's own; the front end forwards to it
         record: Record = {
             "service": service_name,

@@ -44,17 +44,26 @@ _PROC = Path("/proc")
 
 
 def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now (the service binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port that nothing listens on right now (the service binds it next),
+    from the kernel's ephemeral range, so never one kept as some service's stable port,
+    and never one this process handed out lately (two revisions starting at once would
+    otherwise be given the same port: the kernel frees it when this socket closes)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        with _HANDED_LOCK:
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.append(port)
+                return port
+    return port
 
 
 def kept_port(rng: random.Random | None = None) -> int:
-    """A free loopback port for a server that binds it a little later (a stable URL, a
-    revision starting), chosen below the kernel's ephemeral range: ports from `free_port`
-    are also what the kernel gives outgoing connections, so one picked there may be taken
-    before the server binds it, and the same one may be picked twice meanwhile."""
+    """A free loopback port to keep for a long time (a stable URL, the front end's control
+    port), chosen below the kernel's ephemeral range: ports there are also what the kernel
+    gives outgoing connections and `free_port`, so one kept there, unbound while its
+    service is down, could be taken by them."""
     low = _ephemeral_low()
     pick = rng or random.SystemRandom()
     for _ in range(200):
@@ -70,8 +79,8 @@ def kept_port(rng: random.Random | None = None) -> int:
 
 
 _KEPT_LOW = 20000
-# Ports this process handed out lately: a revision binds its port only once its process
-# has started, and two deploys at once must not be given the same one meanwhile.
+# Ports this process handed out lately: a server binds its port only once its process
+# has started, and two starting at once must not be given the same one meanwhile.
 _HANDED_OUT: collections.deque[int] = collections.deque(maxlen=1024)
 _HANDED_LOCK = threading.Lock()
 
