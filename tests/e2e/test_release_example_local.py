@@ -11,7 +11,6 @@ commit would be; `verify:` checks it on the tag URL before any traffic moves.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,27 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from shared.adapters.local.deployer import LocalDeployer
 from shared.adapters.local.processes import processes_in
 from shared.adapters.local.sqlite_store import SqliteRunStore
 from shared.messages import Phase, TaskStatus
-from tests.release_example import ROLES, roles
+from tests.release_example import ROLES, ExampleCopy, roles
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 OTHERS = ("director", "notify")  # never changed: a release leaves them alone
 
 
-class Example:
+class Example(ExampleCopy):
     """A copy of the example whose ingest and enrich a test changes, and the CLI on it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.state = root / "state"
-        shutil.copytree(EXAMPLES, root / "example")
-        self.file = root / "example" / "architecture.yaml"
-        self.base = yaml.safe_load(self.file.read_text())
 
     def archdeploy(self, *args: str) -> tuple[int, dict[str, Any], str]:
         command = [sys.executable, "-m", "shared.cli.main", "--state-dir", str(self.state)]
@@ -56,17 +46,13 @@ class Example:
         release: dict[str, Any] | None = None,
     ) -> None:
         """Ingest and enrich answer `role (version)`; `verify` checks per service."""
-        for name, role in ROLES.items():
-            main = self.root / "example" / "services" / name / "main.py"
-            text = (EXAMPLES / "services" / name / "main.py").read_text()
-            main.write_text(text.replace(f'"{role}"', f'"{role} ({version})"'))
-        document = json.loads(json.dumps(self.base))
+        document = self.answer_version(version)
         for name, checks in (verify or {}).items():
             spec = document["dataflows"]["orders"]["services"][name]
             spec["deployment"]["verify"] = checks
         if release:
             document["release"] = release
-        self.file.write_text(yaml.safe_dump(document, sort_keys=False))
+        self.write(document)
 
     def tasks(self, run_id: str, phase: Phase) -> dict[str, Any]:
         store = SqliteRunStore(self.state / "runs.db")

@@ -6,17 +6,14 @@ strikes. Every "what serves" claim is a real GET on a stable URL."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.hostile.conftest import (
-    REPO,
     Done,
     answers,
     cli_env,
@@ -28,9 +25,8 @@ from tests.hostile.conftest import (
     stderr_has,
     wait_for,
 )
-from tests.release_example import ROLES, role, roles
+from tests.release_example import ROLES, ExampleCopy, role, roles
 
-EXAMPLES = REPO / "examples"
 # A verify command: says it started (a file), then waits (bounded) for the test's go file.
 GATE = (
     "import os, signal, sys, time\n"
@@ -47,15 +43,11 @@ GATE = (
 )
 
 
-class Example:
+class Example(ExampleCopy):
     """A copy of the example and the real CLI on its state folder."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.state = root / "state"
-        shutil.copytree(EXAMPLES, root / "example")
-        self.file = root / "example" / "architecture.yaml"
-        self.base = yaml.safe_load(self.file.read_text())
+        super().__init__(root)
         self.started = root / "check-started"
         self.go = root / "check-go"
 
@@ -81,11 +73,7 @@ class Example:
         """Ingest and enrich answer `role (version)`; `gated` names a service whose check
         blocks on the go file from its `at`th run on (1: verify; 2: the first step);
         `failing` one whose check wants a version that never comes."""
-        for name, says in ROLES.items():
-            main = self.root / "example" / "services" / name / "main.py"
-            text = (EXAMPLES / "services" / name / "main.py").read_text()
-            main.write_text(text.replace(f'"{says}"', f'"{says} ({version})"'))
-        document = json.loads(json.dumps(self.base))
+        document = self.answer_version(version)
         if gated:
             spec = document["dataflows"]["orders"]["services"][gated]["deployment"]
             gate = [sys.executable, "-c", GATE, str(self.started), str(self.go), str(at)]
@@ -95,7 +83,7 @@ class Example:
             spec["verify"] = [{"http": {"path": "/", "contains": "(v9)", "timeout": "10s"}}]
         if release:
             document["release"] = release
-        self.file.write_text(yaml.safe_dump(document, sort_keys=False))
+        self.write(document)
         self.started.unlink(missing_ok=True)
         Path(f"{self.started}.runs").unlink(missing_ok=True)
         self.go.unlink(missing_ok=True)
