@@ -70,6 +70,7 @@ class FrontEnd:
         self.drained = asyncio.Condition()
         self.draining = 0  # reloads waiting for a drain
         self.session: ClientSession | None = None
+        self.applying = asyncio.Lock()
 
     async def start(self) -> None:
         self.session = ClientSession(
@@ -94,15 +95,19 @@ class FrontEnd:
     async def reload(self) -> dict[str, Any]:
         """Apply `routes.json`; returns the ports served, those that failed to open, and
         whether old revisions drained in time."""
-        wanted = read_routes(self.folder)
-        failed: dict[str, str] = {}
-        for port in [p for p in self.sites if p not in wanted]:
-            await self.sites.pop(port).cleanup()
-        for port in [p for p in wanted if p not in self.sites]:
-            error = await self._listen(port)
-            if error:
-                failed[str(port)] = error
-        self.routes = {p: r for p, r in wanted.items() if p in self.sites}
+        # One reload at a time changes the ports: deploys reload at once, and a second
+        # reload would otherwise try to listen on a port the first is still opening
+        # ("address already in use"). The drain waits outside, for each its own.
+        async with self.applying:
+            wanted = read_routes(self.folder)
+            failed: dict[str, str] = {}
+            for port in [p for p in self.sites if p not in wanted]:
+                await self.sites.pop(port).cleanup()
+            for port in [p for p in wanted if p not in self.sites]:
+                error = await self._listen(port)
+                if error:
+                    failed[str(port)] = error
+            self.routes = {p: r for p, r in wanted.items() if p in self.sites}
         drained = await self._drain()
         return {"ports": sorted(self.sites), "failed": failed, "drained": drained}
 
