@@ -21,8 +21,12 @@ $(UV):
 
 # --locked: refuse a lock that no longer matches pyproject.toml, rather than install
 # something no one tested.
+# --compile-bytecode: pip writes bytecode at install, uv does not. Without it every process
+# started where bytecode cannot be written (PYTHONDONTWRITEBYTECODE, a read-only tree)
+# compiles every module it imports: `archdeploy validate` took 0.40 s instead of 0.19 s.
 $(STAMP): $(UV) pyproject.toml uv.lock
-	$(UV) sync --locked --all-extras --python $(PYTHON) --quiet
+	$(UV) sync --locked --all-extras --compile-bytecode --python $(PYTHON) --quiet
+	$(BIN)/python -m compileall -q shared functions >/dev/null
 	touch $(STAMP)
 
 # Re-resolve every dependency to the newest allowed versions, then pin each function's
