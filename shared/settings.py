@@ -2,24 +2,43 @@
 
 The README's configuration table lists every variable; a missing or contradictory
 setting fails at start with a message naming the variable.
+
+`Settings(**values)` reads the environment as pydantic-settings did (this module replaced
+it: importing it cost every command ~40 ms, half of it `asyncio`): a field's value is the
+keyword argument if given, else `ARCHDEPLOY_<FIELD>` (any case), else its default. A list
+field's variable holds JSON (`["main", "release/*"]`); the others hold the text pydantic
+validates. Values from the environment count as set (`model_fields_set`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_origin
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from shared.errors import UsageError
 
 ENV_PREFIX = "ARCHDEPLOY_"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+def _main_branch() -> list[str]:
+    return ["main"]
+
+
+def _no_origins() -> list[str]:
+    # A Python function, not `list`: pydantic inspects a factory's signature, and list's
+    # costs a `tokenize` pass (see docs/performance.md, "start-up, third look").
+    return []
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**from_environment(), **values})
 
     backend: Literal["local", "gcp"] = Field(
         default="local", description="default backend of every port"
@@ -74,11 +93,12 @@ class Settings(BaseSettings):
         default=None, description="HTTP door: local source_root must be inside (default: cwd)"
     )
     http_allowed_origins: list[str] = Field(
-        default_factory=list, description="HTTP door: browser origins accepted beside its own"
+        default_factory=_no_origins,
+        description="HTTP door: browser origins accepted beside its own",
     )
     webhook_secret: SecretStr | None = Field(default=None, description="GitHub webhook secret")
     github_token: SecretStr | None = Field(default=None, description="reads pushed commits")
-    webhook_branches: list[str] = Field(default_factory=lambda: ["main"])
+    webhook_branches: list[str] = Field(default_factory=_main_branch)
     webhook_architecture_path: str = "services.yaml"
     webhook_give_up_seconds: float = Field(
         default=120, ge=0, description="a push whose file cannot be read fails after this"
@@ -121,6 +141,31 @@ class Settings(BaseSettings):
         return self
 
 
+def from_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The settings `ARCHDEPLOY_*` variables give, by field name: names match in any case
+    (as pydantic-settings matched them); a list field's JSON is decoded, and text that is
+    not JSON is left for validation to refuse, naming the variable."""
+    found = {k.lower(): v for k, v in (os.environ if environ is None else environ).items()}
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = found.get(f"{ENV_PREFIX}{name}".lower())
+        if raw is None:
+            continue
+        if name in _JSON_FIELDS:
+            try:
+                values[name] = json.loads(raw)
+                continue
+            except ValueError:
+                pass
+        values[name] = raw
+    return values
+
+
+_JSON_FIELDS = frozenset(
+    name for name, field in Settings.model_fields.items() if get_origin(field.annotation) is list
+)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment (and `overrides`); raises `UsageError` naming the variable."""
     if "project" not in overrides and not os.environ.get(f"{ENV_PREFIX}PROJECT"):
@@ -128,11 +173,12 @@ def load_settings(**overrides: object) -> Settings:
         if google_project:
             overrides["project"] = google_project
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else ""
             name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
-            problems.append(f"{name}: {err['msg']}")
+            fix = ' (a JSON list, e.g. ["value"])' if field in _JSON_FIELDS else ""
+            problems.append(f"{name}: {err['msg']}{fix}")
         raise UsageError("invalid settings:\n  " + "\n  ".join(problems)) from None

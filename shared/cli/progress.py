@@ -1,23 +1,29 @@
 """Following a run as a person: a live table on a terminal, plain lines otherwise.
 
 It reads only the run store, so it follows an embedded run and a run on Google Cloud
-the same way.
+the same way. rich draws only on a terminal and is imported only then: a pipe, a file or
+a CI log gets plain lines, each whole (never wrapped at 80 columns) and as written (an
+error's `[...]` is not taken for markup).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
+import click
 
+from shared.cli.lazy_console import is_terminal, plain_text
 from shared.core.runtime import run_view as current
 from shared.messages import RunResult, RunStatus, ServiceResult
 from shared.ports import RunStore
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 _STYLE = {
     "deployed": "green",
@@ -49,28 +55,77 @@ def short_image(image: str | None) -> str:
     return f"{name.rsplit('/', 1)[-1]}@{digest[:19]}" if digest else name
 
 
-def result_table(result: RunResult) -> Table:
+COLUMNS = ("service", "dataflow", "status", "build", "deploy", "image", "url")
+
+
+def _title(result: RunResult) -> str:
     title = f"run {result.run_id}: {result.status.value} ({result.phase.value})"
     if result.duration_seconds is not None:
         title += f" in {result.duration_seconds:.1f}s"
-    table = Table(title=title, title_justify="left", expand=False)
-    for column in ("service", "dataflow", "status", "build", "deploy", "image", "url"):
-        table.add_column(column, no_wrap=column in ("service", "status", "url"))
+    return title
+
+
+def _rows(result: RunResult) -> tuple[list[str], list[list[str]]]:
+    """The table's column names and its cells, one row per service (no markup)."""
     released = any(svc.staged_revision for svc in result.services.values())
-    if released:
-        table.add_column("release", no_wrap=True)
-    for svc in result.services.values():
-        row = [
+    rows = [
+        [
             svc.service,
             svc.dataflow or "(director)",
-            f"[{_STYLE.get(svc.status, '')}]{svc.status}[/]",
+            svc.status,
             f"{svc.build_seconds:.1f}s" if svc.build_seconds is not None else "",
             f"{svc.deploy_seconds:.1f}s" if svc.deploy_seconds is not None else "",
             short_image(svc.image),
             svc.url or "",
+            *([release_cell(svc)] if released else []),
         ]
-        table.add_row(*row, *([release_cell(svc)] if released else []))
+        for svc in result.services.values()
+    ]
+    return [*COLUMNS, *(["release"] if released else [])], rows
+
+
+def result_table(result: RunResult) -> Table:
+    from rich.table import Table
+
+    names, rows = _rows(result)
+    table = Table(title=_title(result), title_justify="left", expand=False)
+    for column in names:
+        table.add_column(column, no_wrap=column in ("service", "status", "url", "release"))
+    for row in rows:
+        status = row[2]
+        row[2] = f"[{_STYLE.get(status, '')}]{status}[/]"
+        table.add_row(*row)
     return table
+
+
+def plain_table(result: RunResult) -> str:
+    """The result table as text for a reader that is not a terminal: the title, then
+    columns two spaces apart, `-` for an empty cell, every cell whole."""
+    names, rows = _rows(result)
+    cells = [names, *[[cell or "-" for cell in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(names))]
+    lines = [_title(result)]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return plain_text("\n".join(lines))
+
+
+def print_result(result: RunResult, *, as_json: bool, err: Console) -> None:
+    """The end of `up` and `status`: the RunResult as JSON (`--json`), else its table on
+    stdout (rich on a terminal, `plain_table` otherwise); then its errors on stderr."""
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+    elif is_terminal(sys.stdout):
+        from rich.console import Console
+
+        Console(highlight=False).print(result_table(result))
+    else:
+        click.echo(plain_table(result))
+    if is_terminal(sys.stderr):
+        print_errors(result, err)
+        return
+    for line in error_lines(result):
+        click.echo(plain_text(line), err=True)
 
 
 def release_cell(svc: ServiceResult) -> str:
@@ -90,6 +145,12 @@ def print_errors(result: RunResult, console: Console) -> None:
         console.print(
             f"[bold red]{err.service}[/] ({err.phase.value}): {err.error}", highlight=False
         )
+
+
+def error_lines(result: RunResult) -> list[str]:
+    """`print_errors` as plain lines."""
+    lines = [f"error: {result.error}"] if result.error else []
+    return lines + [f"{err.service} ({err.phase.value}): {err.error}" for err in result.errors]
 
 
 def follow(
@@ -121,7 +182,6 @@ def follow_view(
     timeout: float | None = None,
 ) -> RunResult:
     """Show what `fetch()` answers (a store read, an HTTP GET) until the run ends."""
-    console = Console(file=stream, highlight=False)
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def poll() -> tuple[RunResult | None, bool]:
@@ -132,7 +192,11 @@ def follow_view(
         over = view is not None and view.status is not RunStatus.RUNNING
         return view, view is not None and (over or out or expired)
 
-    if console.is_terminal:
+    if is_terminal(stream):
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console(file=stream, highlight=False)
         # Transient: the final table is printed once, by the caller, when the run ends.
         with Live(console=console, refresh_per_second=10, transient=True) as live:
 
@@ -140,7 +204,7 @@ def follow_view(
                 live.update(result_table(view))
 
             return _until_over(poll, show, interval, done)
-    return _until_over(poll, _line_printer(console), interval, done)
+    return _until_over(poll, _line_printer(stream), interval, done)
 
 
 def _until_over(
@@ -163,7 +227,7 @@ def _until_over(
             time.sleep(interval)  # over, but nothing to show yet: do not spin
 
 
-def _line_printer(console: Console) -> Callable[[RunResult], None]:
+def _line_printer(stream: IO[str]) -> Callable[[RunResult], None]:
     """A line each time a service changes status: for logs and pipes."""
     seen: dict[str, str] = {}
 
@@ -172,6 +236,8 @@ def _line_printer(console: Console) -> Callable[[RunResult], None]:
             if seen.get(svc.service) != svc.status:
                 seen[svc.service] = svc.status
                 detail = svc.error or svc.url or short_image(svc.image)
-                console.print(f"  {svc.service:<24} {svc.status:<12} {detail}", highlight=False)
+                line = f"  {svc.service:<24} {svc.status:<12} {detail}"
+                stream.write(plain_text(line) + "\n")
+                stream.flush()
 
     return show

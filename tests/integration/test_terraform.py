@@ -532,7 +532,6 @@ DISTRIBUTIONS = {
     "cloudevents": "cloudevents",
     "pydantic": "pydantic",
     "pydantic_core": "pydantic",
-    "pydantic_settings": "pydantic-settings",
     "yaml": "pyyaml",
     "requests": "requests",
     "grpc": "grpcio",

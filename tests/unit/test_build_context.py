@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ import pytest
 from shared.adapters.build_context import ContextRules
 from shared.adapters.gcp.source_archive import source_entries
 from shared.adapters.local.oci_images import collect_files
+
+REPO = Path(__file__).resolve().parents[2]
 
 TREE = {
     ".gcloudignore": "#!include:.gitignore\n*.log\n!keep.log\nsecrets/\n!secrets/public.pem\n",
@@ -72,3 +76,26 @@ def test_a_build_directory_dockerignore_is_anchored_to_that_directory(tmp_path: 
     assert rules.excluded("svc/fixtures/a.json")
     assert not rules.excluded("fixtures/a.json")
     assert not rules.excluded("svc/lib/fixtures/a.json")
+
+
+def test_a_tree_without_ignore_files_keeps_everything_but_the_skipped_without_pathspec(
+    tmp_path: Path,
+) -> None:
+    # An unchanged `up` hashes every service's tree: without patterns, pathspec (~8 ms to
+    # import) is not needed, and the rule is the same.
+    for name in ("app.py", "pkg/mod.py", "pkg/mod.pyc", "__pycache__/x.py", "a.log"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from shared.adapters.build_context import ContextRules\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "print(sorted(rel for rel, _ in ContextRules(root).walk(root)))\n"
+        "print('pathspec' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+
+    assert done.stdout.splitlines() == ["['a.log', 'app.py', 'pkg/mod.py']", "False"]

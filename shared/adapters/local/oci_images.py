@@ -15,7 +15,6 @@ digest, extended to the whole image).
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import logging
@@ -24,18 +23,20 @@ import platform
 import re
 import shutil
 import sys
-import tarfile
 import tempfile
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from shared.adapters.build_context import ContextRules
 from shared.adapters.local.processes import file_lock, pip_install, write_json_atomic
 from shared.architecture.source_links import refuse_links_leaving
 from shared.errors import BackendError
+
+if TYPE_CHECKING:  # tarfile and gzip load when an image is built or unpacked, not before:
+    import tarfile  # an unchanged `up` does neither (docs/performance.md)
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,8 @@ class OciImageStore:
         if not dest.is_dir():
             dest.parent.mkdir(parents=True, exist_ok=True)
             staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}")
+            import tarfile
+
             for layer in self.manifest(reference)["layers"]:
                 with tarfile.open(self._verified_blob(layer["digest"]), "r:gz") as tar:
                     _extract(tar, staging)
@@ -205,6 +208,9 @@ class OciImageStore:
             write_json_atomic(self.root / "oci-layout", {"imageLayoutVersion": "1.0.0"})
 
     def _write_layer(self, entries: Sequence[tuple[str, Path]]) -> Layer:
+        import gzip
+        import tarfile
+
         staging = self.root / "tmp" / f"layer-{uuid.uuid4().hex}"
         try:
             with staging.open("wb") as raw:
@@ -297,6 +303,8 @@ class _HashingWriter:
 
 
 def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
+    import tarfile
+
     stat = path.stat()
     info = tarfile.TarInfo(name)
     info.size = stat.st_size
@@ -309,6 +317,8 @@ def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
 
 
 def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+    import tarfile
+
     # The "data" filter (3.11.4+) refuses absolute paths, links out of `dest` and devices.
     if hasattr(tarfile, "data_filter"):
         tar.extractall(dest, filter="data")
