@@ -3,7 +3,9 @@
 WAL mode lets another process (`archdeploy status` in a second terminal) read while a
 run writes. Within a process one connection is shared under a lock (SQLite serialises
 writers anyway, and this avoids busy retries between threads); across processes every
-compare-and-set runs in a `BEGIN IMMEDIATE` transaction.
+compare-and-set is atomic: a task's as one `UPDATE ... WHERE` on its stored text
+(`sqlite_swaps.py`), the others in a `BEGIN IMMEDIATE` transaction. The tables, and the
+changes made once to a file an older archdeploy wrote, are in `sqlite_schema.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from shared import store_rules as rules
-from shared.adapters.local.sqlite_counts import COUNT_SQL, ensure_counts
+from shared.adapters.local.sqlite_counts import COUNT_SQL
+from shared.adapters.local.sqlite_schema import ensure_schema
 from shared.adapters.local.sqlite_swaps import SwapQueue
 from shared.errors import BackendError, UsageError
 from shared.messages import (
@@ -31,36 +34,6 @@ from shared.messages import (
     TaskRecord,
     TaskStatus,
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    doc TEXT NOT NULL,
-    architecture TEXT NOT NULL,
-    result TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    status TEXT NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_run ON tasks (run_id, phase, status);
-CREATE TABLE IF NOT EXISTS durations (
-    project_id TEXT PRIMARY KEY,
-    doc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS build_slots (
-    project_id TEXT NOT NULL,
-    holder TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    PRIMARY KEY (project_id, holder)
-);
-"""
-
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -98,8 +71,7 @@ class SqliteRunStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             # A crash loses at most the last transactions, never consistency: fine for runs.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            ensure_counts(self._db)
+            ensure_schema(self._db)
             with suppress(OSError):
                 self.path.chmod(0o600)  # runs hold architectures, which may be private
         except sqlite3.Error as exc:
