@@ -89,6 +89,25 @@ def test_a_stale_remembered_record_is_read_again_and_decided_again(tmp_path: Pat
         theirs.close()
 
 
+def test_a_release_from_a_stale_remembered_record_reads_and_decides_again(
+    tmp_path: Path,
+) -> None:
+    ours, theirs = SqliteRunStore(tmp_path / "runs.db"), SqliteRunStore(tmp_path / "runs.db")
+    try:
+        run_id = _created(ours, lambda r: _tasks(r, Phase.BUILD, ["api", "web"]))
+        api, web = ours.get_tasks(run_id)  # remembered as waiting, with no build id
+        theirs.record_build_id(api.task_id, "b-1")  # still waiting, another text
+        theirs.release_tasks([(web.task_id, {})], now=NOW)
+
+        released = ours.release_tasks([(api.task_id, {}), (web.task_id, {})], now=NOW)
+
+        assert [(t.task_id, t.build_id) for t in released] == [(api.task_id, "b-1")]
+        assert theirs.get_task(api.task_id) == released[0]
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_queued_swaps_are_committed_together_each_decided_on_its_own(tmp_path: Path) -> None:
     store = SqliteRunStore(tmp_path / "runs.db")
     try:

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from shared import store_rules as rules
 from shared.adapters.local.sqlite_counts import COUNT_SQL
 from shared.adapters.local.sqlite_schema import ensure_schema
-from shared.adapters.local.sqlite_swaps import SwapQueue
+from shared.adapters.local.sqlite_swaps import SWAP_SQL, SwapQueue
 from shared.errors import BackendError, UsageError
 from shared.messages import (
     Phase,
@@ -266,12 +266,28 @@ class SqliteRunStore:
         released: list[TaskRecord] = []
         with self._write() as db:
             for task_id, updates in releases:
-                row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-                won = rules.released(self._task(task_id, row[0]), updates, now) if row else None
+                won = self._released_in(db, task_id, updates, now)
                 if won is not None:
-                    self._store_task(db, won)
                     released.append(won)
         return released
+
+    def _released_in(
+        self, db: sqlite3.Connection, task_id: str, updates: Mapping[str, Any], now: datetime
+    ) -> TaskRecord | None:
+        """One release inside the open write transaction: decided on the remembered text
+        when it is still the stored one (one statement), else on the text read now."""
+        known = self._parsed.get(task_id)
+        won = rules.released(known[1], updates, now) if known is not None else None
+        if known is not None and won is not None:
+            doc = won.model_dump_json()
+            if db.execute(SWAP_SQL, (won.status.value, doc, task_id, known[0])).rowcount:
+                self._remember(task_id, doc, won)
+                return won
+        row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        won = rules.released(self._task(task_id, row[0]), updates, now) if row else None
+        if won is not None:
+            self._store_task(db, won)
+        return won
 
     def claim_task(
         self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
