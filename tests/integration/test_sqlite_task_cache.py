@@ -63,3 +63,18 @@ def test_the_cache_is_bounded(tmp_path: Path, monkeypatch) -> None:  # type: ign
         assert len(store._parsed) <= 2
     finally:
         store.close()
+
+
+def test_a_run_is_parsed_once_per_version_and_another_writer_is_seen(tmp_path: Path) -> None:
+    ours, theirs = SqliteRunStore(tmp_path / "runs.db"), SqliteRunStore(tmp_path / "runs.db")
+    try:
+        run_id = _created(ours, lambda r: _tasks(r, Phase.BUILD, ["api"]))
+        first = ours.get_run(run_id)
+        assert first is not None and ours.get_run(run_id) is first  # not parsed again
+        halted = theirs.update_run(run_id, expect={"halted": None}, changes={"halted": "stop"})
+        assert halted is not None
+        seen = ours.get_run(run_id)
+        assert seen == halted and seen is not first
+    finally:
+        ours.close()
+        theirs.close()

@@ -3,7 +3,9 @@
 WAL mode lets another process (`archdeploy status` in a second terminal) read while a
 run writes. Within a process one connection is shared under a lock (SQLite serialises
 writers anyway, and this avoids busy retries between threads); across processes every
-compare-and-set runs in a `BEGIN IMMEDIATE` transaction.
+compare-and-set is atomic: a task's as one `UPDATE ... WHERE` on its stored text
+(`sqlite_swaps.py`), the others in a `BEGIN IMMEDIATE` transaction. The tables, and the
+changes made once to a file an older archdeploy wrote, are in `sqlite_schema.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from shared import store_rules as rules
-from shared.adapters.local.sqlite_counts import COUNT_SQL, ensure_counts
+from shared.adapters.local.sqlite_counts import COUNT_SQL
+from shared.adapters.local.sqlite_schema import ensure_schema
+from shared.adapters.local.sqlite_swaps import SWAP_SQL, SwapQueue
 from shared.errors import BackendError, UsageError
 from shared.messages import (
     Phase,
@@ -31,47 +35,12 @@ from shared.messages import (
     TaskStatus,
 )
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    doc TEXT NOT NULL,
-    architecture TEXT NOT NULL,
-    result TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    status TEXT NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_run ON tasks (run_id, phase, status);
-CREATE TABLE IF NOT EXISTS durations (
-    project_id TEXT PRIMARY KEY,
-    doc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS build_slots (
-    project_id TEXT NOT NULL,
-    holder TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    PRIMARY KEY (project_id, holder)
-);
-"""
-
-
-# Statuses in which a write would be refused by `store_rules` (see `_update_task`).
-_TERMINAL = frozenset(s.value for s in TaskStatus if s.terminal)
-_NOT_WAITING = frozenset(s.value for s in TaskStatus if s is not TaskStatus.WAITING)
-_UNCLAIMABLE = _TERMINAL | {TaskStatus.WAITING.value}
-
-
 M = TypeVar("M", bound=BaseModel)
 
 # Parsed task records kept per store (see `SqliteRunStore._task`); past this many the
 # cache starts again, so a long-lived process holds a bounded number.
 TASK_CACHE_SIZE = 50_000
+RUN_CACHE_SIZE = 1_000
 
 
 def _parse(path: Path, model: type[M], text: str) -> M:
@@ -102,8 +71,7 @@ class SqliteRunStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             # A crash loses at most the last transactions, never consistency: fine for runs.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            ensure_counts(self._db)
+            ensure_schema(self._db)
             with suppress(OSError):
                 self.path.chmod(0o600)  # runs hold architectures, which may be private
         except sqlite3.Error as exc:
@@ -112,7 +80,11 @@ class SqliteRunStore:
                 f"to {self.path.parent}, or pass --state-dir DIR)"
             ) from exc
         self._lock = threading.RLock()
+        self._swaps = SwapQueue(
+            self._db, self._lock, self.path, lambda s: self._remember(s.task_id, s.doc, s.task)
+        )
         self._parsed: dict[str, tuple[str, TaskRecord]] = {}
+        self._runs: dict[str, tuple[str, RunRecord]] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -169,8 +141,19 @@ class SqliteRunStore:
         return run, True
 
     def get_run(self, run_id: str) -> RunRecord | None:
+        """The run as stored, parsed once per version of its text (a worker reads its
+        run before every task; see `_task` for why a shared record is safe)."""
         rows = self._read("SELECT doc FROM runs WHERE run_id = ?", (run_id,))
-        return _parse(self.path, RunRecord, rows[0][0]) if rows else None
+        if not rows:
+            return None
+        hit = self._runs.get(run_id)
+        if hit is not None and hit[0] == rows[0][0]:
+            return hit[1]
+        run = _parse(self.path, RunRecord, rows[0][0])
+        if len(self._runs) >= RUN_CACHE_SIZE:
+            self._runs.clear()
+        self._runs[run_id] = (rows[0][0], run)
+        return run
 
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
         rows = self._read("SELECT doc FROM runs ORDER BY created_at DESC LIMIT ?", (limit,))
@@ -275,8 +258,7 @@ class SqliteRunStore:
     def release_task(
         self, task_id: str, *, spec_updates: Mapping[str, Any] | None = None, now: datetime
     ) -> TaskRecord | None:
-        change = lambda t: rules.released(t, spec_updates, now)  # noqa: E731
-        return self._update_task(task_id, change, refused=_NOT_WAITING)
+        return self._update_task(task_id, lambda t: rules.released(t, spec_updates, now))
 
     def release_tasks(
         self, releases: Sequence[tuple[str, Mapping[str, Any]]], *, now: datetime
@@ -284,49 +266,71 @@ class SqliteRunStore:
         released: list[TaskRecord] = []
         with self._write() as db:
             for task_id, updates in releases:
-                row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-                won = rules.released(self._task(task_id, row[0]), updates, now) if row else None
+                won = self._released_in(db, task_id, updates, now)
                 if won is not None:
-                    self._store_task(db, won)
                     released.append(won)
         return released
+
+    def _released_in(
+        self, db: sqlite3.Connection, task_id: str, updates: Mapping[str, Any], now: datetime
+    ) -> TaskRecord | None:
+        """One release inside the open write transaction: decided on the remembered text
+        when it is still the stored one (one statement), else on the text read now."""
+        known = self._parsed.get(task_id)
+        won = rules.released(known[1], updates, now) if known is not None else None
+        if known is not None and won is not None:
+            doc = won.model_dump_json()
+            if db.execute(SWAP_SQL, (won.status.value, doc, task_id, known[0])).rowcount:
+                self._remember(task_id, doc, won)
+                return won
+        row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        won = rules.released(self._task(task_id, row[0]), updates, now) if row else None
+        if won is not None:
+            self._store_task(db, won)
+        return won
 
     def claim_task(
         self, task_id: str, *, worker: str, lease_seconds: float, now: datetime
     ) -> TaskRecord | None:
-        change = lambda t: rules.claimed(t, worker, lease_seconds, now)  # noqa: E731
-        return self._update_task(task_id, change, refused=_UNCLAIMABLE)
+        return self._update_task(task_id, lambda t: rules.claimed(t, worker, lease_seconds, now))
 
     def record_build_id(self, task_id: str, build_id: str) -> None:
         self._update_task(task_id, lambda t: rules.with_build_id(t, build_id))
 
     def complete_task(self, completion: TaskCompletion) -> TaskRecord | None:
-        change = lambda t: rules.completed(t, completion)  # noqa: E731
-        return self._update_task(completion.task_id, change, refused=_TERMINAL)
+        return self._update_task(completion.task_id, lambda t: rules.completed(t, completion))
 
     def _update_task(
-        self,
-        task_id: str,
-        change: Callable[[TaskRecord], TaskRecord | None],
-        refused: frozenset[str] = frozenset(),
+        self, task_id: str, change: Callable[[TaskRecord], TaskRecord | None]
     ) -> TaskRecord | None:
-        """Apply `change` in a write transaction. A task whose committed status is in
-        `refused` is answered None from a plain read, with no write lock taken and nothing
-        parsed: statuses only move forward, so the rule would refuse it inside the
-        transaction too. (Duplicate completions are most of what the aggregator sees.)"""
-        if refused:
-            status = self._read("SELECT status FROM tasks WHERE task_id = ?", (task_id,))
-            if not status or status[0][0] in refused:
+        """Apply `change` (a `store_rules` function) to the task as committed.
+
+        Optimistic compare-and-set: `change` decides on a record, and the write applies
+        only if the stored text is still that record's (`_swap`, one statement, atomic
+        across processes); otherwise the task is read again and decided again. The first
+        try starts from the last text this process saw, so a claim or completion of a task
+        it released is one statement, with no read and no explicit transaction (the
+        profile: docs/performance.md, issue 19, the store). A refusal is decided on a text
+        read from the file, or on a remembered one whose task had ended: a terminal status
+        never changes, and every rule that can refuse refuses a terminal task (a duplicate
+        completion, most of what the aggregator sees, then costs no statement at all)."""
+        known = self._parsed.get(task_id)
+        if known is not None:
+            updated = change(known[1])
+            if updated is None and known[1].status.terminal:
+                return None  # every later text is terminal too: the rule refuses it as well
+            if updated is not None and self._swap(task_id, known[0], updated):
+                return updated
+        while True:
+            rows = self._read("SELECT doc FROM tasks WHERE task_id = ?", (task_id,))
+            if not rows:
                 return None
-        with self._write() as db:
-            row = db.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-            if row is None:
-                return None
-            updated = change(self._task(task_id, row[0]))
-            if updated is None:
-                return None
-            self._store_task(db, updated)
-            return updated
+            updated = change(self._task(task_id, rows[0][0]))
+            if updated is None or self._swap(task_id, rows[0][0], updated):
+                return updated
+
+    def _swap(self, task_id: str, expected: str, task: TaskRecord) -> bool:
+        return self._swaps.swap(task_id, expected, task)
 
     # --- what the scheduler keeps across runs ------------------------------------------
 

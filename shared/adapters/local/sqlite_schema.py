@@ -1,0 +1,63 @@
+"""The embedded run store's tables, and the one-time changes to a file an older
+archdeploy wrote (each in one write transaction, so two processes opening such a file
+make the change once between them)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from shared.adapters.local.sqlite_counts import ensure_counts
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    architecture TEXT NOT NULL,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    status TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS durations (
+    project_id TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS build_slots (
+    project_id TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    PRIMARY KEY (project_id, holder)
+);
+"""
+
+# Before the counts were kept by triggers (`sqlite_counts.py`), tasks were counted through
+# an index that held their status too. No query needs the status there now, and keeping
+# it cost every claim and completion a third page in its commit (docs/performance.md,
+# issue 19: the store).
+_INDEX = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'tasks_by_phase'"
+_INDEXED = (
+    "CREATE INDEX IF NOT EXISTS tasks_by_phase ON tasks (run_id, phase)",
+    "DROP INDEX IF EXISTS tasks_by_run",
+)
+
+
+def ensure_schema(db: sqlite3.Connection) -> None:
+    """Create what a new file lacks; change what an older file holds, once."""
+    db.executescript(SCHEMA)
+    ensure_counts(db)
+    if db.execute(_INDEX).fetchone():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _INDEXED:
+            db.execute(statement)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
