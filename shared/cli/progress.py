@@ -30,6 +30,7 @@ _STYLE = {
     "building": "blue",
     "deploying": "blue",
     "queued": "dim",
+    "waiting": "dim",
     "planned": "dim",
     "unchanged": "green dim",
     "rolled back": "magenta",
@@ -63,7 +64,7 @@ def result_table(result: RunResult) -> Table:
         row = [
             svc.service,
             svc.dataflow or "(director)",
-            f"[{_STYLE.get(svc.status, '')}]{svc.status}[/]",
+            _styled(svc.status),
             f"{svc.build_seconds:.1f}s" if svc.build_seconds is not None else "",
             f"{svc.deploy_seconds:.1f}s" if svc.deploy_seconds is not None else "",
             short_image(svc.image),
@@ -71,6 +72,11 @@ def result_table(result: RunResult) -> Table:
         ]
         table.add_row(*row, *([release_cell(svc)] if released else []))
     return table
+
+
+def _styled(status: str) -> str:
+    style = _STYLE.get(status)
+    return f"[{style}]{status}[/]" if style else status
 
 
 def release_cell(svc: ServiceResult) -> str:

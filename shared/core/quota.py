@@ -19,6 +19,7 @@ from shared.core.priority import duration_samples
 from shared.core.runtime import Runtime
 from shared.errors import BackendError
 from shared.messages import Phase, RunRecord, TaskRecord
+from shared.ports import BuildSlots
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def take_build_slots(
     cap = rt.policy.project_build_cap
     if cap is None:
         return wanted, 0
-    granted, freed = rt.store.build_slots(
+    granted, freed = _slots(rt).build_slots(
         run.project_id,
         release=[t.task_id for t in tasks if t.phase is Phase.BUILD and t.status.terminal],
         want=[t.task_id for t in wanted],
@@ -44,6 +45,10 @@ def take_build_slots(
         log.info("project build cap %d reached: %d builds wait", cap, len(wanted) - len(granted))
     held = set(granted)
     return [t for t in wanted if t.task_id in held], freed
+
+
+def _slots(rt: Runtime) -> BuildSlots:
+    return rt.slots if rt.slots is not None else rt.store
 
 
 def runs_waiting_for_slots(run: RunRecord, rt: Runtime) -> list[str]:
@@ -69,7 +74,7 @@ def after_finish(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> bool:
         if rt.policy.project_build_cap is None:
             return False
         builds = [t.task_id for t in tasks if t.phase is Phase.BUILD]
-        _, freed = rt.store.build_slots(
+        _, freed = _slots(rt).build_slots(
             run.project_id,
             release=builds,
             want=[],
