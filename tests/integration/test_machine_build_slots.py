@@ -4,6 +4,7 @@ is gone, kept (until the lease) when taken on another host."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.local.build_slots import MachineBuildSlots, default_slots_file
+from shared.adapters.local.build_slots import WAITER_TTL, MachineBuildSlots, default_slots_file
 from shared.adapters.local.processes import start_time
 from shared.bootstrap import embedded
 from shared.settings import Settings
@@ -101,3 +102,46 @@ def test_embedded_with_a_cap_keeps_slots_in_the_machine_file(
     uncapped = embedded(Settings(state_dir=tmp_path / "c"))
     assert uncapped.rt.slots is None
     uncapped.close()
+
+
+def _process(path: Path, host: str) -> MachineBuildSlots:
+    """The file as another process sees it (told apart here by its host)."""
+    return MachineBuildSlots(path, owner=(os.getpid(), start_time(os.getpid()), host))
+
+
+def _ask(slots: MachineBuildSlots, want: str, release: str = "", now: datetime = NOW) -> list[str]:
+    granted, _ = slots.build_slots(
+        "p", release=[release] if release else [], want=[want], cap=1, lease_seconds=600, now=now
+    )
+    return granted
+
+
+def test_processes_take_turns_rather_than_one_keeping_the_slots_it_frees(
+    tmp_path: Path,
+) -> None:
+    """Process a's builds keep ending and it keeps wanting more; b waits (and asks again
+    only at its sweeps). The slot a frees goes to b, then back to a: turns, whoever asks
+    first after a slot is freed."""
+    a, b = _process(tmp_path / "s.db", "a"), _process(tmp_path / "s.db", "b")
+    assert _ask(a, "a1") == ["a1"]
+    assert _ask(b, "b1") == []  # b waits from now on
+    assert _ask(a, "a2", release="a1") == []  # freed, but b waited first
+    assert _ask(b, "b1") == ["b1"]
+    assert _ask(a, "a2") == []
+    assert _ask(b, "b2", release="b1") == []  # a waits ahead of b now
+    assert _ask(a, "a2") == ["a2"]
+    a.close()  # a waits no more: b is not held back for it
+    assert _ask(b, "b2", release="b1") == []  # a2 holds the only slot
+    assert _ask(_process(tmp_path / "s.db", "c"), "c1", release="a2") == []  # b waits ahead
+    assert _ask(b, "b2") == ["b2"]
+    b.close()
+
+
+def test_a_process_that_stopped_asking_holds_nobody_back(tmp_path: Path) -> None:
+    a, b = _process(tmp_path / "s.db", "a"), _process(tmp_path / "s.db", "b")
+    assert _ask(a, "a1") == ["a1"]
+    assert _ask(b, "b1") == []
+    later = NOW + WAITER_TTL + timedelta(seconds=1)
+    assert _ask(a, "a2", release="a1", now=later) == ["a2"]  # b has not asked since
+    a.close()
+    b.close()
