@@ -9,6 +9,7 @@ process lives (seen in the process table); opening the pipe for writing lets it 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -61,8 +62,11 @@ class Gates:
         threading.Thread(target=lambda: path.open("w").close(), daemon=True).start()
 
     def close(self) -> None:
-        """Unblock writers still waiting for a reader that never came."""
+        """Let every build still waiting end (a test that failed half-way leaves them),
+        and unblock writers still waiting for a reader that never came."""
         for pipe in self.root.iterdir():
+            with contextlib.suppress(OSError):  # ENXIO: no reader
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))  # a reader gets EOF
             os.close(os.open(pipe, os.O_RDONLY | os.O_NONBLOCK))
 
 
