@@ -22,7 +22,14 @@ from shared.errors import UsageError
 from shared.locations import GITHUB, GS, ArchitecturesByScheme
 from shared.logs import configure
 from shared.messages import DeployRequest, Phase, RunRecord, RunResult
-from shared.ports import ArchitectureReader, CheckRunner, MessageBus, RunStore, SourceProvider
+from shared.ports import (
+    ArchitectureReader,
+    BuildSlots,
+    CheckRunner,
+    MessageBus,
+    RunStore,
+    SourceProvider,
+)
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -201,6 +208,16 @@ def run_policy(settings: Settings) -> RunPolicy:
     )
 
 
+def machine_slots(settings: Settings) -> BuildSlots | None:
+    """Embedded on SQLite with a project build cap: the slots every state folder of this
+    machine shares (`shared.adapters.local.build_slots`); else None (in the store)."""
+    if not settings.project_build_cap or settings.store_kind != "sqlite":
+        return None
+    from shared.adapters.local.build_slots import MachineBuildSlots, default_slots_file
+
+    return MachineBuildSlots(settings.build_slots_file or default_slots_file())
+
+
 def _github_client(settings: Settings) -> GitHubClient:
     from shared.adapters.github_source import GitHubClient
 
@@ -258,13 +275,17 @@ class Embedded:
         while True:
             try:
                 self.bus.drain(sweep_every)
-                break
+                if not self._waits_for_slots(run_id):
+                    break
+                # Nothing in flight here: its builds wait for slots another process
+                # holds, and only a sweep notices when that process frees them.
+                time.sleep(sweep_every)
             except TimeoutError:
                 if self.store.get_result(run_id) is not None:
                     break
-                sweep(self.rt)
-                if give_up is not None and time.monotonic() > give_up:
-                    raise
+            sweep(self.rt)
+            if give_up is not None and time.monotonic() > give_up:
+                raise TimeoutError(f"run {run_id} still running after {timeout:g}s")
         result = self.store.get_result(run_id)
         if result is None:
             run = self.store.get_run(run_id)
@@ -273,11 +294,20 @@ class Embedded:
             return assemble_result(run, self.store.get_tasks(run_id))
         return result
 
+    def _waits_for_slots(self, run_id: str) -> bool:
+        """Whether the run, though nothing of it is in flight, waits for the project's
+        build slots (under a project build cap, and not finished)."""
+        if self.rt.policy.project_build_cap is None or self.store.get_result(run_id):
+            return False
+        run = self.store.get_run(run_id)
+        return run is not None and not run.status.terminal
+
     def close(self) -> None:
         self.bus.close()
-        close = getattr(self.store, "close", None)
-        if close is not None:
-            close()
+        for held in (self.store, self.rt.slots):
+            close = getattr(held, "close", None)
+            if close is not None:
+                close()
 
 
 def embedded(
@@ -297,6 +327,7 @@ def embedded(
         checks=checks or make_checks(settings),
         policy=run_policy(settings),
         driver=Driver.this_process(),
+        slots=machine_slots(settings) if store is None else None,
     )
     if callable(clock):
         rt.clock = clock

@@ -112,6 +112,8 @@ class CheckOutcome(BaseModel):
     name: str
     passed: bool
     detail: str = ""  # the response or output (trimmed), or why it failed
+    # Failed because it was interrupted (Ctrl-C reached its command), not on its merits.
+    interrupted: bool = False
 
 
 class ReleaseDetail(BaseModel):

@@ -168,6 +168,23 @@ class RunStore(Protocol):
         ...
 
 
+class BuildSlots(Protocol):
+    """Where the project build cap's slots are kept, when not in the run store (embedded:
+    one file for every state folder of the machine, `shared.adapters.local.build_slots`).
+    `build_slots` is `RunStore.build_slots`, with the same contract."""
+
+    def build_slots(
+        self,
+        project_id: str,
+        *,
+        release: Sequence[str],
+        want: Sequence[str],
+        cap: int,
+        lease_seconds: float,
+        now: datetime,
+    ) -> tuple[list[str], int]: ...
+
+
 class SourceProvider(Protocol):
     def localize(self, spec: DeploymentSpec) -> DeploymentSpec:
         """A copy of `spec` whose `source_path` (and `config_templates` sources) the

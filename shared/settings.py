@@ -85,6 +85,11 @@ class Settings(BaseModel):
     project_build_cap: int = Field(
         default=0, ge=0, description="builds at once in the project, all runs together; 0: off"
     )
+    build_slots_file: Path | None = Field(
+        default=None,
+        description="embedded: the cap's slots, shared by every state folder "
+        "(default: $XDG_STATE_HOME/archdeploy/build-slots.db)",
+    )
     async_builds: bool = Field(
         default=True, description="gcp: submit builds and take their result from build events"
     )

@@ -8,7 +8,9 @@ passes on exit 0. Both keep what was answered, trimmed, so a failed release name
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -26,12 +28,23 @@ def _trimmed(text: str) -> str:
 
 
 class HttpAndCommandChecks:
-    """Runs checks on this machine: urllib for HTTP, a subprocess for commands."""
+    """Runs checks on this machine: urllib for HTTP, a subprocess for commands.
+
+    `interrupted` is set by whoever takes this process's Ctrl-C (the embedded CLI, in its
+    signal handler): a command that fails once it is set failed because the same Ctrl-C
+    reached it (it shares the terminal's process group), and says so."""
+
+    def __init__(self) -> None:
+        self.interrupted = threading.Event()
 
     def run(self, check: VerifyCheck, target_url: str) -> CheckOutcome:
         if check.http is not None:
             return http_check(check.name, check.http, target_url)
-        return command_check(check.name, check.command or [], target_url, check.timeout)
+        outcome = command_check(check.name, check.command or [], target_url, check.timeout)
+        if not outcome.passed and self.interrupted.is_set() and not outcome.interrupted:
+            detail = f"interrupted (Ctrl-C): {outcome.detail}"
+            return outcome.model_copy(update={"interrupted": True, "detail": detail})
+        return outcome
 
 
 def http_check(
@@ -88,10 +101,17 @@ def command_check(
     except OSError as exc:  # not found, not executable
         return CheckOutcome(name=name, passed=False, detail=f"could not run: {exc}")
     output = _trimmed(done.stdout + done.stderr)
+    if done.returncode in _INTERRUPTED:
+        detail = f"interrupted (SIGINT, exit {done.returncode}): {output}"
+        return CheckOutcome(name=name, passed=False, detail=detail, interrupted=True)
     if done.returncode != 0:
         detail = f"exited {done.returncode}: {output}"
         return CheckOutcome(name=name, passed=False, detail=detail)
     return CheckOutcome(name=name, passed=True, detail=output)
+
+
+# Died of SIGINT, or exited as a shell does after one (128 + SIGINT).
+_INTERRUPTED = (-signal.SIGINT, 128 + signal.SIGINT)
 
 
 def _text(data: str | bytes | None) -> str:

@@ -170,11 +170,19 @@ def _holder(fd: int) -> str:
 
 class Interrupts:
     """SIGINT while a run goes: the first calls `cancel` (in a thread: the handler must
-    not re-enter the store the main thread may be reading), the second exits at once."""
+    not re-enter the store the main thread may be reading), the second exits at once.
+    `at_once` runs in the handler itself, before anything else can see the signal's
+    effects (it must only set a flag)."""
 
-    def __init__(self, cancel: Callable[[], None], say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        cancel: Callable[[], None],
+        say: Callable[[str], None],
+        at_once: Callable[[], None] = lambda: None,
+    ) -> None:
         self.cancel = cancel
         self.say = say
+        self.at_once = at_once
         self.count = 0
         self._previous: Any = None
 
@@ -194,6 +202,7 @@ class Interrupts:
             )
             sys.stderr.flush()
             os._exit(EXIT_INTERRUPTED)
+        self.at_once()
         self.say(
             "cancelling: nothing new starts, half-started services are stopped "
             "(Ctrl-C again to exit now)"
@@ -235,7 +244,10 @@ def up_embedded(
             over = threading.Event()
             args = (system, run.run_id, say, over)
             waiter = threading.Thread(target=_wait, args=args, daemon=True)
-            with Interrupts(cancel, say) as interrupts:
+            # The same Ctrl-C reaches a release's verify command: its runner must know.
+            checks = getattr(system.rt.checks, "interrupted", None)
+            at_once = checks.set if checks is not None else lambda: None
+            with Interrupts(cancel, say, at_once) as interrupts:
                 waiter.start()
                 result = follow(system.store, run.run_id, stream=sys.stderr, done=over)
                 waiter.join()

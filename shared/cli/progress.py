@@ -36,6 +36,7 @@ _STYLE = {
     "building": "blue",
     "deploying": "blue",
     "queued": "dim",
+    "waiting": "dim",
     "planned": "dim",
     "unchanged": "green dim",
     "rolled back": "magenta",
@@ -93,7 +94,7 @@ def result_table(result: RunResult) -> Table:
         table.add_column(column, no_wrap=column in ("service", "status", "url", "release"))
     for row in rows:
         status = row[2]
-        row[2] = f"[{_STYLE.get(status, '')}]{status}[/]"
+        row[2] = _styled(status)
         table.add_row(*row)
     return table
 
@@ -126,6 +127,11 @@ def print_result(result: RunResult, *, as_json: bool, err: Console) -> None:
         return
     for line in error_lines(result):
         click.echo(plain_text(line), err=True)
+
+
+def _styled(status: str) -> str:
+    style = _STYLE.get(status)
+    return f"[{style}]{status}[/]" if style else status
 
 
 def release_cell(svc: ServiceResult) -> str:

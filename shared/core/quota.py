@@ -18,7 +18,8 @@ import logging
 from shared.core.priority import duration_samples
 from shared.core.runtime import Runtime
 from shared.errors import BackendError
-from shared.messages import Phase, RunRecord, TaskRecord
+from shared.messages import Phase, RunRecord, TaskRecord, TaskStatus
+from shared.ports import BuildSlots
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,18 @@ def take_build_slots(
 ) -> tuple[list[TaskRecord], int]:
     """Free the slots of the run's ended builds and take slots for `wanted`, in one store
     call. Returns (the wanted builds that hold a slot, in order; how many slots were
-    freed: other runs of the project may now start builds)."""
+    freed: other runs of the project may now start builds).
+
+    Turns: when this step freed slots and another run of the project has builds waiting
+    (and room to start them), the slots it just took go back (`_yield_slots`), up to the
+    number freed: the other run, woken by the caller, takes them. Otherwise a run whose
+    builds keep ending would keep taking its own freed slots, and another run of the
+    project would start nothing until it had no build left to start."""
     cap = rt.policy.project_build_cap
     if cap is None:
         return wanted, 0
-    granted, freed = rt.store.build_slots(
+    slots = _slots(rt)
+    granted, freed = slots.build_slots(
         run.project_id,
         release=[t.task_id for t in tasks if t.phase is Phase.BUILD and t.status.terminal],
         want=[t.task_id for t in wanted],
@@ -40,10 +48,43 @@ def take_build_slots(
         lease_seconds=rt.policy.deadlines[Phase.BUILD],
         now=rt.clock(),
     )
+    if freed and granted:
+        granted = _yield_slots(run, granted, freed, rt)
     if len(granted) < len(wanted):
         log.info("project build cap %d reached: %d builds wait", cap, len(wanted) - len(granted))
     held = set(granted)
     return [t for t in wanted if t.task_id in held], freed
+
+
+def _yield_slots(run: RunRecord, granted: list[str], freed: int, rt: Runtime) -> list[str]:
+    """`granted` less the slots given back to other runs waiting (the last ones: the
+    lowest priority), up to `freed`."""
+    if not any(_can_start_builds(other, rt) for other in runs_waiting_for_slots(run, rt)):
+        return granted
+    keep = len(granted) - min(freed, len(granted))
+    assert rt.policy.project_build_cap is not None
+    _slots(rt).build_slots(
+        run.project_id,
+        release=granted[keep:],
+        want=[],
+        cap=rt.policy.project_build_cap,
+        lease_seconds=0,
+        now=rt.clock(),
+    )
+    log.info("%d build slots left to other runs of the project", len(granted) - keep)
+    return granted[:keep]
+
+
+def _can_start_builds(run_id: str, rt: Runtime) -> bool:
+    """Whether the run has builds waiting and room under its own build concurrency."""
+    counts = rt.store.count_tasks(run_id, Phase.BUILD)
+    in_flight = counts.get(TaskStatus.PENDING, 0) + counts.get(TaskStatus.RUNNING, 0)
+    room = rt.policy.build_concurrency is None or in_flight < rt.policy.build_concurrency
+    return bool(counts.get(TaskStatus.WAITING)) and room
+
+
+def _slots(rt: Runtime) -> BuildSlots:
+    return rt.slots if rt.slots is not None else rt.store
 
 
 def runs_waiting_for_slots(run: RunRecord, rt: Runtime) -> list[str]:
@@ -69,7 +110,7 @@ def after_finish(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> bool:
         if rt.policy.project_build_cap is None:
             return False
         builds = [t.task_id for t in tasks if t.phase is Phase.BUILD]
-        _, freed = rt.store.build_slots(
+        _, freed = _slots(rt).build_slots(
             run.project_id,
             release=builds,
             want=[],

@@ -106,17 +106,23 @@ def run_checks(message: TaskMessage, url: str, rt: Runtime) -> list[CheckOutcome
     return outcomes
 
 
-def _failed(outcomes: list[CheckOutcome]) -> str | None:
+def _failed(outcomes: list[CheckOutcome]) -> tuple[TaskStatus, str] | None:
+    """How a task whose checks gave `outcomes` ends, and why; None if they all passed. A
+    check stopped by Ctrl-C (the run is being cancelled) did not fail: it was cancelled."""
     bad = next((o for o in outcomes if not o.passed), None)
-    return f"check `{bad.name}` failed: {bad.detail}" if bad else None
+    if bad is None:
+        return None
+    if bad.interrupted:
+        return TaskStatus.CANCELLED, f"cancelled: check `{bad.name}` {bad.detail}"
+    return TaskStatus.FAILED, f"check `{bad.name}` failed: {bad.detail}"
 
 
 def _verify(message: TaskMessage, detail: ReleaseDetail, rt: Runtime) -> Outcome:
     outcomes = run_checks(message, detail.tag_url, rt)
     done = detail.model_copy(update={"checks": outcomes})
-    error = _failed(outcomes)
-    if error:
-        return TaskStatus.FAILED, {"error": error, "release": done}
+    failed = _failed(outcomes)
+    if failed:
+        return failed[0], {"error": failed[1], "release": done}
     return TaskStatus.SUCCEEDED, {"url": detail.tag_url, "release": done}
 
 
@@ -149,10 +155,11 @@ def _promote(
         if percent < 100:
             time.sleep(soak)
             checks = run_checks(message, detail.tag_url, rt)
-            error = _failed(checks)
-            if error:
-                failed = detail.model_copy(update={"checks": checks, "percent": percent})
-                return TaskStatus.FAILED, {"error": f"at {percent}%: {error}", "release": failed}
+            failed = _failed(checks)
+            if failed:
+                stopped = detail.model_copy(update={"checks": checks, "percent": percent})
+                error = f"at {percent}%: {failed[1]}"
+                return failed[0], {"error": error, "release": stopped}
     _untag_earlier_releases(message.service, deployer, target, after, release_tag(run.run_id))
     done = detail.model_copy(update={"checks": checks or detail.checks, "percent": 100})
     return TaskStatus.SUCCEEDED, {"url": after.url if steps else None, "release": done}

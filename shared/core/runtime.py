@@ -15,7 +15,14 @@ from datetime import datetime
 from shared.core.state import assemble_result
 from shared.deployer import ContainerDeployer
 from shared.messages import Phase, RunResult, utcnow
-from shared.ports import ArchitectureReader, CheckRunner, MessageBus, RunStore, SourceProvider
+from shared.ports import (
+    ArchitectureReader,
+    BuildSlots,
+    CheckRunner,
+    MessageBus,
+    RunStore,
+    SourceProvider,
+)
 
 # How long a worker's claim holds before another may take the task over (a crashed
 # worker's task is reclaimed after this), and how long a task may run before the sweep
@@ -130,6 +137,8 @@ class Runtime:
     # Embedded: this process, recorded on the runs it creates; the sweep touches only
     # those, and ends as abandoned the runs whose driver is gone. None on Google Cloud.
     driver: Driver | None = None
+    # Where the project build cap's slots are kept; None: in `store`.
+    slots: BuildSlots | None = None
     coalescer: Coalescer = field(default_factory=Coalescer, repr=False)
 
 

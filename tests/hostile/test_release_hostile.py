@@ -179,6 +179,11 @@ def test_ctrl_c_mid_verify_exits_130_and_the_old_version_serves(example: Example
     assert roles(urls) == served("v1")
     status = example.run("status", "--json")
     assert json.loads(status.out)["status"] == "cancelled", status.text
+    # The Ctrl-C reached the verify command too (one process group): it was cancelled,
+    # not a check that failed.
+    assert "verify of ingest cancelled" in done.text, done.text
+    assert "ingest (verify): cancelled: check `" in done.text, done.text
+    assert "failed" not in done.text, done.text
     down(example)
 
 

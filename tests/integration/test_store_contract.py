@@ -469,3 +469,29 @@ def test_concurrent_callers_never_hold_more_build_slots_than_the_cap(store: RunS
     )
     assert freed == 5
     assert len(take(9)) == 3
+
+
+def test_callers_asking_at_once_for_the_same_builds_take_one_slot_each(store: RunStore) -> None:
+    """Duplicate deliveries of one run's step ask for the same builds at once: each build
+    takes one slot, never two (a second would be counted against the cap until the build
+    ends, and starve other runs)."""
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    want = [f"run:build:svc-{k}" for k in range(3)]
+
+    def take(i: int) -> list[str]:
+        granted, _ = store.build_slots(
+            project, release=[], want=want, cap=6, lease_seconds=600, now=NOW
+        )
+        return granted
+
+    for got in _in_threads(6, take):
+        assert got == want
+    probes = [f"probe-{k}" for k in range(6)]
+    granted, _ = store.build_slots(
+        project, release=[], want=probes, cap=6, lease_seconds=600, now=NOW
+    )
+    assert granted == probes[:3], "a build holds more than one slot"
+    _, freed = store.build_slots(
+        project, release=[*want, *probes], want=[], cap=6, lease_seconds=600, now=NOW
+    )
+    assert freed == 6

@@ -558,7 +558,12 @@ CLI_ONLY = {"click", "rich"}
 # bootstrap.py picks adapters from settings. With ARCHDEPLOY_BACKEND=gcp the local ones are
 # never loaded. Every role builds the GcpDeployer (the dispatcher and aggregator only to
 # cancel builds through it), but only the worker's deploys and builds.
-_LOCAL_ADAPTERS = {"shared.adapters.local.sqlite_store", "shared.adapters.local.deployer"}
+# The machine-wide build slots (`bootstrap.machine_slots`) come only with the SQLite store.
+_LOCAL_ADAPTERS = {
+    "shared.adapters.local.sqlite_store",
+    "shared.adapters.local.deployer",
+    "shared.adapters.local.build_slots",
+}
 NOT_LOADED = {
     "dispatcher": _LOCAL_ADAPTERS,
     "aggregator": _LOCAL_ADAPTERS,

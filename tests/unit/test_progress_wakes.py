@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from datetime import UTC, datetime
 
-from shared.cli.progress import _until_over
-from shared.messages import Phase, RunResult, RunStatus
+import pytest
+from rich.console import Console
+
+from shared.cli.progress import _until_over, result_table
+from shared.messages import Phase, RunResult, RunStatus, ServiceResult
 
 
 def test_the_view_is_read_again_as_soon_as_the_work_is_over() -> None:
@@ -36,3 +40,20 @@ def test_the_view_is_read_again_as_soon_as_the_work_is_over() -> None:
     # Then it returned the final view without waiting for the tick
     assert not follower.is_alive()
     assert answer == [final] and len(polls) == 2
+
+
+@pytest.mark.parametrize("status", ["waiting", "some status without a style"])
+def test_the_result_table_shows_any_status_even_one_without_a_style(status: str) -> None:
+    """An unfinished run's table (a build waiting for the project's slots) once crashed:
+    a status without a style became the empty markup tag `[]`."""
+    result = RunResult(
+        run_id="r-1",
+        status=RunStatus.RUNNING,
+        phase=Phase.BUILD,
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        services={"b1": ServiceResult(service="b1", dataflow="main", status=status)},
+    )
+    console = Console(file=io.StringIO(), width=200)
+    console.print(result_table(result))
+    output = console.file
+    assert isinstance(output, io.StringIO) and status in output.getvalue()

@@ -198,3 +198,19 @@ def test_bad_release_or_verify_input_names_its_field(
 ) -> None:
     found = _problems(release, verify or "            - command: [smoke]")
     assert any(path in line and words in line for line in found), found
+
+
+def test_a_command_ctrl_c_reached_is_interrupted_not_failed() -> None:
+    checks = HttpAndCommandChecks()
+    die = "import os, signal; os.kill(os.getpid(), signal.SIGINT)"
+    outcome = checks.run(VerifyCheck.model_validate({"command": [sys.executable, "-c", die]}), "x")
+    assert not outcome.passed and outcome.interrupted
+    assert outcome.detail.startswith("interrupted (SIGINT, exit -2)")
+    # A command that traps SIGINT and exits 3 is known interrupted once the CLI says so.
+    trap = {"command": [sys.executable, "-c", "import sys; sys.exit(3)"]}
+    assert not checks.run(VerifyCheck.model_validate(trap), "x").interrupted
+    checks.interrupted.set()
+    outcome = checks.run(VerifyCheck.model_validate(trap), "x")
+    assert outcome.interrupted and outcome.detail.startswith("interrupted (Ctrl-C): exited 3")
+    passing = {"command": [sys.executable, "-c", "print('fine')"]}
+    assert checks.run(VerifyCheck.model_validate(passing), "x").passed

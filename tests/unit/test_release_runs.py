@@ -4,6 +4,7 @@ promote (dependencies first, in steps), revert (dependents first) and rollback."
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,27 @@ def test_a_promoted_release_removes_earlier_releases_tags_and_keeps_its_own() ->
     assert failed_tag not in system.deployer.tags["web"]
     assert release_tag(second.run_id) in system.deployer.tags["web"]
     assert system.run(rollback_of=second.run_id).status is RunStatus.SUCCEEDED
+
+
+# A verify command that Ctrl-C reached: it dies of SIGINT, as Python and shells do.
+INTERRUPTED = {
+    "command": [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGINT)"]
+}
+
+
+def test_a_check_stopped_by_ctrl_c_is_reported_cancelled_not_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    system, before = released()
+
+    result = system.run(chain(version="2", web_checks=[INTERRUPTED]), release=True)
+
+    assert result.status is RunStatus.CANCELLED
+    assert system.traffic() == before
+    (error,) = [e for e in result.errors if e.phase is Phase.VERIFY]
+    assert error.error.startswith("cancelled: check ") and "interrupted (SIGINT" in error.error
+    assert "failed" not in error.error
+    verify = system.tasks(result.run_id, Phase.VERIFY)["web"]
+    assert verify.status is TaskStatus.CANCELLED
+    assert "release stopped (verify of web cancelled)" in caplog.text
+    assert "verify of web failed" not in caplog.text

@@ -8,25 +8,41 @@ Layout, for the run store's collection `C`::
 Durations are written once per finished run (a transaction on the project's document),
 far below Firestore's ~1 write per second per document.
 
-The build quota is one document per slot, not one counter: a counter document would take
-two writes per build from every run of the project, and would queue at ~1 write/s once
-builds are short or runs many. A slot document is written twice per build that holds it
-(taken, freed), so its rate is bounded by 2 / (build duration), whatever the number of
-runs; a build of under two seconds is the only way to approach the limit, and a run only
-writes the slots it takes. Each write is a compare-and-set on that one document: `create`
-(fails if someone took the free slot first) or an `update_time` precondition (an expired
-lease, taken over). Callers try the free slots in random order, so concurrent runs rarely
-meet on one document; a loser just tries the next free slot.
+The build quota is one document per slot, not one counter, plus one per holder::
+
+    C_slots/{project_id}~{k}               {"holder": task id, "expires_at": lease end}
+    C_slot_holders/{project_id}~{task id}  {"slot": "{project_id}~{k}", "expires_at": ...}
+
+A slot and its holder's document are written together, in one transaction: taking a
+free slot creates both (both creates are checked at commit: if the slot was taken, or the
+holder already holds another slot, e.g. a step delivered twice at once, nothing is
+written), taking over an expired lease reads the slot in the transaction and deletes the
+old holder's document, and freeing reads the slot and deletes both only if it is still
+that holder's. So a build never holds two slots, and a slot never two builds.
+
+Write rate: a counter document would take two writes per build from every run of the
+project, and would queue at ~1 write/s once builds are short or runs many. Here each
+build writes its slot twice (taken, freed) and its own holder document twice, so a
+document's rate is bounded by 2 / (build duration), whatever the number of runs: only
+builds of under two seconds approach the limit. Reading the slots (one batched read per
+step) writes nothing, and a caller that finds a slot taken writes nothing either. Callers
+try the free slots in random order, so concurrent runs rarely meet on one document; a
+loser just tries the next free slot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from shared import store_rules as rules
+from shared.errors import BackendError
+
+CAS_ATTEMPTS = 5
 
 T = TypeVar("T")
 
@@ -75,70 +91,116 @@ class FirestoreScheduling:
 
         slots = self._db().collection(f"{self.collection}_slots")
         refs = [slots.document(f"{project_id}~{k}") for k in range(cap)]
-        with _translated(f"taking build slots of {project_id}"):
-            snapshots = {s.reference.id: s for s in self._db().get_all(refs)}
-            free, held, freed = self._sort_slots(refs, snapshots, set(release), now)
-            random.shuffle(free)  # concurrent runs spread over the free slots
-            expires = now + timedelta(seconds=lease_seconds)
-            for holder in dict.fromkeys(want):
-                if holder in held:
-                    continue
-                while free:
-                    if self._take(*free.pop(), holder, expires):
-                        held.add(holder)
-                        break
-                else:
-                    break  # no free slot left
+        with _translated(f"reading the build slots of {project_id}"):
+            docs = {s.reference.id: s.to_dict() for s in self._db().get_all(refs) if s.exists}
+        gone = set(release)
+        ours = [r for r in refs if r.id in docs and docs[r.id]["holder"] in gone]
+        freed = sum(self._free(project_id, ref, docs[ref.id]["holder"]) for ref in ours)
+        # The read is only a hint: every take checks again, in its transaction.
+        held = {d["holder"] for d in docs.values() if _live(d, now) and d["holder"] not in gone}
+        free = [r for r in refs if r in ours or r.id not in docs or not _live(docs[r.id], now)]
+        random.shuffle(free)  # concurrent runs spread over the free slots
+        expires = now + timedelta(seconds=lease_seconds)
+        for holder in dict.fromkeys(want):
+            while holder not in held and free:
+                ref = free.pop()
+                took = self._take(project_id, ref, holder, now, expires, unread=ref.id not in docs)
+                if took is not False:
+                    held.add(holder)
+                if took is None:
+                    free.append(ref)  # it held another slot already: this one is still free
         return [w for w in dict.fromkeys(want) if w in held], freed
 
-    def _sort_slots(
-        self, refs: list[Any], snapshots: Mapping[str, Any], gone: set[str], now: datetime
-    ) -> tuple[list[tuple[Any, Any]], set[str], int]:
-        """(free slots with the snapshot to compare against, live holders, slots freed),
-        freeing the slots `gone` holds on the way."""
+    def _take(
+        self,
+        project_id: str,
+        ref: Any,
+        holder: str,
+        now: datetime,
+        expires: datetime,
+        *,
+        unread: bool,
+    ) -> bool | None:
+        """Take the slot `ref` for `holder`, in one transaction that also creates its
+        holder document: True if taken, False if the slot is someone else's, None if
+        `holder` holds another slot (its document exists: the create fails at commit).
+        `unread`: the slot had no document when read, so it is created without a read."""
         from google.api_core import exceptions as gexc
 
-        free: list[tuple[Any, Any]] = []
-        held: set[str] = set()
-        freed = 0
-        for ref in refs:
-            snapshot: Any = snapshots.get(ref.id)
-            doc = snapshot.to_dict() if snapshot is not None and snapshot.exists else None
-            if doc is None:
-                free.append((ref, None))
-            elif doc["holder"] in gone:
-                try:
-                    ref.delete(
-                        option=self._db().write_option(last_update_time=snapshot.update_time)
-                    )
-                except (gexc.FailedPrecondition, gexc.NotFound):
-                    continue  # changed since we read it: no longer ours to free
-                freed += 1
-                free.append((ref, None))
-            elif _aware(doc["expires_at"]) <= now:
-                free.append((ref, snapshot))
-            else:
-                held.add(doc["holder"])
-        return free, held, freed
-
-    def _take(self, ref: Any, snapshot: Any, holder: str, expires: datetime) -> bool:
-        """Take one free slot; False if another caller took it first."""
-        from google.api_core import exceptions as gexc
-
+        mine = self._holder_ref(project_id, holder)
         doc = {"holder": holder, "expires_at": expires}
-        try:
-            if snapshot is None:
-                ref.create(doc)
-            else:  # an expired lease: take it over only if nobody did since we read it
-                precondition = self._db().write_option(last_update_time=snapshot.update_time)
-                ref.update(doc, option=precondition)
-        except (gexc.AlreadyExists, gexc.Conflict, gexc.FailedPrecondition, gexc.NotFound):
-            return False
-        return True
+
+        def take(tx: Any) -> bool:
+            snapshot = ref.get(transaction=tx)
+            slot = snapshot.to_dict() if snapshot.exists else None
+            if slot is not None and slot["holder"] == holder:
+                tx.set(mine, {"slot": ref.id, "expires_at": expires})  # its own: renewed
+            elif slot is not None and _live(slot, now):
+                return False
+            else:
+                if slot is not None:  # an expired lease, taken over: its holder's goes too
+                    tx.delete(self._holder_ref(project_id, slot["holder"]))
+                tx.create(mine, {"slot": ref.id, "expires_at": expires})
+            tx.set(ref, doc)
+            return True
+
+        def take_unread(tx: Any) -> bool:
+            # The slot had no document: both creates are checked at commit, no lock taken.
+            tx.create(ref, doc)
+            tx.create(mine, {"slot": ref.id, "expires_at": expires})
+            return True
+
+        for attempt in range(CAS_ATTEMPTS):
+            try:
+                body = take_unread if unread and attempt == 0 else take
+                return self._transact(f"taking a build slot of {project_id}", body)
+            except BackendError as exc:
+                if not isinstance(exc.__cause__, gexc.AlreadyExists):
+                    raise
+            if self._holds_live(mine, now):
+                return None
+        return False
+
+    def _holds_live(self, mine: Any, now: datetime) -> bool:
+        """Whether the holder document `mine` has a live lease; an expired one is deleted
+        (unless it changed since it was read), so that the holder can take a slot again."""
+        from google.api_core import exceptions as gexc
+
+        from shared.adapters.gcp.firestore_store import _translated
+
+        with _translated("reading a build slot's holder"):
+            snapshot = mine.get()
+            if snapshot.exists and _live(snapshot.to_dict(), now):
+                return True
+            if snapshot.exists:
+                option = self._db().write_option(last_update_time=snapshot.update_time)
+                with contextlib.suppress(gexc.FailedPrecondition, gexc.NotFound):
+                    mine.delete(option=option)
+        return False
+
+    def _free(self, project_id: str, ref: Any, holder: str) -> int:
+        """Free `holder`'s slot `ref` with its holder document, in one transaction; 0 if
+        it is no longer `holder`'s (freed or taken over since it was read)."""
+
+        def free(tx: Any) -> int:
+            snapshot = ref.get(transaction=tx)
+            if not snapshot.exists or snapshot.get("holder") != holder:
+                return 0
+            tx.delete(ref)
+            tx.delete(self._holder_ref(project_id, holder))
+            return 1
+
+        return self._transact(f"freeing a build slot of {project_id}", free)
+
+    def _holder_ref(self, project_id: str, holder: str) -> Any:
+        name = f"{project_id}~{quote(holder, safe=':@-_.~')}"
+        return self._db().collection(f"{self.collection}_slot_holders").document(name)
 
     def _durations_ref(self, project_id: str) -> Any:
         return self._db().collection(f"{self.collection}_durations").document(project_id)
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _live(doc: Mapping[str, Any], now: datetime) -> bool:
+    """Whether a slot's or holder's lease still runs at `now`."""
+    expires: datetime = doc["expires_at"]
+    return (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) > now
