@@ -185,6 +185,8 @@ class Interrupts:
         self.at_once = at_once
         self.count = 0
         self._previous: Any = None
+        self._cancelling: threading.Thread | None = None
+        self._settled = False
 
     def __enter__(self) -> Interrupts:
         self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -192,6 +194,19 @@ class Interrupts:
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGINT, self._previous)
+        # The caller closes the bus and the store next: a cancel still going would
+        # publish into a closed bus and its reverts would never run.
+        self.cancel_settled()
+
+    def cancel_settled(self) -> bool:
+        """Wait for the cancel a Ctrl-C started; True the first time there was one, as
+        what it published (reverts, cancellations) is then still to be waited for."""
+        thread = self._cancelling
+        if thread is None or self._settled:
+            return False
+        thread.join()
+        self._settled = True
+        return True
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
@@ -207,7 +222,8 @@ class Interrupts:
             "cancelling: nothing new starts, half-started services are stopped "
             "(Ctrl-C again to exit now)"
         )
-        threading.Thread(target=self.cancel, name="cancel", daemon=True).start()
+        self._cancelling = threading.Thread(target=self.cancel, name="cancel", daemon=True)
+        self._cancelling.start()
 
 
 def up_embedded(
@@ -242,12 +258,13 @@ def up_embedded(
                 cancel_run(run.run_id, system.rt, by="Ctrl-C")
 
             over = threading.Event()
-            args = (system, run.run_id, say, over)
-            waiter = threading.Thread(target=_wait, args=args, daemon=True)
             # The same Ctrl-C reaches a release's verify command: its runner must know.
             checks = getattr(system.rt.checks, "interrupted", None)
             at_once = checks.set if checks is not None else lambda: None
-            with Interrupts(cancel, say, at_once) as interrupts:
+            interrupts = Interrupts(cancel, say, at_once)
+            args = (system, run.run_id, say, over, interrupts)
+            waiter = threading.Thread(target=_wait, args=args, daemon=True)
+            with interrupts:
                 waiter.start()
                 result = follow(system.store, run.run_id, stream=sys.stderr, done=over)
                 waiter.join()
@@ -256,9 +273,18 @@ def up_embedded(
     return result, interrupts.count > 0
 
 
-def _wait(system: Any, run_id: str, say: Callable[[str], None], over: threading.Event) -> None:
+def _wait(
+    system: Any,
+    run_id: str,
+    say: Callable[[str], None],
+    over: threading.Event,
+    interrupts: Interrupts,
+) -> None:
     try:
         system.wait(run_id)
+        # The bus can be idle while a Ctrl-C's cancel is still deciding what to publish.
+        while interrupts.cancel_settled():
+            system.wait(run_id)
     except Exception as exc:  # shown to the user; the run's record says the rest
         say(f"error: a handler gave up: {exc.__cause__ or exc}")
     finally:
