@@ -69,18 +69,26 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
         if stop is not None:
             status, why = stop
             completion = _completion(message, claimed, status, now, error=f"not started: {why}")
-        elif (reused := _reusable(message, rt)) is not None:
-            completion = _completion(message, claimed, TaskStatus.SUCCEEDED, now, **reused)
-        elif message.phase is Phase.BUILD and rt.policy.async_builds:
-            failed = _submit_build(message, claimed, rt)
-            if failed is None:
-                return None
-            completion = failed
         else:
-            with targeting(_target(message)):
-                completion = _execute(message, claimed, rt, now)
+            with rt.waiting():
+                done = _do(message, claimed, rt, now)
+            if done is None:
+                return None
+            completion = done
         report(completion, rt)
         return completion
+
+
+def _do(
+    message: TaskMessage, claimed: TaskRecord, rt: Runtime, now: datetime
+) -> TaskCompletion | None:
+    """Reuse, submit or run the task: what waits on the deployer and the sources."""
+    if (reused := _reusable(message, rt)) is not None:
+        return _completion(message, claimed, TaskStatus.SUCCEEDED, now, **reused)
+    if message.phase is Phase.BUILD and rt.policy.async_builds:
+        return _submit_build(message, claimed, rt)
+    with targeting(_target(message)):
+        return _execute(message, claimed, rt, now)
 
 
 def report(completion: TaskCompletion, rt: Runtime) -> None:

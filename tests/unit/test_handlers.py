@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import pytest
 
@@ -188,3 +190,36 @@ def test_a_poison_task_message_is_acknowledged_and_starts_nothing() -> None:
     system.bus.queue.append(("completions", b'{"run_id": 1}', {}))
     assert system.bus.deliver_all() == 2
     assert system.deployer.built == []
+
+
+def test_the_worker_says_it_waits_around_builds_and_deploys_and_only_there() -> None:
+    # Given a runtime whose `waiting` notes when the worker is inside it
+    inside: list[bool] = [False]
+    seen: list[tuple[str, bool]] = []
+
+    class Watching(FakeDeployer):
+        def build(self, service_name: str, spec: object, **kw: object) -> str:
+            seen.append(("build", inside[0]))
+            return super().build(service_name, spec, **kw)  # type: ignore[arg-type]
+
+        def deploy_service(self, name: str, account: str, spec: object, **kw: object) -> str:
+            seen.append(("deploy", inside[0]))
+            return super().deploy_service(name, account, spec, **kw)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def waiting() -> Iterator[None]:
+        assert not inside[0], "waiting is not re-entered"
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    system = System(Watching())
+    system.rt.waiting = waiting
+    # When a run goes through
+    result = system.run(architecture())
+    # Then every build and deploy ran inside it, and nothing is left inside
+    assert result.status is RunStatus.SUCCEEDED
+    assert seen and all(flag for _, flag in seen)
+    assert not inside[0]

@@ -6,7 +6,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 
-from shared.adapters.local.inprocess_bus import InProcessBus
+import pytest
+
+from shared.adapters.local.inprocess_bus import InProcessBus, _Watcher
+from shared.messages import TOPIC_TASKS
 
 TIMEOUT = 30.0
 
@@ -70,3 +73,70 @@ def test_close_drops_the_messages_not_started_and_drain_returns() -> None:
     assert not closing.is_alive()
     bus.drain(TIMEOUT)  # the dropped messages are no longer in flight
     assert len(ran) == 1
+
+
+# The tasks topic's pool is adaptive: at most `eager_threads` handlers run at once unless
+# some say they wait (`InProcessBus.waiting`, the worker around a build or deploy).
+
+
+def test_handlers_that_say_they_wait_all_run_at_once_beyond_the_eager_threads() -> None:
+    bus = InProcessBus(parallelism=10, eager_threads=2)
+    together = threading.Barrier(10, timeout=TIMEOUT)  # broken if any of the 10 waits
+
+    def handler(_data: bytes, _attributes: Mapping[str, str]) -> None:
+        with bus.waiting():
+            together.wait()
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    for i in range(10):
+        _publish(bus, TOPIC_TASKS, i)
+    bus.drain(TIMEOUT)
+    bus.close()
+
+
+def test_handlers_that_do_not_wait_get_no_more_threads_than_the_eager_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_Watcher, "STALL", TIMEOUT)  # no stall to rescue from here
+    bus = InProcessBus(parallelism=10, eager_threads=2)
+    started, release, ran = threading.Semaphore(0), threading.Event(), []
+
+    def handler(data: bytes, _attributes: Mapping[str, str]) -> None:
+        started.release()
+        release.wait(TIMEOUT)  # busy, and not saying it waits
+        ran.append(data)
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    for i in range(6):
+        _publish(bus, TOPIC_TASKS, i)
+    assert started.acquire(timeout=TIMEOUT) and started.acquire(timeout=TIMEOUT)
+    assert bus.threads(TOPIC_TASKS) == 2  # the other four messages wait their turn
+    release.set()
+    bus.drain(TIMEOUT)
+    assert len(ran) == 6
+    assert bus.threads(TOPIC_TASKS) == 2
+    bus.close()
+
+
+def test_a_handler_blocked_without_saying_so_does_not_hold_the_queue_back_for_good() -> None:
+    bus = InProcessBus(parallelism=3, eager_threads=1)
+    second_ran = threading.Event()
+
+    def handler(data: bytes, _attributes: Mapping[str, str]) -> None:
+        if data == b"message 0":
+            assert second_ran.wait(TIMEOUT), "message 1 never got a thread"
+        else:
+            second_ran.set()
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    _publish(bus, TOPIC_TASKS, 0)
+    _publish(bus, TOPIC_TASKS, 1)
+    bus.drain(TIMEOUT)
+    bus.close()
+
+
+def test_waiting_outside_the_bus_threads_changes_nothing() -> None:
+    bus = InProcessBus(parallelism=2)
+    with bus.waiting():
+        pass
+    bus.close()
