@@ -13,7 +13,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from shared.core.publishing import attributes
+from shared.core.publishing import STORED, attributes
 from shared.core.release_tasks import run_release_task
 from shared.core.run_engine import halt_run
 from shared.core.runtime import Runtime
@@ -105,7 +105,8 @@ def report(completion: TaskCompletion, rt: Runtime) -> None:
         )
     elif completion.phase is Phase.BUILD and completion.status is TaskStatus.FAILED:
         halt_run(completion.run_id, f"build of {completion.service} failed", rt)
-    rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=attributes(completion))
+    sent = attributes(completion) | {STORED: "1"}
+    rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=sent)
 
 
 def _why_not_start(run: RunRecord | None, phase: Phase) -> tuple[TaskStatus, str] | None:
