@@ -140,3 +140,28 @@ def test_waiting_outside_the_bus_threads_changes_nothing() -> None:
     with bus.waiting():
         pass
     bus.close()
+
+
+def test_close_while_handlers_wait_with_messages_queued_drops_them_and_returns() -> None:
+    bus = InProcessBus(parallelism=2, eager_threads=1)
+    started, release, ran = threading.Semaphore(0), threading.Event(), []
+
+    def handler(data: bytes, _attributes: Mapping[str, str]) -> None:
+        ran.append(data)
+        started.release()
+        with bus.waiting():
+            release.wait(TIMEOUT)
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    for i in range(4):
+        _publish(bus, TOPIC_TASKS, i)
+    # the eager thread and one stand-in (the pool's size) run; two messages stay queued
+    assert started.acquire(timeout=TIMEOUT) and started.acquire(timeout=TIMEOUT)
+    closing = threading.Thread(target=bus.close)
+    closing.start()
+    release.set()
+    closing.join(TIMEOUT)
+    assert not closing.is_alive()
+    bus.drain(TIMEOUT)
+    assert len(ran) == 2
+    assert bus.threads(TOPIC_TASKS) == 0

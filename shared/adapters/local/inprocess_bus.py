@@ -143,7 +143,9 @@ class InProcessBus:
         deploy): its pool may start another thread for queued messages meanwhile.
         Anywhere but in one of this bus's threads, it does nothing."""
         pool: _Pool | None = getattr(_here, "pool", None)
-        if pool is None or pool not in self._pools.values():
+        with self._lock:
+            ours = pool is not None and pool in self._pools.values()
+        if pool is None or not ours:
             yield
             return
         with pool.waiting():
@@ -283,6 +285,7 @@ class _Pool:
                     dropped += self._jobs.get_nowait() is not None
                 except Empty:
                     break
+            self._backlog = 0  # no job left to start a thread for
             for _ in range(self._threads):
                 self._jobs.put(None)
             if self._watcher is not None:
@@ -327,6 +330,8 @@ class _Watcher:
 
     def wake(self) -> None:
         """Called with the pool's lock held."""
+        if self._pool._stopping and not self.alive:
+            return
         if not self.alive:
             self.alive = True
             _thread.start_new_thread(self._watch, ())
