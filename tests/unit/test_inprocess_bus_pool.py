@@ -165,3 +165,21 @@ def test_close_while_handlers_wait_with_messages_queued_drops_them_and_returns()
     bus.drain(TIMEOUT)
     assert len(ran) == 2
     assert bus.threads(TOPIC_TASKS) == 0
+
+
+def test_saying_it_waits_twice_in_one_handler_is_the_same_as_once() -> None:
+    bus = InProcessBus(parallelism=4, eager_threads=1)
+    ran = []
+
+    def handler(data: bytes, _attributes: Mapping[str, str]) -> None:
+        with bus.waiting(), bus.waiting():
+            ran.append(data)
+        with bus.waiting():  # and again after: nothing was left behind
+            pass
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    for i in range(5):
+        _publish(bus, TOPIC_TASKS, i)
+    bus.drain(TIMEOUT)
+    bus.close()
+    assert len(ran) == 5

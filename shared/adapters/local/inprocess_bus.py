@@ -18,8 +18,8 @@ the dispatcher releasing 1,000 builds waited on 1,000 of them (issue 19).
 The tasks topic's pool is adaptive: a thread per message only for messages whose handlers
 wait (the worker says so around a build or deploy, `waiting`); work that only uses the
 interpreter runs on `EAGER_THREADS` threads, since more threads cannot run Python at once
-and only fight for the interpreter lock (1,000 zero-cost tasks: 1,000 threads, 2.1 s;
-4 threads, 1.5 s; docs/performance.md, "Issue 19: fewer threads").
+and only fight for the interpreter lock (1,000 zero-cost tasks: 1.55 s on 1,000 threads,
+1.20 s on 4-16; docs/performance.md, "Issue 19: fewer threads").
 """
 
 from __future__ import annotations
@@ -236,6 +236,9 @@ class _Pool:
         """This pool thread waits on the outside world (a build, a deploy) for a while:
         queued jobs may get another thread meanwhile."""
         me = _thread.get_ident()
+        if me in self._waiting:  # already said so further up this thread's stack
+            yield
+            return
         with self._lock:
             self._waiting[me] = since = time.monotonic()
             if self._backlog and self._watcher is not None:
@@ -315,10 +318,10 @@ class _Pool:
 
 
 class _Watcher:
-    """An adaptive pool's one extra thread: while jobs wait for a thread, it starts a
-    stand-in for each pool thread that has been `waiting` for `PATIENCE` seconds, and,
-    should no job end for `STALL` seconds (a handler blocked without saying so), a
-    thread for every waiting job, so the pool never holds a job back for good."""
+    """An adaptive pool's one extra thread: while jobs wait for a thread, it starts two
+    stand-ins for each pool thread that has been `waiting` for `PATIENCE` seconds, and,
+    should no job end for `STALL` seconds (a handler blocked without saying so), `eager`
+    more threads each time, so the pool never holds a job back for good."""
 
     PATIENCE = 0.001
     STALL = 0.05
