@@ -26,7 +26,11 @@ def record_completion(completion: TaskCompletion, rt: Runtime, *, stored: bool =
         service=completion.service,
         phase=completion.phase.value,
     ):
-        applied = None if stored else _apply(completion, rt)
+        if stored:
+            applied = None
+            log.debug("completion %s, stored by its worker", completion.status.value)
+        else:
+            applied = _apply(completion, rt)
         if completion.phase is Phase.BUILD and completion.status is not TaskStatus.SUCCEEDED:
             # Halt on what the task ended as, not on what this message says: a late failure
             # from an attempt whose worker outlived its lease must not halt a run whose
