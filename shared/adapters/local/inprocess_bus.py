@@ -356,7 +356,8 @@ class _Watcher:
                     if pool._finished != last or stalled:
                         last, progress_at = pool._finished, now
                     self._stand_ins(now, stalled=stalled)
-                    self._wake.wait(self.PATIENCE)
+                    # No thread waiting: nothing to see before a stall (`waiting` wakes us).
+                    self._wake.wait(self.PATIENCE if pool._waiting else self.STALL)
             finally:
                 self.alive = False
                 pool._ended.notify_all()
