@@ -136,6 +136,7 @@ def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         driver=Driver.this_process() if isinstance(bus, InProcessBus) else None,
     )
     if isinstance(bus, InProcessBus):
+        rt.waiting = bus.waiting
 
         def dispatch(data: bytes, attributes: Mapping[str, str]) -> None:
             on_request(data, attributes, rt)
@@ -331,5 +332,6 @@ def embedded(
     )
     if callable(clock):
         rt.clock = clock
+    rt.waiting = bus.waiting
     subscribe_all(bus, rt)
     return Embedded(rt=rt, bus=bus)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from shared.core.aggregator import record_completion
 from shared.core.control import fail_task
 from shared.core.dispatcher import dispatch_request, record_refused, run_id_for
+from shared.core.publishing import STORED
 from shared.core.run_engine import advance_run
 from shared.core.runtime import Runtime
 from shared.core.worker import run_task
@@ -111,7 +112,7 @@ def on_completion(
         if attributes.get("run_id"):
             advance_run(attributes["run_id"], rt)
         return
-    record_completion(completion, rt)
+    record_completion(completion, rt, stored=attributes.get(STORED) == "1")
 
 
 def on_dead_letter(

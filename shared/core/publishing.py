@@ -93,6 +93,10 @@ def task_message(run: RunRecord, task: TaskRecord) -> TaskMessage:
     )
 
 
+# A completion's attribute: its worker stored it before publishing it (see `report`).
+STORED = "stored"
+
+
 def attributes(task: TaskRecord | TaskCompletion) -> dict[str, str]:
     """What subscriptions filter on, and what a dead-letter handler reads."""
     return {

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -140,6 +141,9 @@ class Runtime:
     # Where the project build cap's slots are kept; None: in `store`.
     slots: BuildSlots | None = None
     coalescer: Coalescer = field(default_factory=Coalescer, repr=False)
+    # Around a build or deploy: the bus's `waiting` where its handlers run on threads
+    # (the in-process bus starts threads for queued tasks only while others wait).
+    waiting: Callable[[], AbstractContextManager[None]] = nullcontext
 
 
 def run_view(store: RunStore, run_id: str) -> RunResult | None:

@@ -13,7 +13,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from shared.core.publishing import attributes
+from shared.core.publishing import STORED, attributes
 from shared.core.release_tasks import run_release_task
 from shared.core.run_engine import halt_run
 from shared.core.runtime import Runtime
@@ -69,18 +69,26 @@ def run_task(message: TaskMessage, rt: Runtime) -> TaskCompletion | None:
         if stop is not None:
             status, why = stop
             completion = _completion(message, claimed, status, now, error=f"not started: {why}")
-        elif (reused := _reusable(message, rt)) is not None:
-            completion = _completion(message, claimed, TaskStatus.SUCCEEDED, now, **reused)
-        elif message.phase is Phase.BUILD and rt.policy.async_builds:
-            failed = _submit_build(message, claimed, rt)
-            if failed is None:
-                return None
-            completion = failed
         else:
-            with targeting(_target(message)):
-                completion = _execute(message, claimed, rt, now)
+            with rt.waiting():
+                done = _do(message, claimed, rt, now)
+            if done is None:
+                return None
+            completion = done
         report(completion, rt)
         return completion
+
+
+def _do(
+    message: TaskMessage, claimed: TaskRecord, rt: Runtime, now: datetime
+) -> TaskCompletion | None:
+    """Reuse, submit or run the task: what waits on the deployer and the sources."""
+    if (reused := _reusable(message, rt)) is not None:
+        return _completion(message, claimed, TaskStatus.SUCCEEDED, now, **reused)
+    if message.phase is Phase.BUILD and rt.policy.async_builds:
+        return _submit_build(message, claimed, rt)
+    with targeting(_target(message)):
+        return _execute(message, claimed, rt, now)
 
 
 def report(completion: TaskCompletion, rt: Runtime) -> None:
@@ -97,7 +105,8 @@ def report(completion: TaskCompletion, rt: Runtime) -> None:
         )
     elif completion.phase is Phase.BUILD and completion.status is TaskStatus.FAILED:
         halt_run(completion.run_id, f"build of {completion.service} failed", rt)
-    rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=attributes(completion))
+    sent = attributes(completion) | {STORED: "1"}
+    rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=sent)
 
 
 def _why_not_start(run: RunRecord | None, phase: Phase) -> tuple[TaskStatus, str] | None:

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import pytest
 
 from shared.architecture.model import Architecture
 from shared.core.dispatcher import dispatch_request, run_id_for
-from shared.core.handlers import subscribe_all
+from shared.core.handlers import on_completion, subscribe_all
+from shared.core.publishing import STORED, attributes
 from shared.core.runtime import Runtime
 from shared.messages import (
+    TOPIC_COMPLETIONS,
     TOPIC_RESULTS,
     DeployRequest,
     Phase,
     RunFinished,
     RunResult,
     RunStatus,
+    TaskCompletion,
+    TaskRecord,
     TaskStatus,
+    utcnow,
 )
 from tests.builders import architecture, service
 from tests.fakes import FakeBus, FakeDeployer, FakeRunStore
@@ -188,3 +195,84 @@ def test_a_poison_task_message_is_acknowledged_and_starts_nothing() -> None:
     system.bus.queue.append(("completions", b'{"run_id": 1}', {}))
     assert system.bus.deliver_all() == 2
     assert system.deployer.built == []
+
+
+def test_the_worker_says_it_waits_around_builds_and_deploys_and_only_there() -> None:
+    # Given a runtime whose `waiting` notes when the worker is inside it
+    inside: list[bool] = [False]
+    seen: list[tuple[str, bool]] = []
+
+    class Watching(FakeDeployer):
+        def build(self, service_name: str, spec: object, **kw: object) -> str:
+            seen.append(("build", inside[0]))
+            return super().build(service_name, spec, **kw)  # type: ignore[arg-type]
+
+        def deploy_service(self, name: str, account: str, spec: object, **kw: object) -> str:
+            seen.append(("deploy", inside[0]))
+            return super().deploy_service(name, account, spec, **kw)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def waiting() -> Iterator[None]:
+        assert not inside[0], "waiting is not re-entered"
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    system = System(Watching())
+    system.rt.waiting = waiting
+    # When a run goes through
+    result = system.run(architecture())
+    # Then every build and deploy ran inside it, and nothing is left inside
+    assert result.status is RunStatus.SUCCEEDED
+    assert seen and all(flag for _, flag in seen)
+    assert not inside[0]
+
+
+def test_completions_say_their_worker_stored_them_and_the_aggregator_writes_each_once() -> None:
+    # Given a store that counts the outcomes written to it
+    class Counting(FakeRunStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.completed: list[str] = []
+
+        def complete_task(self, completion: TaskCompletion) -> TaskRecord | None:
+            self.completed.append(completion.task_id)
+            return super().complete_task(completion)
+
+    system = System()
+    store = Counting()
+    system.store = store
+    system.rt.store = store
+    # When a run goes through, every message delivered twice
+    result = system.run(architecture(), duplicate=True)
+    # Then every completion on the wire says it was stored, and each outcome was written
+    # by its worker alone (the duplicate deliveries of the tasks are refused at the claim)
+    assert result.status is RunStatus.SUCCEEDED
+    sent = [a for topic, _, a in system.bus.published if topic == TOPIC_COMPLETIONS]
+    assert sent and all(a[STORED] == "1" for a in sent)
+    assert sorted(store.completed) == sorted(a["task_id"] for a in sent)
+
+
+def test_a_completion_not_marked_stored_is_applied_by_the_aggregator() -> None:
+    # Given a running build whose outcome never reached the store
+    system = System()
+    run = dispatch_request(DeployRequest(architecture=architecture().model_dump_json()), system.rt)
+    build = next(t for t in system.store.get_tasks(run.run_id) if t.phase is Phase.BUILD)
+    claimed = system.store.claim_task(build.task_id, worker="w", lease_seconds=60, now=utcnow())
+    assert claimed is not None
+    done = TaskCompletion(
+        run_id=run.run_id,
+        task_id=build.task_id,
+        phase=Phase.BUILD,
+        service=build.service,
+        attempt=claimed.attempt,
+        status=TaskStatus.SUCCEEDED,
+        image="img@sha256:1",
+    )
+    # When it arrives without the stored mark (a sender that did not write it first)
+    on_completion(done.model_dump_json().encode(), attributes(done), system.rt)
+    # Then the aggregator writes it
+    stored = system.store.get_task(build.task_id)
+    assert stored is not None and stored.status is TaskStatus.SUCCEEDED

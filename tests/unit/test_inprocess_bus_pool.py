@@ -6,7 +6,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 
-from shared.adapters.local.inprocess_bus import InProcessBus
+import pytest
+
+from shared.adapters.local.inprocess_bus import InProcessBus, _Watcher
+from shared.messages import TOPIC_TASKS
 
 TIMEOUT = 30.0
 
@@ -70,3 +73,113 @@ def test_close_drops_the_messages_not_started_and_drain_returns() -> None:
     assert not closing.is_alive()
     bus.drain(TIMEOUT)  # the dropped messages are no longer in flight
     assert len(ran) == 1
+
+
+# The tasks topic's pool is adaptive: at most `eager_threads` handlers run at once unless
+# some say they wait (`InProcessBus.waiting`, the worker around a build or deploy).
+
+
+def test_handlers_that_say_they_wait_all_run_at_once_beyond_the_eager_threads() -> None:
+    bus = InProcessBus(parallelism=10, eager_threads=2)
+    together = threading.Barrier(10, timeout=TIMEOUT)  # broken if any of the 10 waits
+
+    def handler(_data: bytes, _attributes: Mapping[str, str]) -> None:
+        with bus.waiting():
+            together.wait()
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    for i in range(10):
+        _publish(bus, TOPIC_TASKS, i)
+    bus.drain(TIMEOUT)
+    bus.close()
+
+
+def test_handlers_that_do_not_wait_get_no_more_threads_than_the_eager_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_Watcher, "STALL", TIMEOUT)  # no stall to rescue from here
+    bus = InProcessBus(parallelism=10, eager_threads=2)
+    started, release, ran = threading.Semaphore(0), threading.Event(), []
+
+    def handler(data: bytes, _attributes: Mapping[str, str]) -> None:
+        started.release()
+        release.wait(TIMEOUT)  # busy, and not saying it waits
+        ran.append(data)
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    for i in range(6):
+        _publish(bus, TOPIC_TASKS, i)
+    assert started.acquire(timeout=TIMEOUT) and started.acquire(timeout=TIMEOUT)
+    assert bus.threads(TOPIC_TASKS) == 2  # the other four messages wait their turn
+    release.set()
+    bus.drain(TIMEOUT)
+    assert len(ran) == 6
+    assert bus.threads(TOPIC_TASKS) == 2
+    bus.close()
+
+
+def test_a_handler_blocked_without_saying_so_does_not_hold_the_queue_back_for_good() -> None:
+    bus = InProcessBus(parallelism=3, eager_threads=1)
+    second_ran = threading.Event()
+
+    def handler(data: bytes, _attributes: Mapping[str, str]) -> None:
+        if data == b"message 0":
+            assert second_ran.wait(TIMEOUT), "message 1 never got a thread"
+        else:
+            second_ran.set()
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    _publish(bus, TOPIC_TASKS, 0)
+    _publish(bus, TOPIC_TASKS, 1)
+    bus.drain(TIMEOUT)
+    bus.close()
+
+
+def test_waiting_outside_the_bus_threads_changes_nothing() -> None:
+    bus = InProcessBus(parallelism=2)
+    with bus.waiting():
+        pass
+    bus.close()
+
+
+def test_close_while_handlers_wait_with_messages_queued_drops_them_and_returns() -> None:
+    bus = InProcessBus(parallelism=2, eager_threads=1)
+    started, release, ran = threading.Semaphore(0), threading.Event(), []
+
+    def handler(data: bytes, _attributes: Mapping[str, str]) -> None:
+        ran.append(data)
+        started.release()
+        with bus.waiting():
+            release.wait(TIMEOUT)
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    for i in range(4):
+        _publish(bus, TOPIC_TASKS, i)
+    # the eager thread and one stand-in (the pool's size) run; two messages stay queued
+    assert started.acquire(timeout=TIMEOUT) and started.acquire(timeout=TIMEOUT)
+    closing = threading.Thread(target=bus.close)
+    closing.start()
+    release.set()
+    closing.join(TIMEOUT)
+    assert not closing.is_alive()
+    bus.drain(TIMEOUT)
+    assert len(ran) == 2
+    assert bus.threads(TOPIC_TASKS) == 0
+
+
+def test_saying_it_waits_twice_in_one_handler_is_the_same_as_once() -> None:
+    bus = InProcessBus(parallelism=4, eager_threads=1)
+    ran = []
+
+    def handler(data: bytes, _attributes: Mapping[str, str]) -> None:
+        with bus.waiting(), bus.waiting():
+            ran.append(data)
+        with bus.waiting():  # and again after: nothing was left behind
+            pass
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    for i in range(5):
+        _publish(bus, TOPIC_TASKS, i)
+    bus.drain(TIMEOUT)
+    bus.close()
+    assert len(ran) == 5

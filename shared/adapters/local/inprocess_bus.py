@@ -14,6 +14,12 @@ The pools are `_Pool`s, not `ThreadPoolExecutor`s: publishing must not wait for 
 to start. `Thread.start` blocks its caller until the new thread has run, a hand-over of
 the interpreter lock that costs up to a switch interval while other threads are busy, so
 the dispatcher releasing 1,000 builds waited on 1,000 of them (issue 19).
+
+The tasks topic's pool is adaptive: a thread per message only for messages whose handlers
+wait (the worker says so around a build or deploy, `waiting`); work that only uses the
+interpreter runs on `EAGER_THREADS` threads, since more threads cannot run Python at once
+and only fight for the interpreter lock (1,000 zero-cost tasks: 1.55 s on 1,000 threads,
+1.20 s on 4-16; docs/performance.md, "Issue 19: fewer threads").
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ import _thread
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from queue import Empty, SimpleQueue
 
 from pydantic import BaseModel
 
 from shared.logs import log_context
-from shared.messages import TOPIC_COMPLETIONS
+from shared.messages import TOPIC_COMPLETIONS, TOPIC_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,10 @@ Subscriber = Callable[[bytes, Mapping[str, str]], None]
 DEFAULT_PARALLELISM = 32
 # Threads for topics whose handlers serialise on the store anyway (see the docstring).
 FAN_IN_PARALLELISM = {TOPIC_COMPLETIONS: 2}
+# Topics whose handlers say when they wait (the worker, around a build or deploy): their
+# pools run at most this many threads that are not waiting (see `_Pool`).
+ADAPTIVE_TOPICS = (TOPIC_TASKS,)
+EAGER_THREADS = 4
 
 
 class DeliveryFailed(Exception):
@@ -55,8 +66,10 @@ class InProcessBus:
         topic_parallelism: Mapping[str, int] | None = None,
         max_deliveries: int = 5,
         retry_delay: float = 0.05,
+        eager_threads: int = EAGER_THREADS,
     ) -> None:
         self._parallelism = parallelism
+        self._eager = eager_threads
         self._topic_parallelism = {
             **{topic: min(n, parallelism) for topic, n in FAN_IN_PARALLELISM.items()},
             **(topic_parallelism or {}),
@@ -119,11 +132,31 @@ class InProcessBus:
             for _ in range(pool.shutdown()):
                 self._settled()  # a queued message the close dropped
 
+    def threads(self, topic: str) -> int:
+        """How many threads the topic's pool has now (tests, benchmarks)."""
+        pool = self._pools.get(topic)
+        return pool.threads if pool is not None else 0
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Around a stretch where a handler waits on the outside world (a build, a
+        deploy): its pool may start another thread for queued messages meanwhile.
+        Anywhere but in one of this bus's threads, it does nothing."""
+        pool: _Pool | None = getattr(_here, "pool", None)
+        with self._lock:
+            ours = pool is not None and pool in self._pools.values()
+        if pool is None or not ours:
+            yield
+            return
+        with pool.waiting():
+            yield
+
     def _pool(self, topic: str) -> _Pool:
         with self._lock:
             pool = self._pools.get(topic)
             if pool is None:
-                pool = _Pool(self._topic_parallelism.get(topic, self._parallelism))
+                eager = self._eager if topic in ADAPTIVE_TOPICS else None
+                pool = _Pool(self._topic_parallelism.get(topic, self._parallelism), eager)
                 self._pools[topic] = pool
             return pool
 
@@ -163,19 +196,26 @@ class _Pool:
     """At most `size` threads running jobs from one queue, each started only when no idle
     thread is free for a job, and never waited for (`_thread.start_new_thread`).
 
-    Every queued job has exactly one thread reserved for it: an idle one (`_idle`), one
-    started for it, or the next one to finish a job (`_backlog`), so no job waits while
-    the pool has room, as in `ThreadPoolExecutor`."""
+    Every queued job has one thread reserved for it: an idle one (`_idle`), one started
+    for it, or the next one to finish a job (`_backlog`). With `eager` (an adaptive
+    pool), at most `eager` threads run jobs that are not waiting (see `waiting`); the
+    backlog gets more threads, up to `size`, only from the watcher (`_Watcher`)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, eager: int | None = None) -> None:
         self._size = max(1, size)
+        self._eager = self._size if eager is None else max(1, min(eager, self._size))
         self._jobs: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._lock = threading.Lock()
         self._ended = threading.Condition(self._lock)
         self._threads = 0
         self._idle = 0
         self._backlog = 0
+        self._finished = 0  # jobs run so far: the watcher's sign of progress
+        self._waiting: dict[int, float] = {}  # thread -> since when it waits (monotonic)
+        self._replaced: set[int] = set()  # waiting threads another was started for
+        self._blocking = False  # whether the last wait seen was long: handlers block
         self._stopping = False
+        self._watcher = _Watcher(self) if self._eager < self._size else None
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
@@ -184,11 +224,58 @@ class _Pool:
             self._jobs.put(job)
             if self._idle:
                 self._idle -= 1
-            elif self._threads < self._size:
-                self._threads += 1
-                _thread.start_new_thread(self._work, ())
+            elif self._threads < self._size and self._running() < self._eager:
+                self._start(1)
             else:
                 self._backlog += 1
+                if self._watcher is not None:
+                    self._watcher.wake()
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """This pool thread waits on the outside world (a build, a deploy) for a while:
+        queued jobs may get another thread meanwhile."""
+        me = _thread.get_ident()
+        if me in self._waiting:  # already said so further up this thread's stack
+            yield
+            return
+        with self._lock:
+            self._waiting[me] = since = time.monotonic()
+            if self._backlog and self._watcher is not None:
+                if self._blocking:  # the last wait was long: don't wait to see this one
+                    self._stand_ins([me])
+                else:
+                    self._watcher.wake()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._waiting[me]
+                self._replaced.discard(me)
+                self._blocking = time.monotonic() - since >= _Watcher.PATIENCE
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    def _running(self) -> int:
+        """Threads that count against `eager`: neither idle nor waiting with a stand-in."""
+        return self._threads - self._idle - len(self._replaced)
+
+    def _stand_ins(self, waiting: list[int]) -> None:
+        """Start two threads for each of `waiting` (the lock held), as far as the backlog
+        and `size` go: a wave of jobs that all wait gets its threads in a few doublings."""
+        n = min(self._backlog, self._size - self._threads, 2 * len(waiting))
+        if n > 0:
+            self._replaced.update(waiting)
+            self._backlog -= n
+            self._start(n)
+
+    def _start(self, n: int) -> None:
+        """Start `n` threads (the lock held)."""
+        for _ in range(n):
+            self._threads += 1
+            _thread.start_new_thread(self._work, ())
 
     def shutdown(self) -> int:
         """Drop the jobs not started, wait for every thread to end; returns how many
@@ -201,13 +288,17 @@ class _Pool:
                     dropped += self._jobs.get_nowait() is not None
                 except Empty:
                     break
+            self._backlog = 0  # no job left to start a thread for
             for _ in range(self._threads):
                 self._jobs.put(None)
-            while self._threads:
+            if self._watcher is not None:
+                self._watcher.wake()
+            while self._threads or (self._watcher is not None and self._watcher.alive):
                 self._ended.wait()
         return dropped
 
     def _work(self) -> None:
+        _here.pool = self
         try:
             while (job := self._jobs.get()) is not None:
                 try:
@@ -215,6 +306,7 @@ class _Pool:
                 except BaseException:  # the bus reports handler errors; this is a last stop
                     log.exception("in-process bus job failed")
                 with self._lock:
+                    self._finished += 1
                     if self._backlog:
                         self._backlog -= 1
                     else:
@@ -223,3 +315,69 @@ class _Pool:
             with self._lock:
                 self._threads -= 1
                 self._ended.notify_all()
+
+
+class _Watcher:
+    """An adaptive pool's one extra thread: while jobs wait for a thread, it starts two
+    stand-ins for each pool thread that has been `waiting` for `PATIENCE` seconds, and,
+    should no job end for `STALL` seconds (a handler blocked without saying so), `eager`
+    more threads each time, so the pool never holds a job back for good."""
+
+    PATIENCE = 0.001
+    STALL = 0.05
+
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
+        self._wake = threading.Condition(pool._lock)
+        self.alive = False
+
+    def wake(self) -> None:
+        """Called with the pool's lock held."""
+        if self._pool._stopping and not self.alive:
+            return
+        if not self.alive:
+            self.alive = True
+            _thread.start_new_thread(self._watch, ())
+        else:
+            self._wake.notify()
+
+    def _watch(self) -> None:
+        pool = self._pool
+        with pool._lock:
+            try:
+                last, progress_at = pool._finished, time.monotonic()
+                while not pool._stopping:
+                    if not pool._backlog:
+                        self._wake.wait()
+                        last, progress_at = pool._finished, time.monotonic()
+                        continue
+                    now = time.monotonic()
+                    stalled = now - progress_at >= self.STALL
+                    if pool._finished != last or stalled:
+                        last, progress_at = pool._finished, now
+                    self._stand_ins(now, stalled=stalled)
+                    # No thread waiting: nothing to see before a stall (`waiting` wakes us).
+                    self._wake.wait(self.PATIENCE if pool._waiting else self.STALL)
+            finally:
+                self.alive = False
+                pool._ended.notify_all()
+
+    def _stand_ins(self, now: float, *, stalled: bool) -> None:
+        pool = self._pool
+        if stalled:  # `eager` more at a time: a busy interpreter looks stalled too
+            n = min(pool._backlog, pool._size - pool._threads, pool._eager)
+            if n > 0:
+                pool._backlog -= n
+                pool._start(n)
+            return
+        long = [
+            thread
+            for thread, since in pool._waiting.items()
+            if thread not in pool._replaced and now - since >= self.PATIENCE
+        ]
+        if long:
+            pool._blocking = True
+            pool._stand_ins(long)
+
+
+_here = threading.local()  # a pool thread's pool, for `InProcessBus.waiting`
