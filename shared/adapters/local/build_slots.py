@@ -34,6 +34,7 @@ from pathlib import Path
 
 from shared import store_rules as rules
 from shared.adapters.local.processes import start_time
+from shared.adapters.local.sqlite_wal import open_wal
 from shared.errors import BackendError
 
 _SCHEMA = """
@@ -195,10 +196,7 @@ class MachineBuildSlots:
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA journal_mode=WAL")
+            db = open_wal(self.path)
             db.executescript(_SCHEMA)
             self._db = db
         return self._db

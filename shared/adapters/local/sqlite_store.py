@@ -25,6 +25,7 @@ from shared import store_rules as rules
 from shared.adapters.local.sqlite_counts import COUNT_SQL
 from shared.adapters.local.sqlite_schema import ensure_schema
 from shared.adapters.local.sqlite_swaps import SWAP_SQL, SwapQueue
+from shared.adapters.local.sqlite_wal import open_wal
 from shared.errors import BackendError, UsageError
 from shared.messages import (
     Phase,
@@ -65,10 +66,7 @@ class SqliteRunStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            self._db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = open_wal(self.path)
             # A crash loses at most the last transactions, never consistency: fine for runs.
             self._db.execute("PRAGMA synchronous=NORMAL")
             ensure_schema(self._db)
