@@ -6,7 +6,7 @@
   `main()` pauses it, and the root command resumes it once the subcommand is known,
   unless that subcommand is short-lived.
 - **A short-lived command ends its process at once.** The interpreter's teardown frees
-  each of those objects one by one and collects once more (~20 ms, more than validating
+  each of those objects one by one and collects once more (~25-30 ms, more than validating
   the example). After a short-lived command (`SHORT_LIVED`: it starts no thread and
   leaves no file, connection or child to close), the process flushes the standard
   streams, runs the exit handlers (logging's flush among them) and calls `os._exit`
