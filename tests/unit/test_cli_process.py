@@ -68,10 +68,14 @@ def test_a_failed_validate_ends_at_once_with_its_message_and_exit_code(tmp_path:
 
 
 def test_validate_with_a_thread_still_running_ends_the_ordinary_way() -> None:
-    # A thread still running (a user's plugin, say) must be joined, as Python does.
+    # A thread still running (a user's plugin, say) must be joined, as Python does. This
+    # one runs until the main thread has finished: only an ordinary exit lets it finish.
     thread = (
-        "import threading, time\n"
-        "threading.Thread(target=lambda: (time.sleep(0.3), sys.stderr.write('joined\\n'))).start()"
+        "import threading\n"
+        "def after_main():\n"
+        "    threading.main_thread().join()\n"
+        "    sys.stderr.write('joined\\n')\n"
+        "threading.Thread(target=after_main).start()"
     )
 
     done = run_main("validate", EXAMPLE, before=thread)
