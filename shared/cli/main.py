@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from shared.cli import process
 from shared.cli.dev import dev
 from shared.cli.lazy_console import lazy_console
 from shared.cli.local import no_wait_option, state_file_option
@@ -75,6 +76,7 @@ def cli(ctx: click.Context, debug: bool, state_dir: Path | None) -> None:
     """Deploy a whole microservice architecture, declared in one YAML file, in parallel."""
     from shared import logs
 
+    process.command_chosen(ctx.invoked_subcommand)
     ctx.meta["debug"] = debug
     ctx.meta["state_dir"] = state_dir
     logs.configure(json_lines=False, level="DEBUG" if debug else "WARNING")
@@ -382,11 +384,11 @@ cli.add_command(rollback)
 
 
 def main() -> None:
+    process.start()  # shared.cli.process: the collector waits, short commands exit at once
     try:
         cli.main(prog_name="archdeploy", standalone_mode=True)
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
-        raise SystemExit(code) from None
+        process.end(exc.code if isinstance(exc.code, int) else EXIT_USAGE)
 
 
 if __name__ == "__main__":

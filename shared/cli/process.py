@@ -1,0 +1,66 @@
+"""How an `archdeploy` process starts and ends: two start-up costs that are not the work.
+
+- **The collector waits for the command.** Start-up imports ~300 modules (pydantic above
+  all) whose objects live as long as the process; with the cyclic garbage collector on,
+  it walks them ~70 times before `validate` has read its file (~10 ms of ~0.18 s). So
+  `main()` pauses it, and the root command resumes it once the subcommand is known,
+  unless that subcommand is short-lived.
+- **A short-lived command ends its process at once.** The interpreter's teardown frees
+  each of those objects one by one and collects once more (~25-30 ms, more than validating
+  the example). After a short-lived command (`SHORT_LIVED`: it starts no thread and
+  leaves no file, connection or child to close), the process flushes the standard
+  streams, runs the exit handlers (logging's flush among them) and calls `os._exit`
+  with the command's exit code. Should a thread be running after all, or stdout fail to
+  flush, the process ends the ordinary way, exactly as before.
+
+Only `shared.cli.main.main()` (the installed command, `python -m shared.cli.main`) does
+either: `cli` invoked in-process (CliRunner, tests, an embedding program) leaves the
+collector and the interpreter alone. docs/performance.md ("Issue 19: start-up, fourth
+look") has the measurements.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import os
+import sys
+import threading
+from typing import NoReturn
+
+# Commands whose work is bounded by their input and that start no thread, open no store
+# and leave nothing behind to close when they return.
+SHORT_LIVED = frozenset({"validate"})
+
+_state = {"owned": False, "short_lived": False}
+
+
+def start() -> None:
+    """This process is archdeploy's own (`main()`): pause the collector for start-up."""
+    _state["owned"] = True
+    gc.disable()
+
+
+def command_chosen(name: str | None) -> None:
+    """The subcommand is known: resume the collector, unless it is short-lived."""
+    if not _state["owned"]:
+        return
+    _state["short_lived"] = name in SHORT_LIVED
+    if not _state["short_lived"]:
+        gc.enable()
+
+
+def end(code: int) -> NoReturn:
+    """End the process with `code`: at once after a short-lived command, else as usual."""
+    if _state["short_lived"] and threading.active_count() == 1:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            raise SystemExit(code) from None  # the interpreter reports it, as it always did
+        atexit._run_exitfuncs()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code) from None
