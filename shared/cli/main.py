@@ -247,17 +247,10 @@ def _say(line: str) -> None:
 
 def _report(result: RunResult, as_json: bool, exit_code: int | None = None) -> int:
     """Print the result; returns the exit code it calls for (`exit_code` overrides it)."""
-    from rich.console import Console
-
-    from shared.cli.progress import print_errors, result_table
+    from shared.cli.progress import print_result
     from shared.messages import RunStatus
 
-    out = Console(highlight=False)
-    if as_json:
-        click.echo(result.model_dump_json(indent=2))
-    else:
-        out.print(result_table(result))
-    print_errors(result, err)
+    print_result(result, as_json=as_json, err=err)
     code = EXIT_OK if result.status is RunStatus.SUCCEEDED else EXIT_RUN_FAILED
     return code if exit_code is None else exit_code
 

@@ -15,7 +15,7 @@
 
 Only `shared.cli.main.main()` (the installed command, `python -m shared.cli.main`) does
 either: `cli` invoked in-process (CliRunner, tests, an embedding program) leaves the
-collector and the interpreter alone. docs/performance.md ("Issue 19: start-up, fourth
+collector and the interpreter alone. docs/performance.md ("Issue 19: `validate`, fourth
 look") has the measurements.
 """
 
