@@ -216,7 +216,9 @@ def machine_slots(settings: Settings) -> BuildSlots | None:
         return None
     from shared.adapters.local.build_slots import MachineBuildSlots, default_slots_file
 
-    return MachineBuildSlots(settings.build_slots_file or default_slots_file())
+    slots = MachineBuildSlots(settings.build_slots_file or default_slots_file())
+    slots.open()  # a file that cannot be opened is named now, before the run
+    return slots
 
 
 def _github_client(settings: Settings) -> GitHubClient:

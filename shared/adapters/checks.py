@@ -40,11 +40,18 @@ class HttpAndCommandChecks:
     def run(self, check: VerifyCheck, target_url: str) -> CheckOutcome:
         if check.http is not None:
             return http_check(check.name, check.http, target_url)
-        outcome = command_check(check.name, check.command or [], target_url, check.timeout)
-        if not outcome.passed and self.interrupted.is_set() and not outcome.interrupted:
-            detail = f"interrupted (Ctrl-C): {outcome.detail}"
-            return outcome.model_copy(update={"interrupted": True, "detail": detail})
-        return outcome
+        argv = check.command or []
+        outcome = command_check(check.name, argv, target_url, check.timeout, None, self.interrupted)
+        return after_ctrl_c(outcome, self.interrupted)
+
+
+def after_ctrl_c(outcome: CheckOutcome, interrupted: threading.Event) -> CheckOutcome:
+    """A command check's outcome, marked interrupted if it failed once this process's
+    Ctrl-C handler had set `interrupted`."""
+    if not outcome.passed and interrupted.is_set() and not outcome.interrupted:
+        detail = f"interrupted (Ctrl-C): {outcome.detail}"
+        return outcome.model_copy(update={"interrupted": True, "detail": detail})
+    return outcome
 
 
 def http_check(
@@ -83,7 +90,13 @@ def command_check(
     target_url: str,
     timeout: float,
     extra_env: Mapping[str, str] | None = None,
+    ctrl_c: threading.Event | None = None,
 ) -> CheckOutcome:
+    """Run `argv`; it passes on exit 0. One that died of SIGINT (or exited 130) is
+    `interrupted` only if this process's Ctrl-C handler sets `ctrl_c` (at once, or within
+    `CTRL_C_GRACE`: the same key press reaches the command and this process together).
+    Without that, nobody pressed Ctrl-C (a worker on Cloud Run has no terminal): the
+    command failed, and its run must not end `cancelled`."""
     env = {**os.environ, **(extra_env or {}), "TARGET_URL": target_url}
     try:
         done = subprocess.run(
@@ -101,7 +114,7 @@ def command_check(
     except OSError as exc:  # not found, not executable
         return CheckOutcome(name=name, passed=False, detail=f"could not run: {exc}")
     output = _trimmed(done.stdout + done.stderr)
-    if done.returncode in _INTERRUPTED:
+    if done.returncode in _INTERRUPTED and ctrl_c is not None and ctrl_c.wait(CTRL_C_GRACE):
         detail = f"interrupted (SIGINT, exit {done.returncode}): {output}"
         return CheckOutcome(name=name, passed=False, detail=detail, interrupted=True)
     if done.returncode != 0:
@@ -112,6 +125,9 @@ def command_check(
 
 # Died of SIGINT, or exited as a shell does after one (128 + SIGINT).
 _INTERRUPTED = (-signal.SIGINT, 128 + signal.SIGINT)
+# How long a command that died of SIGINT waits for this process's Ctrl-C handler to say
+# the key was pressed (it runs on the main thread, usually within milliseconds).
+CTRL_C_GRACE = 2.0
 
 
 def _text(data: str | bytes | None) -> str:

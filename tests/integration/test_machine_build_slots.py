@@ -17,6 +17,7 @@ import pytest
 from shared.adapters.local.build_slots import WAITER_TTL, MachineBuildSlots, default_slots_file
 from shared.adapters.local.processes import start_time
 from shared.bootstrap import embedded
+from shared.errors import UsageError
 from shared.settings import Settings
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -145,3 +146,19 @@ def test_a_process_that_stopped_asking_holds_nobody_back(tmp_path: Path) -> None
     assert _ask(a, "a2", release="a1", now=later) == ["a2"]  # b has not asked since
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("kind", ["under-a-file", "not-a-database"])
+def test_a_slots_file_that_cannot_be_opened_is_named_before_the_run_starts(
+    tmp_path: Path, kind: str
+) -> None:
+    """An unwritable or foreign slots file (a read-only home, a typo in the setting) is
+    a usage error naming the setting and the fix, not a handler failing mid-run."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a database, " * 512)
+    path = blocker / "slots.db" if kind == "under-a-file" else blocker
+    settings = Settings(state_dir=tmp_path / "a", project_build_cap=2, build_slots_file=path)
+    with pytest.raises(UsageError) as raised:
+        embedded(settings).close()
+    assert "ARCHDEPLOY_BUILD_SLOTS_FILE" in str(raised.value), raised.value
+    assert str(path) in str(raised.value)

@@ -183,3 +183,68 @@ def test_saying_it_waits_twice_in_one_handler_is_the_same_as_once() -> None:
     bus.drain(TIMEOUT)
     bus.close()
     assert len(ran) == 5
+
+
+class _RecordingWake:
+    """The watcher's condition, noting each sleep it takes while its pool is full (every
+    thread started) with messages queued: nothing it could start until a thread ends."""
+
+    def __init__(self, watcher: _Watcher) -> None:
+        self._cond, self._pool = watcher._wake, watcher._pool
+        self.timed_when_full = 0
+        self.untimed_when_full = threading.Event()
+        self.enough = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        pool = self._pool
+        if pool._backlog and pool._threads >= pool._size:
+            if timeout is None:
+                self.untimed_when_full.set()
+            else:
+                self.timed_when_full += 1
+                if self.timed_when_full >= 20:
+                    self.enough.set()
+        return self._cond.wait(timeout)
+
+    def notify(self) -> None:
+        self._cond.notify()
+
+
+def test_the_watcher_sleeps_while_the_pool_is_full_and_its_threads_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every thread waiting on a long build, messages queued behind them: the watcher can
+    start nothing, so it must not wake every millisecond until the builds end."""
+    recorders: list[_RecordingWake] = []
+    init = _Watcher.__init__
+
+    def recording_init(self: _Watcher, pool: object) -> None:
+        init(self, pool)  # type: ignore[arg-type]
+        recorders.append(recorder := _RecordingWake(self))
+        self._wake = recorder  # type: ignore[assignment]
+
+    monkeypatch.setattr(_Watcher, "__init__", recording_init)
+    bus = InProcessBus(parallelism=2, eager_threads=1)
+    started, release = threading.Semaphore(0), threading.Event()
+
+    def handler(_data: bytes, _attributes: Mapping[str, str]) -> None:
+        started.release()
+        with bus.waiting():
+            release.wait(TIMEOUT)
+
+    bus.subscribe(TOPIC_TASKS, handler)
+    for i in range(4):
+        _publish(bus, TOPIC_TASKS, i)
+    assert started.acquire(timeout=TIMEOUT) and started.acquire(timeout=TIMEOUT)
+    (recorder,) = recorders
+    seen = threading.Event()
+    for event in (recorder.untimed_when_full, recorder.enough):  # whichever comes first
+        threading.Thread(target=lambda e=event: e.wait(TIMEOUT) and seen.set()).start()
+    assert seen.wait(TIMEOUT)
+    slept, polls = recorder.untimed_when_full.is_set(), recorder.timed_when_full
+    recorder.untimed_when_full.set()  # the other looking thread ends too
+    recorder.enough.set()
+    release.set()
+    bus.drain(TIMEOUT)
+    bus.close()
+    assert slept, f"{polls} timed wake-ups with nothing to start"

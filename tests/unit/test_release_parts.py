@@ -11,7 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from shared.adapters import checks as checks_module
 from shared.adapters.checks import HttpAndCommandChecks
+from shared.adapters.gcp.run_checks import CloudRunChecks
 from shared.architecture.loading import parse_architecture
 from shared.architecture.model import VerifyCheck
 from shared.core.plan import plan_run
@@ -200,17 +202,52 @@ def test_bad_release_or_verify_input_names_its_field(
     assert any(path in line and words in line for line in found), found
 
 
+DIE_OF_SIGINT = "import os, signal; os.kill(os.getpid(), signal.SIGINT)"
+
+
 def test_a_command_ctrl_c_reached_is_interrupted_not_failed() -> None:
     checks = HttpAndCommandChecks()
-    die = "import os, signal; os.kill(os.getpid(), signal.SIGINT)"
-    outcome = checks.run(VerifyCheck.model_validate({"command": [sys.executable, "-c", die]}), "x")
-    assert not outcome.passed and outcome.interrupted
-    assert outcome.detail.startswith("interrupted (SIGINT, exit -2)")
+    die = {"command": [sys.executable, "-c", DIE_OF_SIGINT]}
     # A command that traps SIGINT and exits 3 is known interrupted once the CLI says so.
     trap = {"command": [sys.executable, "-c", "import sys; sys.exit(3)"]}
     assert not checks.run(VerifyCheck.model_validate(trap), "x").interrupted
-    checks.interrupted.set()
+    checks.interrupted.set()  # the CLI's Ctrl-C handler ran
+    outcome = checks.run(VerifyCheck.model_validate(die), "x")
+    assert not outcome.passed and outcome.interrupted
+    assert outcome.detail.startswith("interrupted (SIGINT, exit -2)")
     outcome = checks.run(VerifyCheck.model_validate(trap), "x")
     assert outcome.interrupted and outcome.detail.startswith("interrupted (Ctrl-C): exited 3")
     passing = {"command": [sys.executable, "-c", "print('fine')"]}
     assert checks.run(VerifyCheck.model_validate(passing), "x").passed
+
+
+class _HandlerRunsMeanwhile(threading.Event):
+    """The Ctrl-C handler's flag, set while the check waits for it: the key press reached
+    the command first, this process's handler a moment later."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.set()
+        return super().wait(timeout)
+
+
+def test_a_command_that_dies_of_sigint_waits_for_the_ctrl_c_handler() -> None:
+    checks = HttpAndCommandChecks()
+    checks.interrupted = _HandlerRunsMeanwhile()
+    die = {"command": [sys.executable, "-c", DIE_OF_SIGINT]}
+    assert checks.run(VerifyCheck.model_validate(die), "x").interrupted
+
+
+@pytest.mark.parametrize(
+    "code", [DIE_OF_SIGINT, "import sys; sys.exit(130)"], ids=["sigint", "exit-130"]
+)
+@pytest.mark.parametrize("runner", ["local", "cloud-run"])
+def test_a_command_that_dies_of_sigint_with_no_ctrl_c_pressed_failed(
+    code: str, runner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody pressed Ctrl-C (a worker on Cloud Run has no terminal): a command that
+    exits 130 or dies of SIGINT failed (taken as interrupted, its run ended `cancelled`)."""
+    monkeypatch.setattr(checks_module, "CTRL_C_GRACE", 0.0, raising=False)
+    checks = HttpAndCommandChecks() if runner == "local" else CloudRunChecks(lambda _a: "token")
+    outcome = checks.run(VerifyCheck.model_validate({"command": [sys.executable, "-c", code]}), "x")
+    assert not outcome.passed and not outcome.interrupted
+    assert outcome.detail.startswith("exited "), outcome.detail

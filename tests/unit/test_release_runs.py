@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from shared.adapters import checks as checks_module
+from shared.adapters.checks import HttpAndCommandChecks
 from shared.cli.progress import result_table
 from shared.cli.timeline import render_timeline
 from shared.core.control import cancel_run
@@ -320,6 +322,9 @@ def test_a_check_stopped_by_ctrl_c_is_reported_cancelled_not_failed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     system, before = released()
+    checks = system.rt.checks
+    assert isinstance(checks, HttpAndCommandChecks)
+    checks.interrupted.set()  # the CLI's Ctrl-C handler: the key press reached it too
 
     result = system.run(chain(version="2", web_checks=[INTERRUPTED]), release=True)
 
@@ -332,3 +337,18 @@ def test_a_check_stopped_by_ctrl_c_is_reported_cancelled_not_failed(
     assert verify.status is TaskStatus.CANCELLED
     assert "release stopped (verify of web cancelled)" in caplog.text
     assert "verify of web failed" not in caplog.text
+
+
+def test_a_check_that_exits_130_with_no_ctrl_c_fails_the_run_not_cancels_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Google Cloud, or any run nobody pressed Ctrl-C in, 130 is a failing exit code."""
+    monkeypatch.setattr(checks_module, "CTRL_C_GRACE", 0.0, raising=False)
+    system, before = released()
+    exits_130 = {"command": [sys.executable, "-c", "import sys; sys.exit(130)"]}
+
+    result = system.run(chain(version="2", web_checks=[exits_130]), release=True)
+
+    assert result.status is RunStatus.FAILED
+    assert system.traffic() == before
+    assert system.tasks(result.run_id, Phase.VERIFY)["web"].status is TaskStatus.FAILED

@@ -24,7 +24,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
-from shared.adapters.checks import command_check, http_check
+from shared.adapters.checks import after_ctrl_c, command_check, http_check
 from shared.architecture.model import VerifyCheck
 from shared.messages import CheckOutcome
 
@@ -67,6 +67,9 @@ class CloudRunChecks:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.token_source, self.opener, self.clock = token_source, opener, clock
+        # Set by the embedded CLI's Ctrl-C handler (see `HttpAndCommandChecks`); never
+        # on Google Cloud, where a command that exits 130 simply failed.
+        self.interrupted = threading.Event()
         self._tokens: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
 
@@ -87,7 +90,9 @@ class CloudRunChecks:
                 check.name, check.http, target_url, headers=headers, opener=self.opener
             )
         env = {"ID_TOKEN": token}
-        return command_check(check.name, check.command or [], target_url, check.timeout, env)
+        argv, ctrl_c = check.command or [], self.interrupted
+        outcome = command_check(check.name, argv, target_url, check.timeout, env, ctrl_c)
+        return after_ctrl_c(outcome, ctrl_c)
 
     def token(self, audience: str) -> str:
         """A token for `audience`, fetched again once it is `TOKEN_REUSE` seconds old."""

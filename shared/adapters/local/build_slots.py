@@ -35,7 +35,7 @@ from pathlib import Path
 from shared import store_rules as rules
 from shared.adapters.local.processes import start_time
 from shared.adapters.local.sqlite_wal import open_wal
-from shared.errors import BackendError
+from shared.errors import BackendError, UsageError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS build_slots (
@@ -190,13 +190,31 @@ class MachineBuildSlots:
                     db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise BackendError(f"build slots in {self.path}: {exc}", retryable=True) from exc
+
+    def open(self) -> None:
+        """Open the file now, before a run depends on it: one that cannot be opened (an
+        unwritable folder, a file that is no SQLite database) is a `UsageError` naming the
+        setting, rather than a handler that keeps failing mid-run."""
+        with self._lock:
+            try:
+                self._connect().execute("SELECT count(*) FROM build_slots").fetchone()
+            except (OSError, sqlite3.Error) as exc:
+                raise UsageError(
+                    f"build slots file {self.path}: {exc} (the project build cap keeps its "
+                    "slots there: make its folder writable, or set "
+                    "ARCHDEPLOY_BUILD_SLOTS_FILE to a file you can write)"
+                ) from None
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             db = open_wal(self.path)
-            db.executescript(_SCHEMA)
+            try:
+                db.executescript(_SCHEMA)
+            except sqlite3.Error:
+                db.close()
+                raise
             self._db = db
         return self._db

@@ -356,11 +356,22 @@ class _Watcher:
                     if pool._finished != last or stalled:
                         last, progress_at = pool._finished, now
                     self._stand_ins(now, stalled=stalled)
-                    # No thread waiting: nothing to see before a stall (`waiting` wakes us).
-                    self._wake.wait(self.PATIENCE if pool._waiting else self.STALL)
+                    self._wake.wait(self._nap(pool))
             finally:
                 self.alive = False
                 pool._ended.notify_all()
+
+    def _nap(self, pool: _Pool) -> float | None:
+        """How long to sleep with jobs queued. A full pool starts nothing until `close`
+        (its threads end only then), so the watcher sleeps until woken: polling while
+        every thread waits on a long build cost a wake-up a millisecond for its length.
+        Without a thread waiting unreplaced, nothing to see before a stall (`waiting`
+        wakes us)."""
+        if pool._threads >= pool._size:
+            return None
+        if any(thread not in pool._replaced for thread in pool._waiting):
+            return self.PATIENCE
+        return self.STALL
 
     def _stand_ins(self, now: float, *, stalled: bool) -> None:
         pool = self._pool
