@@ -5,10 +5,11 @@
   it walks them ~70 times before `validate` has read its file (~10 ms of ~0.18 s). So
   `main()` pauses it, and the root command resumes it once the subcommand is known,
   unless that subcommand is short-lived.
-- **A short-lived command ends its process at once.** The interpreter's teardown frees
+- **Some commands end their process at once.** The interpreter's teardown frees
   each of those objects one by one and collects once more (~25-30 ms, more than validating
-  the example). After a short-lived command (`SHORT_LIVED`: it starts no thread and
-  leaves no file, connection or child to close), the process flushes the standard
+  the example). After a command in `ENDS_AT_ONCE` (a short-lived one, which starts no
+  thread and leaves no file, connection or child to close, or `up`, which closes what it
+  opened before it returns), the process flushes the standard
   streams, runs the exit handlers (logging's flush among them) and calls `os._exit`
   with the command's exit code. Should a thread be running after all, or stdout fail to
   flush, the process ends the ordinary way, exactly as before.
@@ -32,8 +33,13 @@ from typing import NoReturn
 # Commands whose work is bounded by their input and that start no thread, open no store
 # and leave nothing behind to close when they return.
 SHORT_LIVED = frozenset({"validate"})
+# Commands that close what they open before they return (`up` closes its bus, joining its
+# threads, and its store in a `finally`), so the teardown has only memory left to free:
+# ~35 ms of an unchanged second `up` (docs/performance.md, "Issue 19: the final run").
+# The collector runs as usual during them.
+ENDS_AT_ONCE = SHORT_LIVED | {"up"}
 
-_state = {"owned": False, "short_lived": False}
+_state = {"owned": False, "short_lived": False, "ends_at_once": False}
 
 
 def start() -> None:
@@ -47,13 +53,15 @@ def command_chosen(name: str | None) -> None:
     if not _state["owned"]:
         return
     _state["short_lived"] = name in SHORT_LIVED
+    _state["ends_at_once"] = name in ENDS_AT_ONCE
     if not _state["short_lived"]:
         gc.enable()
 
 
 def end(code: int) -> NoReturn:
-    """End the process with `code`: at once after a short-lived command, else as usual."""
-    if _state["short_lived"] and threading.active_count() == 1:
+    """End the process with `code`: at once after a command in `ENDS_AT_ONCE` that left
+    no thread running, else as usual."""
+    if _state["ends_at_once"] and threading.active_count() == 1:
         try:
             sys.stdout.flush()
         except (OSError, ValueError):

@@ -127,3 +127,22 @@ def test_the_cli_used_in_process_leaves_the_collector_alone() -> None:
     process.command_chosen("validate")  # what the root command does, without main()
 
     assert gc.isenabled()
+
+
+def test_an_up_ends_at_once_once_it_has_closed_what_it_opened(tmp_path: Path) -> None:
+    """`up` (ENDS_AT_ONCE) closes its bus and store itself: its process skips the teardown,
+    keeps its output, exit code and exit handlers, and leaves a store the next command
+    reads."""
+    state = ["--state-dir", str(tmp_path / "state")]
+    try:
+        done = run_main(*state, "up", EXAMPLE)
+
+        assert done.returncode == 0, done.stderr
+        assert "exit handlers ran" in done.stderr and "torn down" not in done.stderr
+        assert "director" in done.stdout and "deployed" in done.stdout, done.stdout
+        status = run_main(*state, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert '"status": "succeeded"' in status.stdout
+        assert "torn down" in status.stderr  # status keeps the ordinary teardown
+    finally:
+        run_main(*state, "down", EXAMPLE)
