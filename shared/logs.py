@@ -37,8 +37,10 @@ def log_context(**labels: str | None) -> Iterator[None]:
         _context.reset(token)
 
 
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
-_CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;.*)?")
+# Patterns compiled (and cached) by `re` at their first use, in a function's first event:
+# every CLI command imports this module, none of them reads a trace header.
+_TRACEPARENT = r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}"
+_CLOUD_TRACE = r"([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;.*)?"
 
 
 def trace_labels(
@@ -50,9 +52,9 @@ def trace_labels(
     The trace is written as Cloud Logging wants it, `projects/PROJECT/traces/ID`, when the
     project is known from `GOOGLE_CLOUD_PROJECT` or `ARCHDEPLOY_PROJECT`."""
     trace = span = ""
-    if traceparent and (w3c := _TRACEPARENT.fullmatch(traceparent.strip().lower())):
+    if traceparent and (w3c := re.fullmatch(_TRACEPARENT, traceparent.strip().lower())):
         trace, span = w3c.group(1), w3c.group(2)
-    elif cloud_trace_context and (gcp := _CLOUD_TRACE.fullmatch(cloud_trace_context.strip())):
+    elif cloud_trace_context and (gcp := re.fullmatch(_CLOUD_TRACE, cloud_trace_context.strip())):
         trace = gcp.group(1).lower()
         span = f"{int(gcp.group(2)):016x}" if gcp.group(2) else ""
         span = span if len(span) == 16 else ""

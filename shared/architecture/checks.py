@@ -9,7 +9,6 @@ memory, environment variables, secret references) and source paths. Used by
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from collections.abc import Mapping
@@ -92,6 +91,15 @@ _INJECTED_ENV = frozenset(INJECTED_ENV)
 _DIRECTOR: FieldPath = ("service_manager_spec",)
 
 
+def close_matches(word: str, possibilities: list[str]) -> list[str]:
+    """The closest of `possibilities` to `word` (at most one), for a "did you mean".
+    difflib is imported here, on the error path only: a file that validates never pays
+    its ~1 ms import (docs/performance.md, "Issue 19: validate, the last milliseconds")."""
+    import difflib
+
+    return difflib.get_close_matches(word, possibilities, n=1)
+
+
 def check_architecture(architecture: Architecture, report: Report, environment: str | None) -> None:
     """Everything the model's types cannot say: names, references, formats, paths."""
     _check_environment(architecture, report, environment)
@@ -120,7 +128,7 @@ def _check_environment(architecture: Architecture, report: Report, environment: 
     known = sorted(architecture.deployment_environments)
     if not environment or environment in known:
         return
-    close = difflib.get_close_matches(environment, known, n=1)
+    close = close_matches(environment, known)
     hint = f"did you mean `{close[0]}`? " if close else ""
     fix = hint + (
         f"known environments: {', '.join(known)}"
@@ -215,7 +223,7 @@ def _check_dependencies(services: list[tuple[FieldPath, ServiceSpec]], report: R
             if dependency in where:
                 graph.setdefault(spec.name, []).append(dependency)
                 continue
-            close = difflib.get_close_matches(dependency, list(where), n=1)
+            close = close_matches(dependency, list(where))
             fix = f"did you mean `{close[0]}`?" if close else f"known services: {', '.join(where)}"
             message = f"`{shown(dependency)}` is not a service of this architecture"
             report.error((*path, "dependencies", index), message, fix)

@@ -17,7 +17,8 @@ from typing import Any
 
 from shared.architecture.yaml_source import MAX_DEPTH, MAX_NODES, Document, FieldPath
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# Compiled (and cached) by `re` at its first use: only a JSON document with non-ASCII text.
+_SURROGATE = "[\ud800-\udfff]"
 
 
 class _NotPlain(ValueError):
@@ -82,7 +83,7 @@ class _Walk:
             for index, item in enumerate(value):
                 self.value(item, (*path, index), depth + 1)
         elif isinstance(value, str):
-            if not value.isascii() and _SURROGATE.search(value):
+            if not value.isascii() and re.search(_SURROGATE, value):
                 raise _NotPlain("surrogate")
             self.raw[path] = value
         elif isinstance(value, bool):

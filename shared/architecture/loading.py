@@ -9,7 +9,6 @@ dotted field path, the line, and a fix. Unknown keys are warnings (errors with
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import re
 from dataclasses import dataclass
@@ -18,7 +17,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.architecture.checks import PROJECT_ID_FIX, Report, check_architecture
+from shared.architecture.checks import (
+    PROJECT_ID_FIX,
+    Report,
+    check_architecture,
+    close_matches,
+)
 from shared.architecture.conform import conform
 from shared.architecture.json_source import read_json
 from shared.architecture.model import Architecture
@@ -180,7 +184,7 @@ def _checked(
 
 def _report_unknown(report: Report, path: FieldPath, known: list[str], strict: bool) -> None:
     key = str(path[-1])
-    close = difflib.get_close_matches(key, known, n=1)
+    close = close_matches(key, known)
     where = f" in `{render_path(path[:-1])}`" if path[:-1] else " at the top level"
     message = f"unknown key `{key}`{where}" + ("" if strict else ": it is ignored")
     fix = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(known)}"
@@ -308,7 +312,7 @@ def _describe(error: Any, path: FieldPath, data: Any) -> tuple[str, str]:
 def _missing_fix(name: str, path: FieldPath, data: Any) -> str:
     for part in path[:-1]:
         data = data[part]
-    close = difflib.get_close_matches(name, [key for key in data if key != name], n=1)
+    close = close_matches(name, [key for key in data if key != name])
     if close:
         return f"rename `{close[0]}` to `{name}`"
     return _MISSING_FIXES.get(name, f"add `{name}: ...`")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +43,8 @@ def dev(ctx: click.Context, project: str, logs_dir: Path | None) -> None:
 
     Ctrl-C stops the functions, the services they deployed and the emulators.
     """
+    import signal
+
     from shared.devserver.topology import DevTopology
 
     state_dir = ctx.meta.get("state_dir") or Path(
@@ -123,6 +124,8 @@ def _interrupts_as_keyboard_interrupt(received: list[int]) -> Iterator[None]:
         received.append(signum)
         raise KeyboardInterrupt
 
+    import signal
+
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -134,6 +137,8 @@ def _interrupts_as_keyboard_interrupt(received: list[int]) -> Iterator[None]:
 @contextlib.contextmanager
 def _ignoring_interrupts() -> Iterator[None]:
     """A second Ctrl-C must not cut the stopping short and leave processes behind."""
+    import signal
+
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

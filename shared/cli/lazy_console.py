@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 _CONTROL_CODES = dict.fromkeys((7, 8, 11, 12, 13))
 # Text rich would change even with markup off: a possible `:emoji_code:` (rich's own
 # pattern, rich._emoji_replace) or a tab (expanded by cell width). Such lines go to rich.
-_RICH_REWRITES = re.compile(r"(:(\S*?)(?:(?:\-)(emoji|text))?:)|\t")
+# A pattern, not a compiled one: `re` compiles it (and caches it) at the first line
+# written, so a command that writes nothing here (`validate` of a good file) never does.
+_RICH_REWRITES = r"(:(\S*?)(?:(?:\-)(emoji|text))?:)|\t"
 
 
 def is_terminal(stream: IO[str]) -> bool:
@@ -72,7 +74,7 @@ class LazyConsole:
         return (
             len(objects) == 1
             and isinstance(objects[0], str)
-            and not _RICH_REWRITES.search(objects[0])
+            and not re.search(_RICH_REWRITES, objects[0])
             and options.get("markup") is False
             and options.get("soft_wrap") is True
             and set(options) <= {"markup", "soft_wrap", "highlight"}

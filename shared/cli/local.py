@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -132,6 +130,8 @@ def state_lock(
     """Hold the state folder's lock for the enclosed block (released when the process
     ends, however it ends). Another holder: wait (saying for whom) or, without `wait`,
     raise UsageError."""
+    import fcntl
+
     path = state_dir / "lock"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -189,10 +189,14 @@ class Interrupts:
         self._settled = False
 
     def __enter__(self) -> Interrupts:
+        import signal
+
         self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import signal
+
         signal.signal(signal.SIGINT, self._previous)
         # The caller closes the bus and the store next: a cancel still going would
         # publish into a closed bus and its reverts would never run.

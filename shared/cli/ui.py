@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -69,6 +68,8 @@ def ui(ctx: click.Context, port: int) -> None:
 
 def _wait_forever() -> None:
     """Until Ctrl-C or SIGTERM; both unwind through `ui`'s `finally`."""
+    import signal
+
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
     threading.Event().wait()

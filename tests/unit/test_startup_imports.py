@@ -14,6 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # The pydantic messages and the runtime: `validate` and `--help` use neither.
 HEAVY = ("shared.messages", "shared.core", "shared.bootstrap", "shared.settings", "rich")
+# Small, but a file that validates needs none of them: `difflib` (a "did you mean" for an
+# unknown key, service or environment), `signal` and `fcntl` (`up`, `dev`, `ui`).
+ON_DEMAND = frozenset({"difflib", "signal", "fcntl"})
 
 
 def loaded_after(code: str, cwd: Path = REPO) -> set[str]:
@@ -47,6 +50,8 @@ def test_validate_loads_the_architecture_model_but_not_the_messages_or_the_core(
 
     assert "shared.architecture.model" in modules  # it did validate
     assert heavy(modules) == []
+    # Each wanted only on an error path ("did you mean") or by another command.
+    assert sorted(modules & ON_DEMAND) == []
 
 
 @pytest.mark.parametrize("name", ["dispatcher", "worker", "aggregator"], ids=str)
