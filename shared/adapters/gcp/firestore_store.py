@@ -193,6 +193,21 @@ class FirestoreRunStore(FirestoreScheduling):
         with _translated(f"reading the tasks of run {run_id}"):
             return [_model(TaskRecord, s) for s in query.stream()]
 
+    def waiting_tasks(self, run_id: str, phase: Phase, limit: int) -> list[TaskRecord]:
+        if limit <= 0:
+            return []
+        # Composite index (phase, status, rank): terraform/firestore.tf. Ties in rank come
+        # in document order, as `get_tasks` reads them.
+        query = (
+            self._tasks(run_id)
+            .where(filter=_equals("phase", phase.value))
+            .where(filter=_equals("status", TaskStatus.WAITING.value))
+            .order_by("rank")
+            .limit(limit)
+        )
+        with _translated(f"reading the waiting tasks of run {run_id}"):
+            return [_model(TaskRecord, s) for s in query.stream()]
+
     def count_tasks(self, run_id: str, phase: Phase) -> dict[TaskStatus, int]:
         of_phase = self._tasks(run_id).where(filter=_equals("phase", phase.value))
 
