@@ -71,6 +71,11 @@ class RunStore(Protocol):
 
     def get_tasks(self, run_id: str, phase: Phase | None = None) -> list[TaskRecord]: ...
 
+    def waiting_tasks(self, run_id: str, phase: Phase, limit: int) -> list[TaskRecord]:
+        """At most `limit` of the phase's WAITING tasks, in admission order: by `rank`, ties
+        in file order (`shared.core.priority.admission_order`); an index read, not the phase."""
+        ...
+
     def release_task(
         self, task_id: str, *, spec_updates: Mapping[str, Any] | None = None, now: datetime
     ) -> TaskRecord | None:

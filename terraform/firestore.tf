@@ -17,3 +17,27 @@ resource "google_firestore_database" "runs" {
 locals {
   firestore_database_name = "projects/${var.project_id}/databases/${var.firestore_database}"
 }
+
+# The waiting tasks of a run's phase in admission order (`waiting_tasks` in
+# shared/adapters/gcp/firestore_store.py): equality on phase and status, ordered by rank.
+resource "google_firestore_index" "waiting_tasks" {
+  project     = var.project_id
+  database    = var.firestore_database
+  collection  = "tasks"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "phase"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "rank"
+    order      = "ASCENDING"
+  }
+
+  depends_on = [google_firestore_database.runs, google_project_service.apis]
+}

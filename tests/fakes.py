@@ -84,6 +84,10 @@ class FakeRunStore:
                 if t.run_id == run_id and (phase is None or t.phase is phase)
             ]
 
+    def waiting_tasks(self, run_id: str, phase: Phase, limit: int) -> list[TaskRecord]:
+        waiting = [t for t in self.get_tasks(run_id, phase) if t.status is TaskStatus.WAITING]
+        return sorted(waiting, key=lambda t: t.rank)[: max(limit, 0)]
+
     def count_tasks(self, run_id: str, phase: Phase) -> dict[TaskStatus, int]:
         counts: dict[TaskStatus, int] = {}
         for task in self.get_tasks(run_id, phase):

@@ -3,7 +3,8 @@
 Pure: no I/O. At planning (`shared.core.dispatcher`), every task gets a `priority`, the
 estimated seconds from its start to the end of the longest path of work that waits on
 it, and a `rank`, its place in that order (file order breaks ties). Admission
-(`shared.core.run_engine`) then only sorts the waiting tasks by rank.
+(`shared.core.run_engine`) then takes the waiting tasks by rank (`admission_order`; the
+store reads them in that order, `RunStore.waiting_tasks`).
 
 The paths, as the run engine runs them:
 

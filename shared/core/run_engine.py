@@ -128,18 +128,27 @@ def _admit(
     in_flight = counts.get(TaskStatus.PENDING, 0) + counts.get(TaskStatus.RUNNING, 0)
     room = counts.get(TaskStatus.WAITING, 0) if cap is None else cap - in_flight
     project_capped = phase is Phase.BUILD and rt.policy.project_build_cap is not None
-    if room > 0 or project_capped:
+    if project_capped:
         tasks = rt.store.get_tasks(run.run_id, phase)
         if cap is not None:
             # Count again in the read the waiting tasks come from: another aggregator may
             # have released some since `counts`, and they are in flight now.
-            busy = (TaskStatus.PENDING, TaskStatus.RUNNING)
-            room = cap - sum(t.status in busy for t in tasks)
+            room = cap - sum(t.status in _BUSY for t in tasks)
         waiting = admission_order(t for t in tasks if t.status is TaskStatus.WAITING)
-        waiting = waiting[: max(room, 0)]
-        if project_capped:
-            waiting = _with_build_slots(run, tasks, waiting, rt)
-        release(run, waiting, rt)
+        release(run, _with_build_slots(run, tasks, waiting[: max(room, 0)], rt), rt)
+    elif room > 0:
+        # Only the first `room` waiting tasks, by index, not the whole phase.
+        waiting = rt.store.waiting_tasks(run.run_id, phase, room)
+        if cap is not None and waiting:
+            # Count again after that read: another aggregator may have released some
+            # since `counts` (tasks only move on, so what it released is counted now).
+            room = cap - sum(
+                n for s, n in rt.store.count_tasks(run.run_id, phase).items() if s in _BUSY
+            )
+        release(run, waiting[: max(room, 0)], rt)
+
+
+_BUSY = (TaskStatus.PENDING, TaskStatus.RUNNING)
 
 
 def _with_build_slots(

@@ -170,3 +170,24 @@ def test_api_errors_become_backend_errors_retryable_only_when_transient(
     assert caught.value.retryable is retryable
     assert str(caught.value).startswith("reading run r1: ")
     assert caught.value.__cause__ is error
+
+
+def test_waiting_tasks_of_a_run_planned_before_ranks_are_read_in_document_order(
+    store: FirestoreRunStore,
+) -> None:
+    from google.cloud import firestore
+
+    run = _run()
+    tasks = [_task(run.run_id, name, TaskStatus.WAITING) for name in ("a", "b", "c", "d")]
+    store.create_run(run, tasks, "name: x\n")
+    for task in tasks[1:]:  # as an older archdeploy wrote them: no `rank` field
+        store._task_ref(task.task_id).update({"rank": firestore.DELETE_FIELD})
+    assert "rank" not in (store._task_ref(tasks[1].task_id).get().to_dict() or {})
+
+    assert [t.service for t in store.waiting_tasks(run.run_id, Phase.BUILD, 3)] == [
+        "a",
+        "b",
+        "c",
+    ]
+    assert [t.service for t in store.waiting_tasks(run.run_id, Phase.BUILD, 9)] == list("abcd")
+    assert [t.service for t in store.waiting_tasks(run.run_id, Phase.BUILD, 1)] == ["a"]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from shared.adapters.local.sqlite_schema import WAITING_SQL
 from shared.adapters.local.sqlite_store import SqliteRunStore
-from shared.messages import Phase, TaskStatus
+from shared.messages import Phase, TaskStatus, task_id_for
 from tests.integration.test_store_contract import NOW, _completion, _created, _tasks
 
 INDEXES = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'"
@@ -54,4 +55,29 @@ def test_an_older_file_gets_the_new_index_once_and_keeps_working(tmp_path: Path)
 
 def test_a_new_file_has_the_index_from_the_start(tmp_path: Path) -> None:
     SqliteRunStore(tmp_path / "runs.db").close()
-    assert set(_indexes(tmp_path / "runs.db")) == {"tasks_by_phase"}
+    assert set(_indexes(tmp_path / "runs.db")) == {"tasks_by_phase", "tasks_waiting"}
+
+
+def test_an_older_file_gets_the_waiting_index_and_reads_waiting_tasks_through_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.db"
+    store = SqliteRunStore(path)
+    run_id = _created(store, lambda r: _tasks(r, Phase.BUILD, ["a", "b", "c"]))
+    store.close()
+    with sqlite3.connect(path) as db:  # as the previous archdeploy left it
+        db.execute("DROP INDEX tasks_waiting")
+
+    first, second = SqliteRunStore(path), SqliteRunStore(path)
+    try:
+        assert "WHERE status = 'waiting'" in _indexes(path)["tasks_waiting"]
+        plan = first._db.execute("EXPLAIN QUERY PLAN " + WAITING_SQL, (run_id, "build", 2))
+        assert "USING INDEX tasks_waiting" in " ".join(str(row) for row in plan)
+        assert "TEMP B-TREE" not in " ".join(str(row) for row in plan)  # sorted by the index
+
+        first.release_tasks([(task_id_for(run_id, Phase.BUILD, "a"), {})], now=NOW)
+        waiting = second.waiting_tasks(run_id, Phase.BUILD, 5)
+        assert [t.service for t in waiting] == ["b", "c"]
+    finally:
+        first.close()
+        second.close()

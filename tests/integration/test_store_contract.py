@@ -166,6 +166,36 @@ def test_get_tasks_filters_by_phase(store: RunStore) -> None:
     assert len(store.get_tasks(run_id)) == 5
 
 
+def test_waiting_tasks_reads_the_phase_s_waiting_tasks_by_rank_ties_in_file_order(
+    store: RunStore,
+) -> None:
+    ranks = {"a": 3, "b": 0, "c": 2, "d": 2, "e": 1}
+
+    def tasks(run_id: str) -> list[TaskRecord]:
+        builds = [
+            t.model_copy(update={"rank": ranks[t.service]})
+            for t in _tasks(run_id, Phase.BUILD, list(ranks))
+        ]
+        return builds + _tasks(run_id, Phase.DEPLOY, ["f"])
+
+    run_id = _created(store, tasks)
+    other = _created(store, lambda r: _tasks(r, Phase.BUILD, ["z"]))  # rank 0, another run
+    store.release_task(task_id_for(run_id, Phase.BUILD, "e"), now=NOW)
+
+    def services(phase: Phase, limit: int) -> list[str]:
+        return [t.service for t in store.waiting_tasks(run_id, phase, limit)]
+
+    assert services(Phase.BUILD, 10) == ["b", "c", "d", "a"]
+    assert services(Phase.BUILD, 2) == ["b", "c"]
+    assert services(Phase.BUILD, 0) == []
+    assert services(Phase.DEPLOY, 10) == ["f"]
+    assert services(Phase.DIRECTOR, 10) == []
+    assert store.waiting_tasks(run_id, Phase.BUILD, 1) == [
+        store.get_task(task_id_for(run_id, Phase.BUILD, "b"))
+    ]
+    assert [t.service for t in store.waiting_tasks(other, Phase.BUILD, 10)] == ["z"]
+
+
 def test_release_task_lets_only_the_first_caller_win_and_merges_spec_updates(
     store: RunStore,
 ) -> None:

@@ -472,6 +472,12 @@ class RacingStore(FakeRunStore):
             race()
         return super().get_tasks(run_id, phase)
 
+    def waiting_tasks(self, run_id: str, phase: Phase, limit: int) -> list[TaskRecord]:
+        if self.race is not None:
+            race, self.race = self.race, None
+            race()
+        return super().waiting_tasks(run_id, phase, limit)
+
 
 def test_a_build_cap_holds_when_another_aggregator_admits_between_count_and_fetch() -> None:
     system = System(build_concurrency=2)

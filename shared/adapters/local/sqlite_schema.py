@@ -24,6 +24,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     status TEXT NOT NULL,
     doc TEXT NOT NULL
 );
+-- The waiting tasks of a phase in admission order (`waiting_tasks`). Partial: a task
+-- leaves it when released, and claims and completions (never waiting) do not touch it.
+CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks (run_id, phase, json_extract(doc, '$.rank'))
+    WHERE status = 'waiting';
 CREATE TABLE IF NOT EXISTS durations (
     project_id TEXT PRIMARY KEY,
     doc TEXT NOT NULL
@@ -35,6 +39,12 @@ CREATE TABLE IF NOT EXISTS build_slots (
     PRIMARY KEY (project_id, holder)
 );
 """
+
+# Served by the index `tasks_waiting` (the status literal and the expression must match it).
+WAITING_SQL = (
+    "SELECT task_id, doc FROM tasks WHERE run_id = ? AND phase = ? AND status = 'waiting'"
+    " ORDER BY json_extract(doc, '$.rank'), rowid LIMIT ?"
+)
 
 # Before the counts were kept by triggers (`sqlite_counts.py`), tasks were counted through
 # an index that held their status too. No query needs the status there now, and keeping

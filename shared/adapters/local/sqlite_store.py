@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from shared import store_rules as rules
 from shared.adapters.local.sqlite_counts import COUNT_SQL
-from shared.adapters.local.sqlite_schema import ensure_schema
+from shared.adapters.local.sqlite_schema import WAITING_SQL, ensure_schema
 from shared.adapters.local.sqlite_swaps import SWAP_SQL, SwapQueue
 from shared.adapters.local.sqlite_wal import open_wal
 from shared.errors import BackendError, UsageError
@@ -247,6 +247,10 @@ class SqliteRunStore:
                 "SELECT task_id, doc FROM tasks WHERE run_id = ? AND phase = ? ORDER BY rowid",
                 (run_id, phase.value),
             )
+        return [self._task(task_id, doc) for task_id, doc in rows]
+
+    def waiting_tasks(self, run_id: str, phase: Phase, limit: int) -> list[TaskRecord]:
+        rows = self._read(WAITING_SQL, (run_id, phase.value, max(limit, 0)))
         return [self._task(task_id, doc) for task_id, doc in rows]
 
     def count_tasks(self, run_id: str, phase: Phase) -> dict[TaskStatus, int]:
