@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from shared.architecture.model import Architecture, DeploymentSpec, ServiceSpec
 from shared.core.dependency_urls import plan_dependency_env
@@ -45,6 +46,17 @@ def enrich_environment(
     dataflow: str | None,
 ) -> DeploymentSpec:
     """A copy of `spec` whose environment carries the run's settings; `spec` is untouched."""
+    env = _run_environment(spec, project_id, director_url, service, dataflow)
+    return spec.model_copy(update={"environment_vars": env})
+
+
+def _run_environment(
+    spec: DeploymentSpec,
+    project_id: str,
+    director_url: str | None,
+    service: str,
+    dataflow: str | None,
+) -> dict[str, str]:
     env = dict(spec.environment_vars)
     env.update(
         SERVICE_DIRECTOR_URL=director_url or "",
@@ -52,17 +64,7 @@ def enrich_environment(
         SERVICE_NAME=service,
         DATAFLOW_NAME=dataflow or "",
     )
-    return spec.model_copy(update={"environment_vars": env})
-
-
-def resolve_sources(spec: DeploymentSpec, source_root: str) -> DeploymentSpec:
-    """A copy of `spec` whose source paths are absolute (local root) or full URIs."""
-    if not source_root:
-        return spec
-    templates = {_join(source_root, src): name for src, name in spec.config_templates.items()}
-    return spec.model_copy(
-        update={"source_path": _join(source_root, spec.source_path), "config_templates": templates}
-    )
+    return env
 
 
 def _join(root: str, relative: str) -> str:
@@ -225,20 +227,7 @@ def _task(
     depends_on: list[str] | None,
 ) -> TaskRecord:
     assert service.deployment is not None
-    spec = resolve_sources(service.deployment, source_root)
-    if not spec.region and arch.region:
-        spec = spec.model_copy(update={"region": arch.region})
-    if phase is Phase.DEPLOY:
-        spec = enrich_environment(
-            spec,
-            project_id=arch.project_id,
-            director_url=None,
-            service=service.name,
-            dataflow=dataflow,
-        )
-    elif phase is Phase.DIRECTOR:  # the director needs no URL of its own
-        env = {**spec.environment_vars, "PROJECT_ID": arch.project_id, "SERVICE_NAME": service.name}
-        spec = spec.model_copy(update={"environment_vars": env})
+    spec = _task_spec(service.deployment, phase, service.name, dataflow, arch, source_root)
     return TaskRecord(
         task_id=task_id_for(run_id, phase, service.name),
         run_id=run_id,
@@ -251,3 +240,35 @@ def _task(
         spec=spec,
         health_check=service.health_check,
     )
+
+
+def _task_spec(
+    deployment: DeploymentSpec,
+    phase: Phase,
+    service: str,
+    dataflow: str | None,
+    arch: Architecture,
+    source_root: str,
+) -> DeploymentSpec:
+    """The task's copy of its service's spec: sources resolved (absolute, or full URIs), the
+    region and, for deploys and the director, the run's environment filled in. One
+    `model_copy` for all of it, not one per change: 1,000 services, 5,000 -> 2,000
+    copies in dispatch."""
+    changes: dict[str, Any] = {}
+    if source_root:
+        changes["source_path"] = _join(source_root, deployment.source_path)
+        templates = deployment.config_templates.items()
+        changes["config_templates"] = {_join(source_root, src): name for src, name in templates}
+    if not deployment.region and arch.region:
+        changes["region"] = arch.region
+    if phase is Phase.DEPLOY:
+        env = _run_environment(deployment, arch.project_id, None, service, dataflow)
+        changes["environment_vars"] = env
+    elif phase is Phase.DIRECTOR:  # the director needs no URL of its own
+        env = {
+            **deployment.environment_vars,
+            "PROJECT_ID": arch.project_id,
+            "SERVICE_NAME": service,
+        }
+        changes["environment_vars"] = env
+    return deployment.model_copy(update=changes) if changes else deployment

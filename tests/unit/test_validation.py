@@ -1001,6 +1001,20 @@ def test_a_symbolic_link_out_of_the_directory_is_caught(tmp_path: Path) -> None:
     assert f"resolves to {outside}" in at(found, f"{FLOW}.ingest.deployment.source_path").message
 
 
+def test_a_loop_of_symbolic_links_is_refused_and_a_link_inside_is_not(tmp_path: Path) -> None:
+    # The check resolves paths as strings (os.path.realpath), not with pathlib: a loop,
+    # which realpath leaves unresolved, must still be found, as Path.resolve found it.
+    (tmp_path / "services").mkdir()
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "inside").symlink_to(tmp_path / "services")
+
+    looped = problems(service("source_path: a"), base_dir=tmp_path)
+    problem = at(looped, f"{FLOW}.ingest.deployment.source_path")
+    assert "cannot be resolved (a loop of symbolic links?)" in problem.message
+    parse_architecture(service("source_path: inside"), base_dir=tmp_path)  # no error
+
+
 @pytest.mark.parametrize(
     "target",
     ["../app.env", "/etc/app.env", "conf/../../app.env", "''"],
