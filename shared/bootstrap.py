@@ -134,6 +134,8 @@ def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         policy=run_policy(settings),
         # On the in-process bus this process is the only one that can run the tasks.
         driver=Driver.this_process() if isinstance(bus, InProcessBus) else None,
+        # `archdeploy cancel` from another terminal frees an embedded run's slots at once.
+        slots=machine_slots(settings),
     )
     if isinstance(bus, InProcessBus):
         rt.waiting = bus.waiting

@@ -16,7 +16,7 @@ import pytest
 
 from shared.adapters.local.build_slots import WAITER_TTL, MachineBuildSlots, default_slots_file
 from shared.adapters.local.processes import start_time
-from shared.bootstrap import embedded
+from shared.bootstrap import embedded, wire
 from shared.errors import UsageError
 from shared.settings import Settings
 
@@ -103,6 +103,11 @@ def test_embedded_with_a_cap_keeps_slots_in_the_machine_file(
     uncapped = embedded(Settings(state_dir=tmp_path / "c"))
     assert uncapped.rt.slots is None
     uncapped.close()
+    # What `archdeploy cancel` wires: it frees the run's slots in the same file.
+    wired = wire(Settings(state_dir=tmp_path / "d", project_build_cap=3))
+    assert isinstance(wired.slots, MachineBuildSlots) and wired.slots.path == default_slots_file()
+    wired.slots.close()
+    assert wire(Settings(state_dir=tmp_path / "e")).slots is None
 
 
 def _process(path: Path, host: str) -> MachineBuildSlots:
