@@ -17,6 +17,7 @@ import logging
 
 from shared.core.priority import duration_samples
 from shared.core.runtime import Runtime
+from shared.core.state import in_flight
 from shared.errors import BackendError
 from shared.messages import Phase, RunRecord, TaskRecord, TaskStatus
 from shared.ports import BuildSlots
@@ -78,8 +79,7 @@ def _yield_slots(run: RunRecord, granted: list[str], freed: int, rt: Runtime) ->
 def _can_start_builds(run_id: str, rt: Runtime) -> bool:
     """Whether the run has builds waiting and room under its own build concurrency."""
     counts = rt.store.count_tasks(run_id, Phase.BUILD)
-    in_flight = counts.get(TaskStatus.PENDING, 0) + counts.get(TaskStatus.RUNNING, 0)
-    room = rt.policy.build_concurrency is None or in_flight < rt.policy.build_concurrency
+    room = rt.policy.build_concurrency is None or in_flight(counts) < rt.policy.build_concurrency
     return bool(counts.get(TaskStatus.WAITING)) and room
 
 

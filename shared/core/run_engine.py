@@ -15,7 +15,15 @@ from shared.core.priority import admission_order
 from shared.core.publishing import release
 from shared.core.quota import after_finish, runs_waiting_for_slots, take_build_slots
 from shared.core.runtime import Runtime
-from shared.core.state import all_succeeded, all_terminal, assemble_result, next_deploys, outcome
+from shared.core.state import (
+    IN_FLIGHT,
+    all_succeeded,
+    all_terminal,
+    assemble_result,
+    in_flight,
+    next_deploys,
+    outcome,
+)
 from shared.deployer import BuildSubmitter
 from shared.messages import (
     RELEASE_PHASES,
@@ -125,15 +133,14 @@ def _admit(
     """Release waiting tasks while the run has fewer than `cap` of them in flight, longest
     remaining path first (`shared.core.priority`); builds of a project with a build cap
     only once they hold one of its slots (`shared.core.quota`)."""
-    in_flight = counts.get(TaskStatus.PENDING, 0) + counts.get(TaskStatus.RUNNING, 0)
-    room = counts.get(TaskStatus.WAITING, 0) if cap is None else cap - in_flight
+    room = counts.get(TaskStatus.WAITING, 0) if cap is None else cap - in_flight(counts)
     project_capped = phase is Phase.BUILD and rt.policy.project_build_cap is not None
     if project_capped:
         tasks = rt.store.get_tasks(run.run_id, phase)
         if cap is not None:
             # Count again in the read the waiting tasks come from: another aggregator may
             # have released some since `counts`, and they are in flight now.
-            room = cap - sum(t.status in _BUSY for t in tasks)
+            room = cap - sum(t.status in IN_FLIGHT for t in tasks)
         waiting = admission_order(t for t in tasks if t.status is TaskStatus.WAITING)
         release(run, _with_build_slots(run, tasks, waiting[: max(room, 0)], rt), rt)
     elif room > 0:
@@ -142,13 +149,8 @@ def _admit(
         if cap is not None and waiting:
             # Count again after that read: another aggregator may have released some
             # since `counts` (tasks only move on, so what it released is counted now).
-            room = cap - sum(
-                n for s, n in rt.store.count_tasks(run.run_id, phase).items() if s in _BUSY
-            )
+            room = cap - in_flight(rt.store.count_tasks(run.run_id, phase))
         release(run, waiting[: max(room, 0)], rt)
-
-
-_BUSY = (TaskStatus.PENDING, TaskStatus.RUNNING)
 
 
 def _with_build_slots(
@@ -225,8 +227,8 @@ def _step_deploys(run: RunRecord, rt: Runtime) -> None:
         close_tasks([task], TaskStatus.SKIPPED, reason, rt)
     ready = admission_order(step.release)
     if rt.policy.deploy_concurrency is not None:
-        in_flight = sum(t.status in (TaskStatus.PENDING, TaskStatus.RUNNING) for t in tasks)
-        ready = ready[: max(0, rt.policy.deploy_concurrency - in_flight)]
+        busy = sum(t.status in IN_FLIGHT for t in tasks)
+        ready = ready[: max(0, rt.policy.deploy_concurrency - busy)]
     release(run, ready, rt)
     if step.finished:
         _end_deploys(run, rt)

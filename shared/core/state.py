@@ -21,6 +21,14 @@ from shared.messages import (
     TaskStatus,
 )
 
+# Released and not ended: what counts against a cap.
+IN_FLIGHT = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
+
+
+def in_flight(counts: Mapping[TaskStatus, int]) -> int:
+    """How many of the tasks `counts` (`RunStore.count_tasks`) counts are in flight."""
+    return sum(n for status, n in counts.items() if status in IN_FLIGHT)
+
 
 def all_terminal(counts: Mapping[TaskStatus, int]) -> bool:
     return all(status.terminal for status, n in counts.items() if n)
