@@ -44,7 +44,35 @@ class MessageBus(Protocol):
         ...
 
 
-class RunStore(Protocol):
+class BuildSlots(Protocol):
+    """Where the project build cap's slots are kept: the run store (`RunStore` is a
+    `BuildSlots`) or, embedded, one file for every state folder of the machine
+    (`shared.adapters.local.build_slots`)."""
+
+    def build_slots(
+        self,
+        project_id: str,
+        *,
+        release: Sequence[str],
+        want: Sequence[str],
+        cap: int,
+        lease_seconds: float,
+        now: datetime,
+    ) -> tuple[list[str], int]:
+        """The project's build quota, shared by every run: at most `cap` slots, each held
+        by one task id until released or until its lease (`lease_seconds` after it was
+        taken) has expired, so a killed run cannot keep the quota.
+
+        Frees the slots the ids in `release` hold, then grants slots to the ids of `want`
+        in order while fewer than `cap` live slots are held (`store_rules.slots_taken`).
+        An id that holds a slot keeps it: asking again takes no second slot. Returns (the
+        ids of `want` that hold a slot, how many slots `release` freed). Compare-and-set:
+        concurrent callers never hold more than `cap` live slots together.
+        """
+        ...
+
+
+class RunStore(BuildSlots, Protocol):
     def create_run(
         self, run: RunRecord, tasks: Sequence[TaskRecord], architecture: str
     ) -> tuple[RunRecord, bool]:
@@ -149,45 +177,6 @@ class RunStore(Protocol):
         """Smooth `samples` (`phase:service` -> seconds) into the project's durations
         (`store_rules.durations_updated`), atomically: concurrent callers lose no sample."""
         ...
-
-    def build_slots(
-        self,
-        project_id: str,
-        *,
-        release: Sequence[str],
-        want: Sequence[str],
-        cap: int,
-        lease_seconds: float,
-        now: datetime,
-    ) -> tuple[list[str], int]:
-        """The project's build quota, shared by every run: at most `cap` slots, each held
-        by one task id until released or until its lease (`lease_seconds` after it was
-        taken) has expired, so a killed run cannot keep the quota.
-
-        Frees the slots the ids in `release` hold, then grants slots to the ids of `want`
-        in order while fewer than `cap` live slots are held (`store_rules.slots_taken`).
-        An id that holds a slot keeps it: asking again takes no second slot. Returns (the
-        ids of `want` that hold a slot, how many slots `release` freed). Compare-and-set:
-        concurrent callers never hold more than `cap` live slots together.
-        """
-        ...
-
-
-class BuildSlots(Protocol):
-    """Where the project build cap's slots are kept, when not in the run store (embedded:
-    one file for every state folder of the machine, `shared.adapters.local.build_slots`).
-    `build_slots` is `RunStore.build_slots`, with the same contract."""
-
-    def build_slots(
-        self,
-        project_id: str,
-        *,
-        release: Sequence[str],
-        want: Sequence[str],
-        cap: int,
-        lease_seconds: float,
-        now: datetime,
-    ) -> tuple[list[str], int]: ...
 
 
 class SourceProvider(Protocol):
