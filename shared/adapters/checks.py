@@ -41,17 +41,7 @@ class HttpAndCommandChecks:
         if check.http is not None:
             return http_check(check.name, check.http, target_url)
         argv = check.command or []
-        outcome = command_check(check.name, argv, target_url, check.timeout, None, self.interrupted)
-        return after_ctrl_c(outcome, self.interrupted)
-
-
-def after_ctrl_c(outcome: CheckOutcome, interrupted: threading.Event) -> CheckOutcome:
-    """A command check's outcome, marked interrupted if it failed once this process's
-    Ctrl-C handler had set `interrupted`."""
-    if not outcome.passed and interrupted.is_set() and not outcome.interrupted:
-        detail = f"interrupted (Ctrl-C): {outcome.detail}"
-        return outcome.model_copy(update={"interrupted": True, "detail": detail})
-    return outcome
+        return command_check(check.name, argv, target_url, check.timeout, None, self.interrupted)
 
 
 def http_check(
@@ -96,7 +86,23 @@ def command_check(
     `interrupted` only if this process's Ctrl-C handler sets `ctrl_c` (at once, or within
     `CTRL_C_GRACE`: the same key press reaches the command and this process together).
     Without that, nobody pressed Ctrl-C (a worker on Cloud Run has no terminal): the
-    command failed, and its run must not end `cancelled`."""
+    command failed, and its run must not end `cancelled`. Any other failure once `ctrl_c`
+    is set failed because the same Ctrl-C reached it, and says so."""
+    outcome = _command_outcome(name, argv, target_url, timeout, extra_env, ctrl_c)
+    if ctrl_c is not None and ctrl_c.is_set() and not outcome.passed and not outcome.interrupted:
+        detail = f"interrupted (Ctrl-C): {outcome.detail}"
+        return outcome.model_copy(update={"interrupted": True, "detail": detail})
+    return outcome
+
+
+def _command_outcome(
+    name: str,
+    argv: list[str],
+    target_url: str,
+    timeout: float,
+    extra_env: Mapping[str, str] | None,
+    ctrl_c: threading.Event | None,
+) -> CheckOutcome:
     env = {**os.environ, **(extra_env or {}), "TARGET_URL": target_url}
     try:
         done = subprocess.run(

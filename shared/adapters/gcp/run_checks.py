@@ -24,7 +24,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
-from shared.adapters.checks import after_ctrl_c, command_check, http_check
+from shared.adapters.checks import command_check, http_check
 from shared.architecture.model import VerifyCheck
 from shared.messages import CheckOutcome
 
@@ -90,9 +90,8 @@ class CloudRunChecks:
                 check.name, check.http, target_url, headers=headers, opener=self.opener
             )
         env = {"ID_TOKEN": token}
-        argv, ctrl_c = check.command or [], self.interrupted
-        outcome = command_check(check.name, argv, target_url, check.timeout, env, ctrl_c)
-        return after_ctrl_c(outcome, ctrl_c)
+        argv = check.command or []
+        return command_check(check.name, argv, target_url, check.timeout, env, self.interrupted)
 
     def token(self, audience: str) -> str:
         """A token for `audience`, fetched again once it is `TOKEN_REUSE` seconds old."""
