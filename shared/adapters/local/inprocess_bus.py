@@ -265,11 +265,17 @@ class _Pool:
     def _stand_ins(self, waiting: list[int]) -> None:
         """Start two threads for each of `waiting` (the lock held), as far as the backlog
         and `size` go: a wave of jobs that all wait gets its threads in a few doublings."""
-        n = min(self._backlog, self._size - self._threads, 2 * len(waiting))
-        if n > 0:
+        if self._grow(2 * len(waiting)):
             self._replaced.update(waiting)
+
+    def _grow(self, wanted: int) -> int:
+        """Start up to `wanted` threads for queued jobs, as far as the backlog and `size`
+        go (the lock held); returns how many were started."""
+        n = min(self._backlog, self._size - self._threads, wanted)
+        if n > 0:
             self._backlog -= n
             self._start(n)
+        return max(n, 0)
 
     def _start(self, n: int) -> None:
         """Start `n` threads (the lock held)."""
@@ -376,10 +382,7 @@ class _Watcher:
     def _stand_ins(self, now: float, *, stalled: bool) -> None:
         pool = self._pool
         if stalled:  # `eager` more at a time: a busy interpreter looks stalled too
-            n = min(pool._backlog, pool._size - pool._threads, pool._eager)
-            if n > 0:
-                pool._backlog -= n
-                pool._start(n)
+            pool._grow(pool._eager)
             return
         long = [
             thread
