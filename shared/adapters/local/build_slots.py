@@ -34,7 +34,7 @@ from pathlib import Path
 
 from shared import store_rules as rules
 from shared.adapters.local.processes import start_time
-from shared.adapters.local.sqlite_wal import open_wal
+from shared.adapters.local.sqlite_wal import immediate, open_wal
 from shared.errors import BackendError, UsageError
 
 _SCHEMA = """
@@ -182,14 +182,8 @@ class MachineBuildSlots:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
-                db = self._connect()
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(self._connect()) as db:
                     yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
             except (sqlite3.Error, OSError) as exc:
                 raise BackendError(f"build slots in {self.path}: {exc}", retryable=True) from exc
 

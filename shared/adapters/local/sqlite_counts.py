@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from shared.adapters.local.sqlite_wal import immediate
+
 _COUNTS = [
     """CREATE TABLE task_counts (
         run_id TEXT NOT NULL,
@@ -49,12 +51,7 @@ def ensure_counts(db: sqlite3.Connection) -> None:
     exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'task_counts'"
     if db.execute(exists).fetchone():
         return
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(db):
         if not db.execute(exists).fetchone():
             for statement in _COUNTS:
                 db.execute(statement)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 from shared.adapters.local.sqlite_counts import ensure_counts
+from shared.adapters.local.sqlite_wal import immediate
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -63,11 +64,6 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     ensure_counts(db)
     if db.execute(_INDEX).fetchone():
         return
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(db):
         for statement in _INDEXED:
             db.execute(statement)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")

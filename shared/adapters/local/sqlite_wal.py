@@ -1,4 +1,5 @@
-"""Opening a SQLite file in WAL mode when other processes may be opening it too.
+"""SQLite files other processes open and write too: opening one in WAL mode, and the
+write transaction every compare-and-set on one runs in (`immediate`).
 
 Switching a new file to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY
 ("database is locked") at once rather than through the busy handler when another
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -32,3 +35,17 @@ def open_wal(path: Path, timeout: float = 30.0) -> sqlite3.Connection:
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
+
+
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction on `db` (autocommit mode), its lock taken at `BEGIN` so the
+    reads inside see what no other process can change before `COMMIT`; rolled back if
+    the enclosed block raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
