@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.architecture.model import DeploymentSpec, HealthCheck, ReleaseSpec
+from shared.field_defaults import empty_list
 
 MESSAGE_VERSION = 1
 
@@ -27,12 +27,6 @@ TOPIC_RESULTS = "results"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _empty_list() -> list[Any]:
-    """`default_factory=list` as a Python function: pydantic inspects each factory's
-    signature, and `inspect.signature(list)` parses a text signature (issue 19)."""
-    return []
 
 
 def task_id_for(run_id: str, phase: Phase | str, service: str) -> str:
@@ -125,7 +119,7 @@ class ReleaseDetail(BaseModel):
     tag_url: str = ""
     created: bool = False  # the service did not exist: undoing the stage is a teardown
     previous: dict[str, int] | None = None  # revision -> percent that served before
-    checks: list[CheckOutcome] = Field(default_factory=_empty_list)
+    checks: list[CheckOutcome] = Field(default_factory=empty_list)
     percent: int | None = None  # the staged revision's share of traffic after promote
 
 
@@ -140,7 +134,7 @@ class DeployRequest(_Message):
     source_root: str | None = Field(
         default=None, description="where relative source paths resolve; default: the file's dir"
     )
-    dataflows: list[str] = Field(default_factory=_empty_list, description="empty: all dataflows")
+    dataflows: list[str] = Field(default_factory=empty_list, description="empty: all dataflows")
     director_url: str | None = None
     environment: str | None = Field(default=None, description="a deployment_environments key")
     idempotency_key: str | None = None
@@ -233,7 +227,7 @@ class TaskRecord(BaseModel):
     dataflow: str | None = None
     status: TaskStatus = TaskStatus.WAITING
     attempt: int = 0
-    depends_on: list[str] = Field(default_factory=_empty_list)
+    depends_on: list[str] = Field(default_factory=empty_list)
     # Admission order when a cap holds tasks back (`shared.core.priority`): `priority` is
     # the estimated seconds of the longest path from this task's start to the run's end;
     # `rank` its place in that order, ties in file order. Set once, at planning.
@@ -276,7 +270,7 @@ class RunRecord(BaseModel):
     environment: str = ""
     architecture_file: str = ""
     source_root: str = ""
-    dataflows: list[str] = Field(default_factory=_empty_list)
+    dataflows: list[str] = Field(default_factory=empty_list)
     director_url: str | None = None
     requested_by: str = ""
     supersede_key: str | None = None
@@ -322,7 +316,7 @@ class ServiceResult(BaseModel):
     # Releases
     staged_revision: str | None = None
     tag_url: str | None = None
-    checks: list[CheckOutcome] = Field(default_factory=_empty_list)
+    checks: list[CheckOutcome] = Field(default_factory=empty_list)
     promoted_percent: int | None = None
     release_step: str | None = None  # what a release is doing to it now (e.g. verifying)
 
@@ -336,7 +330,7 @@ class RunResult(BaseModel):
     phase: Phase
     project_id: str = ""
     director_url: str | None = None
-    dataflows: list[str] = Field(default_factory=_empty_list)
+    dataflows: list[str] = Field(default_factory=empty_list)
     error: str | None = None
     created_at: datetime
     finished_at: datetime | None = None
@@ -344,8 +338,8 @@ class RunResult(BaseModel):
     services: dict[str, ServiceResult] = Field(default_factory=dict)
     images: dict[str, str] = Field(default_factory=dict)
     urls: dict[str, str] = Field(default_factory=dict)
-    errors: list[ServiceError] = Field(default_factory=_empty_list)
-    rolled_back: list[str] = Field(default_factory=_empty_list)
+    errors: list[ServiceError] = Field(default_factory=empty_list)
+    rolled_back: list[str] = Field(default_factory=empty_list)
 
 
 class RunFinished(_Message):

@@ -20,18 +20,13 @@ from typing import Any, Literal, get_origin
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from shared.errors import UsageError
+from shared.field_defaults import empty_list
 
 ENV_PREFIX = "ARCHDEPLOY_"
 
 
 def _main_branch() -> list[str]:
     return ["main"]
-
-
-def _no_origins() -> list[str]:
-    # A Python function, not `list`: pydantic inspects a factory's signature, and list's
-    # costs a `tokenize` pass (see docs/performance.md, "start-up, third look").
-    return []
 
 
 class Settings(BaseModel):
@@ -98,7 +93,7 @@ class Settings(BaseModel):
         default=None, description="HTTP door: local source_root must be inside (default: cwd)"
     )
     http_allowed_origins: list[str] = Field(
-        default_factory=_no_origins,
+        default_factory=empty_list,
         description="HTTP door: browser origins accepted beside its own",
     )
     webhook_secret: SecretStr | None = Field(default=None, description="GitHub webhook secret")

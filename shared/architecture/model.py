@@ -21,14 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from shared.field_defaults import empty_list
+
 # Injected into every deployed service's environment; a user value for these is replaced.
 INJECTED_ENV = ("SERVICE_DIRECTOR_URL", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME")
-
-
-def _empty_list() -> list[Any]:
-    """`default_factory=list`, as a Python function: pydantic inspects a factory's signature
-    per field, and `inspect.signature(list)` parses list's text signature (issue 19 start-up)."""
-    return []
 
 
 class _Model(BaseModel):
@@ -194,9 +190,9 @@ class DeploymentSpec(_Model):
     min_instances: int | None = Field(default=None, ge=0)
     max_instances: int | None = Field(default=None, ge=1)
     environment_vars: dict[str, str] = Field(default_factory=dict)
-    secret_environment_vars: list[SecretEnvVar] = Field(default_factory=_empty_list)
+    secret_environment_vars: list[SecretEnvVar] = Field(default_factory=empty_list)
     verify: list[VerifyCheck] = Field(
-        default_factory=_empty_list,
+        default_factory=empty_list,
         description="Releases: checks run against the staged revision's tagged URL"
         " (default: the service's health check)",
     )
@@ -214,7 +210,7 @@ class ServiceSpec(_Model):
     description: str = ""
     service_account: str = ""
     deployment: DeploymentSpec | None = None
-    dependencies: list[str] = Field(default_factory=_empty_list)
+    dependencies: list[str] = Field(default_factory=empty_list)
     health_check: HealthCheck | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -243,14 +239,14 @@ class SubscriptionResource(_Resource):
 
 
 class Resources(_Model):
-    topics: list[TopicResource] = Field(default_factory=_empty_list)
-    subscriptions: list[SubscriptionResource] = Field(default_factory=_empty_list)
-    bigquery_datasets: list[_Resource] = Field(default_factory=_empty_list)
-    bigquery_tables: list[_Resource] = Field(default_factory=_empty_list)
-    gcs_buckets: list[_Resource] = Field(default_factory=_empty_list)
-    firestore_databases: list[_Resource] = Field(default_factory=_empty_list)
-    firestore_collections: list[_Resource] = Field(default_factory=_empty_list)
-    cloud_scheduler_jobs: list[_Resource] = Field(default_factory=_empty_list)
+    topics: list[TopicResource] = Field(default_factory=empty_list)
+    subscriptions: list[SubscriptionResource] = Field(default_factory=empty_list)
+    bigquery_datasets: list[_Resource] = Field(default_factory=empty_list)
+    bigquery_tables: list[_Resource] = Field(default_factory=empty_list)
+    gcs_buckets: list[_Resource] = Field(default_factory=empty_list)
+    firestore_databases: list[_Resource] = Field(default_factory=empty_list)
+    firestore_collections: list[_Resource] = Field(default_factory=empty_list)
+    cloud_scheduler_jobs: list[_Resource] = Field(default_factory=empty_list)
 
 
 class Lifecycle(_Model):
@@ -298,8 +294,8 @@ class Architecture(_Model):
         default=None, description="opt in to releases: stage, verify, then promote traffic"
     )
     # Written by older versions; accepted so such files keep loading, otherwise unused.
-    topics: list[Any] = Field(default_factory=_empty_list)
-    subscriptions: list[Any] = Field(default_factory=_empty_list)
+    topics: list[Any] = Field(default_factory=empty_list)
+    subscriptions: list[Any] = Field(default_factory=empty_list)
 
     @model_validator(mode="after")
     def _dataflow_names_default_to_keys(self) -> Architecture:
