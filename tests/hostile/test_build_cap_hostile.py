@@ -143,13 +143,7 @@ def test_a_killed_up_does_not_keep_the_projects_build_slots(tmp_path: Path, gate
 def test_two_ups_of_one_project_at_once_share_its_build_cap(tmp_path: Path, gates: Gates) -> None:
     """Two architectures of one project, each `up` in its own state folder, cap 1: the
     second builds only once the first's build has ended, then both succeed."""
-    env = _env(tmp_path)
-    alpha = gates.app(tmp_path / "alpha", "a1")
-    beta = gates.app(tmp_path / "beta", "b1")
-    first = _up(alpha, env)
-    wait_for("alpha's build to hold the slot", lambda: gates.building("a1"), BUILD_WAIT)
-    second = _up(beta, env)
-    wait_for("beta's build to wait for a slot", lambda: _shows_waiting(second), 30)
+    alpha, beta, first, second = _second_waits_for_the_first(tmp_path, gates)
 
     _never("beta built past the project's cap", lambda: gates.building("b1"), 3.0)
     gates.open("a1")
@@ -166,13 +160,7 @@ def test_two_ups_of_one_project_at_once_share_its_build_cap(tmp_path: Path, gate
 def test_ctrl_c_while_waiting_for_a_slot_cancels_at_once(tmp_path: Path, gates: Gates) -> None:
     """Ctrl-C on an `up` whose builds wait for the project's slots: it ends `cancelled`
     (exit 130) without waiting, its builds never ran, and the run holding the slot goes on."""
-    env = _env(tmp_path)
-    alpha = gates.app(tmp_path / "alpha", "a1")
-    beta = gates.app(tmp_path / "beta", "b1")
-    first = _up(alpha, env)
-    wait_for("alpha's build to hold the slot", lambda: gates.building("a1"), BUILD_WAIT)
-    second = _up(beta, env)
-    wait_for("beta's build to wait for a slot", lambda: _shows_waiting(second), 30)
+    alpha, beta, first, second = _second_waits_for_the_first(tmp_path, gates)
 
     kill_group(second, signal.SIGINT)
     done = finish(second, timeout=30)
@@ -185,3 +173,19 @@ def test_ctrl_c_while_waiting_for_a_slot_cancels_at_once(tmp_path: Path, gates: 
     gates.open("a1")
     assert finish(first).code == 0
     _down(alpha)
+
+
+def _second_waits_for_the_first(
+    tmp_path: Path, gates: Gates
+) -> tuple[Path, Path, subprocess.Popen[str], subprocess.Popen[str]]:
+    """Two architectures of one project, each `up` in its own state folder: alpha's build
+    holds the one slot (its gate shut), beta's shows `waiting`. Returns both folders and
+    both processes."""
+    env = _env(tmp_path)
+    alpha = gates.app(tmp_path / "alpha", "a1")
+    beta = gates.app(tmp_path / "beta", "b1")
+    first = _up(alpha, env)
+    wait_for("alpha's build to hold the slot", lambda: gates.building("a1"), BUILD_WAIT)
+    second = _up(beta, env)
+    wait_for("beta's build to wait for a slot", lambda: _shows_waiting(second), 30)
+    return alpha, beta, first, second
