@@ -41,6 +41,7 @@ from urllib.parse import quote
 
 from shared import store_rules as rules
 from shared.errors import BackendError
+from shared.messages import Phase, TaskRecord, TaskStatus
 
 CAS_ATTEMPTS = 5
 
@@ -48,7 +49,8 @@ T = TypeVar("T")
 
 
 class FirestoreScheduling:
-    """Mixed into `FirestoreRunStore`, which provides `_db`, `collection`, `_transact`."""
+    """Mixed into `FirestoreRunStore`, which provides `_db`, `collection`, `_transact`,
+    `_tasks`."""
 
     collection: str
 
@@ -57,6 +59,30 @@ class FirestoreScheduling:
 
     def _transact(self, action: str, body: Callable[[Any], T]) -> T:
         raise NotImplementedError  # the store's
+
+    def _tasks(self, run_id: str) -> Any:
+        raise NotImplementedError  # the store's
+
+    def waiting_tasks(self, run_id: str, phase: Phase, limit: int) -> list[TaskRecord]:
+        if limit <= 0:
+            return []
+        from shared.adapters.gcp.firestore_store import _equals, _model, _translated
+
+        waiting = (
+            self._tasks(run_id)
+            .where(filter=_equals("phase", phase.value))
+            .where(filter=_equals("status", TaskStatus.WAITING.value))
+        )
+        with _translated(f"reading the waiting tasks of run {run_id}"):
+            # Composite index (phase, status, rank): terraform/firestore.tf. Ties in rank
+            # come in document order, as `get_tasks` reads them.
+            found = [_model(TaskRecord, s) for s in waiting.order_by("rank").limit(limit).stream()]
+            if len(found) < limit:
+                # A query ordered by a field leaves out documents without it: tasks of a
+                # run planned before `rank` existed. Fewer than asked: read all the waiting.
+                unordered = [_model(TaskRecord, s) for s in waiting.stream()]
+                found = sorted(unordered, key=lambda t: t.rank)[:limit]
+        return found
 
     def get_durations(self, project_id: str) -> dict[str, float]:
         from shared.adapters.gcp.firestore_store import _translated

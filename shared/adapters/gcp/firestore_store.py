@@ -193,25 +193,6 @@ class FirestoreRunStore(FirestoreScheduling):
         with _translated(f"reading the tasks of run {run_id}"):
             return [_model(TaskRecord, s) for s in query.stream()]
 
-    def waiting_tasks(self, run_id: str, phase: Phase, limit: int) -> list[TaskRecord]:
-        if limit <= 0:
-            return []
-        waiting = (
-            self._tasks(run_id)
-            .where(filter=_equals("phase", phase.value))
-            .where(filter=_equals("status", TaskStatus.WAITING.value))
-        )
-        with _translated(f"reading the waiting tasks of run {run_id}"):
-            # Composite index (phase, status, rank): terraform/firestore.tf. Ties in rank
-            # come in document order, as `get_tasks` reads them.
-            found = [_model(TaskRecord, s) for s in waiting.order_by("rank").limit(limit).stream()]
-            if len(found) < limit:
-                # A query ordered by a field leaves out documents without it: tasks of a
-                # run planned before `rank` existed. Fewer than asked: read all the waiting.
-                unordered = [_model(TaskRecord, s) for s in waiting.stream()]
-                found = sorted(unordered, key=lambda t: t.rank)[:limit]
-        return found
-
     def count_tasks(self, run_id: str, phase: Phase) -> dict[TaskStatus, int]:
         of_phase = self._tasks(run_id).where(filter=_equals("phase", phase.value))
 
