@@ -19,7 +19,7 @@ locals {
 }
 
 # The waiting tasks of a run's phase in admission order (`waiting_tasks` in
-# shared/adapters/gcp/firestore_store.py): equality on phase and status, ordered by rank.
+# shared/adapters/gcp/firestore_scheduling.py): equality on phase and status, ordered by rank.
 resource "google_firestore_index" "waiting_tasks" {
   project     = var.project_id
   database    = var.firestore_database

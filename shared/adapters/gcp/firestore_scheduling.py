@@ -1,4 +1,5 @@
-"""What the scheduler keeps across runs, on Firestore: durations and the build quota.
+"""What the scheduler reads and keeps on Firestore: the waiting tasks by rank, durations
+and the build quota.
 
 Layout, for the run store's collection `C`::
 
@@ -33,6 +34,7 @@ loser just tries the next free slot.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -44,6 +46,8 @@ from shared.errors import BackendError
 from shared.messages import Phase, TaskRecord, TaskStatus
 
 CAS_ATTEMPTS = 5
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -76,13 +80,37 @@ class FirestoreScheduling:
         with _translated(f"reading the waiting tasks of run {run_id}"):
             # Composite index (phase, status, rank): terraform/firestore.tf. Ties in rank
             # come in document order, as `get_tasks` reads them.
-            found = [_model(TaskRecord, s) for s in waiting.order_by("rank").limit(limit).stream()]
+            found = self._by_rank(waiting, limit) if not self._no_rank_index else []
             if len(found) < limit:
                 # A query ordered by a field leaves out documents without it: tasks of a
                 # run planned before `rank` existed. Fewer than asked: read all the waiting.
                 unordered = [_model(TaskRecord, s) for s in waiting.stream()]
                 found = sorted(unordered, key=lambda t: t.rank)[:limit]
         return found
+
+    _no_rank_index = False  # Firestore refused the ordered query: no composite index
+
+    def _by_rank(self, waiting: Any, limit: int) -> list[TaskRecord]:
+        """The first `limit` of `waiting` by rank; none if the database lacks the index
+        (a database not made by our terraform): admission then reads every waiting task
+        and sorts them itself, slower for a large phase but right, and says so once."""
+        from google.api_core import exceptions as gexc
+
+        from shared.adapters.gcp.firestore_store import _model
+
+        try:
+            return [_model(TaskRecord, s) for s in waiting.order_by("rank").limit(limit).stream()]
+        except gexc.FailedPrecondition as exc:
+            self._no_rank_index = True
+            log.warning(
+                "Firestore has no composite index on the collection `tasks` (phase, status, "
+                "rank), so admission under a cap reads every waiting task of a phase instead "
+                "of the first by rank. Create it with our terraform "
+                "(google_firestore_index.waiting_tasks in terraform/firestore.tf) or from "
+                "the link in Firestore's answer: %s",
+                exc.message,
+            )
+            return []
 
     def get_durations(self, project_id: str) -> dict[str, float]:
         from shared.adapters.gcp.firestore_store import _translated
