@@ -116,3 +116,34 @@ def test_runs_taking_and_freeing_slots_at_once_never_exceed_the_cap(
     left = list(db.collection(f"{store.collection}_slots").stream())
     holders = list(db.collection(f"{store.collection}_slot_holders").stream())
     assert (left, holders) == ([], []), "slots still held once every build has ended"
+
+
+def test_taking_over_an_expired_slot_keeps_its_old_holder_s_claim_on_a_newer_slot(
+    store: FirestoreRunStore,
+) -> None:
+    """A build past its lease that took a new slot still holds it: another build taking
+    over its old, expired slot must not delete the holder document that guards the new
+    one (else a twin delivery of the first build could take a third slot)."""
+    key = f"p-{uuid.uuid4().hex[:8]}"
+    db = store._db()
+    slots = db.collection(f"{store.collection}_slots")
+    lapsed, live = NOW.replace(hour=11), NOW.replace(hour=13)
+    slots.document(f"{key}~0").set({"holder": "r1:build:a", "expires_at": lapsed})
+    slots.document(f"{key}~1").set({"holder": "r1:build:a", "expires_at": live})
+    holder = store._holder_ref(key, "r1:build:a")
+    holder.set({"slot": f"{key}~1", "expires_at": live})
+
+    granted, _ = store.build_slots(
+        key, release=[], want=["r2:build:b"], cap=2, lease_seconds=600, now=NOW
+    )
+
+    assert granted == ["r2:build:b"]
+    assert slots.document(f"{key}~0").get().get("holder") == "r2:build:b"
+    kept = holder.get()
+    assert kept.exists and kept.get("slot") == f"{key}~1"
+    again, _ = store.build_slots(
+        key, release=[], want=["r1:build:a"], cap=3, lease_seconds=600, now=NOW
+    )
+    assert again == ["r1:build:a"]
+    held = [d.to_dict()["holder"] for d in slots.stream() if d.id.startswith(key)]
+    assert sorted(held) == ["r1:build:a", "r2:build:b"], "still one slot each"

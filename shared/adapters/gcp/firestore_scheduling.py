@@ -17,9 +17,10 @@ The build quota is one document per slot, not one counter, plus one per holder::
 A slot and its holder's document are written together, in one transaction: taking a
 free slot creates both (both creates are checked at commit: if the slot was taken, or the
 holder already holds another slot, e.g. a step delivered twice at once, nothing is
-written), taking over an expired lease reads the slot in the transaction and deletes the
-old holder's document, and freeing reads the slot and deletes both only if it is still
-that holder's. So a build never holds two slots, and a slot never two builds.
+written), taking over an expired lease reads the slot and its old holder's document in
+the transaction and deletes that document if it still names this slot, and freeing
+reads the slot and deletes both only if it is still that holder's. So a build never
+holds two slots, and a slot never two builds.
 
 Write rate: a counter document would take two writes per build from every run of the
 project, and would queue at ~1 write/s once builds are short or runs many. Here each
@@ -192,8 +193,13 @@ class FirestoreScheduling:
             elif slot is not None and _live(slot, now):
                 return False
             else:
-                if slot is not None:  # an expired lease, taken over: its holder's goes too
-                    tx.delete(self._holder_ref(project_id, slot["holder"]))
+                if slot is not None:  # an expired lease, taken over: its holder's goes too,
+                    # unless it names another slot since (the holder, past its lease, took
+                    # a new one): that document guards the new slot, so it stays.
+                    theirs = self._holder_ref(project_id, slot["holder"])
+                    held = theirs.get(transaction=tx)
+                    if held.exists and held.get("slot") == ref.id:
+                        tx.delete(theirs)
                 tx.create(mine, {"slot": ref.id, "expires_at": expires})
             tx.set(ref, doc)
             return True
