@@ -193,13 +193,8 @@ class FirestoreScheduling:
             elif slot is not None and _live(slot, now):
                 return False
             else:
-                if slot is not None:  # an expired lease, taken over: its holder's goes too,
-                    # unless it names another slot since (the holder, past its lease, took
-                    # a new one): that document guards the new slot, so it stays.
-                    theirs = self._holder_ref(project_id, slot["holder"])
-                    held = theirs.get(transaction=tx)
-                    if held.exists and held.get("slot") == ref.id:
-                        tx.delete(theirs)
+                if slot is not None:  # an expired lease, taken over: its holder's goes too
+                    self._drop_holder(tx, project_id, slot["holder"], ref.id)
                 tx.create(mine, {"slot": ref.id, "expires_at": expires})
             tx.set(ref, doc)
             return True
@@ -220,6 +215,15 @@ class FirestoreScheduling:
             if self._holds_live(mine, now):
                 return None
         return False
+
+    def _drop_holder(self, tx: Any, project_id: str, holder: str, slot_id: str) -> None:
+        """Delete `holder`'s document in `tx` if it still names `slot_id`. One that names
+        another slot (the holder, past its lease, took a new one) guards that slot: it
+        stays, else a twin delivery of that build could take a third."""
+        theirs = self._holder_ref(project_id, holder)
+        held = theirs.get(transaction=tx)
+        if held.exists and held.get("slot") == slot_id:
+            tx.delete(theirs)
 
     def _holds_live(self, mine: Any, now: datetime) -> bool:
         """Whether the holder document `mine` has a live lease; an expired one is deleted
