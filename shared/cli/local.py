@@ -238,7 +238,6 @@ def up_embedded(
     from shared.adapters.local.deployer import LocalDeployer
     from shared.bootstrap import embedded, make_deployer
     from shared.cli.progress import follow
-    from shared.cli.ui import dashboard_link
     from shared.core.control import cancel_run, end_abandoned
 
     state_dir = Path(settings.state_dir)
@@ -247,34 +246,50 @@ def up_embedded(
         if isinstance(deployer, LocalDeployer):
             deployer.environment = request.environment or ""
         system = embedded(settings, deployer=deployer)
+        runs: list[str] = []  # the run, once created
+        created = threading.Event()  # set once dispatch has ended, whether a run exists
+
+        def cancel() -> None:
+            created.wait()  # a Ctrl-C during dispatch cancels the run dispatch creates
+            interrupted = getattr(system.rt.deployer, "interrupted", None)
+            if interrupted is not None:
+                interrupted.set()
+            for run_id in runs:
+                cancel_run(run_id, system.rt, by="Ctrl-C")
+
+        # The same Ctrl-C reaches a release's verify command: its runner must know.
+        checks = getattr(system.rt.checks, "interrupted", None)
+        interrupts = Interrupts(cancel, say, checks.set if checks is not None else _nothing)
+        over = threading.Event()
         try:
-            for run_id in end_abandoned(system.rt):
-                say(f"run {run_id} was abandoned (its archdeploy process is gone): ended")
-            run = system.submit(request)
-            say(f"run {run.run_id}: {services} services, state in {state_dir}")
-            if link := dashboard_link(state_dir, run.run_id):
-                say(f"dashboard: {link}")
-
-            def cancel() -> None:
-                interrupted = getattr(system.rt.deployer, "interrupted", None)
-                if interrupted is not None:
-                    interrupted.set()
-                cancel_run(run.run_id, system.rt, by="Ctrl-C")
-
-            over = threading.Event()
-            # The same Ctrl-C reaches a release's verify command: its runner must know.
-            checks = getattr(system.rt.checks, "interrupted", None)
-            at_once = checks.set if checks is not None else lambda: None
-            interrupts = Interrupts(cancel, say, at_once)
-            args = (system, run.run_id, say, over, interrupts)
-            waiter = threading.Thread(target=_wait, args=args, daemon=True)
-            with interrupts:
+            with interrupts:  # before the run exists: no Ctrl-C may leave it running
+                try:
+                    for run_id in end_abandoned(system.rt):
+                        say(f"run {run_id} was abandoned (its archdeploy process is gone): ended")
+                    runs.append(system.submit(request).run_id)
+                finally:
+                    created.set()
+                _started(runs[0], services, state_dir, say)
+                args = (system, runs[0], say, over, interrupts)
+                waiter = threading.Thread(target=_wait, args=args, daemon=True)
                 waiter.start()
-                result = follow(system.store, run.run_id, stream=sys.stderr, done=over)
+                result = follow(system.store, runs[0], stream=sys.stderr, done=over)
                 waiter.join()
         finally:
             system.close()
     return result, interrupts.count > 0
+
+
+def _nothing() -> None:
+    pass
+
+
+def _started(run_id: str, services: int, state_dir: Path, say: Callable[[str], None]) -> None:
+    from shared.cli.ui import dashboard_link
+
+    say(f"run {run_id}: {services} services, state in {state_dir}")
+    if link := dashboard_link(state_dir, run_id):
+        say(f"dashboard: {link}")
 
 
 def _wait(

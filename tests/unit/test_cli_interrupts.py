@@ -6,8 +6,27 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from shared.cli.local import Interrupts, _wait
+from shared.messages import DeployRequest, RunStatus
+from shared.settings import Settings
+from tests.fakes import FakeDeployer
+
+ARCHITECTURE = """
+name: shop
+project_id: demo-shop
+region: europe-west1
+service_manager_spec: {name: director}
+dataflows:
+  orders:
+    services:
+      api: {name: api, deployment: {source_path: svc}}
+      worker: {name: worker, deployment: {source_path: svc}}
+"""
 
 
 def test_the_wait_goes_on_for_what_the_cancel_published() -> None:
@@ -45,3 +64,39 @@ def test_leaving_waits_for_a_cancel_still_going() -> None:
         threading.Timer(0.05, release.set).start()
     assert published == ["revert"]  # the caller closes the bus only after this
     assert interrupts.cancel_settled() is False  # waited for once, not twice
+
+
+def test_a_ctrl_c_during_dispatch_cancels_the_run_dispatch_creates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler is in place before the run exists: a Ctrl-C while the architecture is
+    dispatched cancels that run, rather than leave it running for the next command to
+    end as abandoned."""
+    from shared import bootstrap
+    from shared.cli import local
+
+    deployer = FakeDeployer(build_seconds=0.2)
+    monkeypatch.setattr(bootstrap, "make_deployer", lambda settings: deployer)
+    submit = bootstrap.Embedded.submit
+
+    def ctrl_c_as_dispatch_starts(self: Any, request: DeployRequest, **kw: Any) -> Any:
+        signal.raise_signal(signal.SIGINT)  # handled at dispatch's next bytecode
+        return submit(self, request, **kw)
+
+    monkeypatch.setattr(bootstrap.Embedded, "submit", ctrl_c_as_dispatch_starts)
+    (tmp_path / "svc").mkdir()
+    request = DeployRequest(
+        architecture=ARCHITECTURE, source_root=str(tmp_path), idempotency_key="k", requested_by="t"
+    )
+    said: list[str] = []
+    local.prepare(tmp_path / "state")
+    try:
+        result, interrupted = local.up_embedded(
+            Settings(state_dir=tmp_path / "state"), request, 2, wait=False, say=said.append
+        )
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C during dispatch escaped as KeyboardInterrupt: the run stays running")
+    assert interrupted
+    assert result.status is RunStatus.CANCELLED
+    assert deployer.deploys == [], "nothing deployed after the Ctrl-C"
+    assert any(line.startswith("cancelling") for line in said), said
