@@ -37,6 +37,7 @@ from aiohttp import (
 )
 
 from shared.adapters.local.routing import Route, read_routes
+from shared.adapters.local.ws_relay import Streams, is_upgrade
 
 DRAIN_TIMEOUT = 30.0  # seconds an old revision's in-flight requests may take to finish
 _KEEPALIVE = 30.0  # seconds an idle connection to a revision is kept
@@ -71,6 +72,7 @@ class FrontEnd:
         self.draining = 0  # reloads waiting for a drain
         self.session: ClientSession | None = None
         self.applying = asyncio.Lock()
+        self.streams = Streams()  # open WebSockets: they never hold a drain (ws_relay)
 
     async def start(self) -> None:
         self.session = ClientSession(
@@ -108,6 +110,7 @@ class FrontEnd:
                 if error:
                     failed[str(port)] = error
             self.routes = {p: r for p, r in wanted.items() if p in self.sites}
+            await self.streams.close_all_but(self._upstreams())
         drained = await self._drain()
         return {"ports": sorted(self.sites), "failed": failed, "drained": drained}
 
@@ -127,8 +130,12 @@ class FrontEnd:
         self.sites[port] = runner
         return ""
 
+    def _upstreams(self) -> set[str]:
+        """The revisions some port routes to now."""
+        return {b.upstream for r in self.routes.values() for b in r.backends}
+
     async def _drain(self) -> bool:
-        current = {b.upstream for r in self.routes.values() for b in r.backends}
+        current = self._upstreams()
 
         def idle() -> bool:
             return not any(n for up, n in self.in_flight.items() if up not in current)
@@ -150,17 +157,19 @@ class FrontEnd:
             name = route.service if route else f"port {port}"
             return _plain(503, f"archdeploy front end: {name} has no serving revision\n")
         upstream = backend.upstream
+        if is_upgrade(request):  # a stream, not a request in flight: no drain waits on it
+            assert self.session is not None
+            try:
+                return await self.streams.relay(
+                    request, self.session, upstream, _forwarded(request), _UPSTREAM_TIMEOUT
+                )
+            except (ClientError, OSError, TimeoutError) as exc:
+                return _unanswered(route, backend.revision, upstream, exc)
         self.in_flight[upstream] += 1
         try:
             return await self._forward(request, upstream)
         except (ClientError, OSError, TimeoutError) as exc:
-            detail = str(exc) or type(exc).__name__
-            return _plain(
-                502,
-                f"archdeploy front end: service {route.service} ({route.key}):"
-                f" its revision {backend.revision} at {upstream} did not answer:"
-                f" {detail}\n",
-            )
+            return _unanswered(route, backend.revision, upstream, exc)
         finally:
             self.in_flight[upstream] -= 1
             if self.draining:  # a reload waits for old revisions' requests to finish
@@ -170,9 +179,7 @@ class FrontEnd:
     async def _forward(self, request: web.BaseRequest, upstream: str) -> web.StreamResponse:
         """Stream the request to `upstream` and its answer back, chunk by chunk."""
         assert self.session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        headers["X-Forwarded-Host"] = request.host
-        headers["X-Forwarded-For"] = request.remote or ""
+        headers = _forwarded(request)
         has_body = request.body_exists
         if request.content_length is not None:  # streamed as sent, not re-chunked
             headers["Content-Length"] = str(request.content_length)
@@ -219,6 +226,23 @@ async def _relay(request: web.BaseRequest, answer: ClientResponse) -> web.Stream
         return response
     await response.write_eof()
     return response
+
+
+def _forwarded(request: web.BaseRequest) -> dict[str, str]:
+    """The request's end-to-end headers, and where it came from, for the revision."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+    headers["X-Forwarded-Host"] = request.host
+    headers["X-Forwarded-For"] = request.remote or ""
+    return headers
+
+
+def _unanswered(route: Route, revision: str, upstream: str, exc: BaseException) -> web.Response:
+    detail = str(exc) or type(exc).__name__
+    return _plain(
+        502,
+        f"archdeploy front end: service {route.service} ({route.key}):"
+        f" its revision {revision} at {upstream} did not answer: {detail}\n",
+    )
 
 
 def _plain(status: int, text: str) -> web.Response:
