@@ -6,7 +6,6 @@ Exit codes: 0 the run succeeded, 1 it failed, 2 usage or validation error. An
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -158,6 +157,8 @@ def preflight(ctx: click.Context, file: str, strict: bool, environment: str | No
 @cli.command()
 def schema() -> None:
     """Print the architecture file's JSON Schema (for editor completion)."""
+    import json
+
     from shared.architecture.loading import architecture_json_schema
 
     click.echo(json.dumps(architecture_json_schema(), indent=2, ensure_ascii=False))

@@ -16,14 +16,18 @@ REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("shared.messages", "shared.core", "shared.bootstrap", "shared.settings", "rich")
 # Small, but a file that validates needs none of them: `difflib` (a "did you mean" for an
 # unknown key, service or environment), `signal` and `fcntl` (`up`, `dev`, `ui`), and the
-# modules of the commands defined outside `shared.cli.main`.
+# modules of the commands defined outside `shared.cli.main`, and `json` (a JSON
+# architecture, `schema`, `--json` output, the functions' log lines).
 ON_DEMAND = frozenset(
-    {"difflib", "signal", "fcntl", "shared.cli.dev", "shared.cli.release", "shared.cli.ui"}
+    {"difflib", "signal", "fcntl", "json", "shared.cli.dev", "shared.cli.release", "shared.cli.ui"}
 )
 
 
 def loaded_after(code: str, cwd: Path = REPO) -> set[str]:
-    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    # The module names are taken before `json` is imported to print them.
+    probe = (
+        f"{code}\nimport sys\nloaded = sorted(sys.modules)\nimport json\nprint(json.dumps(loaded))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, check=True
     )
