@@ -1,4 +1,4 @@
-"""How an `archdeploy` process starts and ends: two start-up costs that are not the work.
+"""How an `archdeploy` process starts and ends: three start-up costs that are not the work.
 
 - **The collector waits for the command.** Start-up imports ~300 modules (pydantic above
   all) whose objects live as long as the process; with the cyclic garbage collector on,
@@ -13,7 +13,6 @@
   streams, runs the exit handlers (logging's flush among them) and calls `os._exit`
   with the command's exit code. Should a thread be running after all, or stdout fail to
   flush, the process ends the ordinary way, exactly as before.
-
 - **A short-lived command runs without pydantic plugins**, unless the user set
   `PYDANTIC_DISABLE_PLUGINS` (an explicit setting wins, whatever its value). pydantic finds
   plugins by scanning every installed distribution's entry points the first time a model
@@ -26,8 +25,8 @@
 
 Only `shared.cli.main.main()` (the installed command, `python -m shared.cli.main`) does
 any of this: `cli` invoked in-process (CliRunner, tests, an embedding program) leaves the
-collector and the interpreter alone. docs/performance.md ("Issue 19: `validate`, fourth
-look") has the measurements.
+collector, the interpreter and the plugins alone. docs/performance.md ("Issue 19:
+`validate`, fourth look", "Issue 19: validate, fifth look") has the measurements.
 """
 
 from __future__ import annotations
@@ -67,7 +66,8 @@ def start() -> None:
 
 
 def command_chosen(name: str | None) -> None:
-    """The subcommand is known: resume the collector, unless it is short-lived."""
+    """The subcommand is known: resume the collector, unless it is short-lived (then
+    pydantic plugins are off instead)."""
     if not _state["owned"]:
         return
     _state["short_lived"] = name in SHORT_LIVED
