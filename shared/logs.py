@@ -7,7 +7,6 @@ the formatter reads them from context variables, so no id is threaded through ca
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import os
 import re
@@ -84,6 +83,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: `severity`, `message`, labels, trace, and the error."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import json  # on the first record: a CLI command that logs nothing never needs it
+
         context = _context.get()
         entry: dict[str, Any] = {
             "severity": _SEVERITY.get(record.levelno, record.levelname),

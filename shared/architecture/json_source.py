@@ -11,7 +11,6 @@ caller that finds a problem must read the text again with `read_document` to loc
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -29,6 +28,8 @@ def read_json(text: str) -> Document | None:
     """The document, when `text` is a JSON object that YAML reads the same; else None."""
     if not text.lstrip().startswith("{") or "\t" in text:
         return None
+    import json  # only for a JSON object: a YAML file never needs the module
+
     try:
         data = json.loads(
             text,

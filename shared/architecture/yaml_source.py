@@ -17,7 +17,6 @@ SafeLoader subclass and only scalars go through its constructors.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,6 +73,8 @@ def render_path(path: FieldPath) -> str:
         elif _PLAIN_KEY.fullmatch(part):
             text += f".{part}" if text else part
         else:
+            import json  # a key that needs quoting: an error message's path
+
             # Names print as written; what would not show (controls, bidi) stays escaped.
             quoted = json.dumps(part, ensure_ascii=False)
             shown = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in quoted)
@@ -152,6 +153,8 @@ def _join_json_surrogates(text: str) -> str:
     which libyaml refuses; in a JSON document, write each pair as the character it encodes."""
     if not _SURROGATE_PAIR.search(text):
         return text
+    import json
+
     try:
         json.loads(text)
     except (ValueError, RecursionError):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import sys
 import threading
@@ -131,6 +130,7 @@ def state_lock(
     ends, however it ends). Another holder: wait (saying for whom) or, without `wait`,
     raise UsageError."""
     import fcntl
+    import json
 
     path = state_dir / "lock"
     try:
@@ -161,6 +161,8 @@ def state_lock(
 
 
 def _holder(fd: int) -> str:
+    import json
+
     try:
         holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
         return f"archdeploy {holder['command']} (pid {holder['pid']})"

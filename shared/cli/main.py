@@ -6,7 +6,6 @@ Exit codes: 0 the run succeeded, 1 it failed, 2 usage or validation error. An
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -16,11 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from shared.cli import process
-from shared.cli.dev import dev
 from shared.cli.lazy_console import lazy_console
 from shared.cli.local import no_wait_option, state_file_option
-from shared.cli.release import rollback
-from shared.cli.ui import ui
 from shared.errors import (
     EXIT_OK,
     EXIT_RUN_FAILED,
@@ -37,8 +33,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 err = lazy_console(stderr=True, highlight=False)
 
 
+# Commands defined in modules of their own, imported when named (or listed, by `--help`):
+# a command that is not one of them pays neither their imports nor their decorators.
+_ELSEWHERE = {"dev": "shared.cli.dev", "rollback": "shared.cli.release", "ui": "shared.cli.ui"}
+
+
 class _Group(click.Group):
     """Turns every ArchdeployError into one message and its exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_ELSEWHERE})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _ELSEWHERE and cmd_name not in self.commands:
+            from importlib import import_module
+
+            self.add_command(getattr(import_module(_ELSEWHERE[cmd_name]), cmd_name))
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -146,6 +157,8 @@ def preflight(ctx: click.Context, file: str, strict: bool, environment: str | No
 @cli.command()
 def schema() -> None:
     """Print the architecture file's JSON Schema (for editor completion)."""
+    import json
+
     from shared.architecture.loading import architecture_json_schema
 
     click.echo(json.dumps(architecture_json_schema(), indent=2, ensure_ascii=False))
@@ -369,11 +382,6 @@ def down(
     from shared.cli.remote import tear_down
 
     click.echo(tear_down(make_deployer(settings), arch, specs, say=_say))
-
-
-cli.add_command(dev)
-cli.add_command(ui)
-cli.add_command(rollback)
 
 
 def main() -> None:

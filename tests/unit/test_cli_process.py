@@ -93,8 +93,11 @@ def test_other_commands_keep_the_interpreter_teardown() -> None:
 
 
 @pytest.fixture
-def owned_process() -> Iterator[None]:
-    """`process.start()` as `main()` calls it, undone afterwards (this is pytest's process)."""
+def owned_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`process.start()` as `main()` calls it, undone afterwards (this is pytest's process),
+    with the pydantic plugin switch and loader that a short-lived command sets."""
+    monkeypatch.delenv(process.PLUGINS_SWITCH, raising=False)
+    monkeypatch.delitem(sys.modules, process.PLUGIN_LOADER, raising=False)
     saved = dict(process._state)
     process.start()
     try:

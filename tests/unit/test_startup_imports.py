@@ -15,12 +15,19 @@ REPO = Path(__file__).resolve().parents[2]
 # The pydantic messages and the runtime: `validate` and `--help` use neither.
 HEAVY = ("shared.messages", "shared.core", "shared.bootstrap", "shared.settings", "rich")
 # Small, but a file that validates needs none of them: `difflib` (a "did you mean" for an
-# unknown key, service or environment), `signal` and `fcntl` (`up`, `dev`, `ui`).
-ON_DEMAND = frozenset({"difflib", "signal", "fcntl"})
+# unknown key, service or environment), `signal` and `fcntl` (`up`, `dev`, `ui`), and the
+# modules of the commands defined outside `shared.cli.main`, and `json` (a JSON
+# architecture, `schema`, `--json` output, the functions' log lines).
+ON_DEMAND = frozenset(
+    {"difflib", "signal", "fcntl", "json", "shared.cli.dev", "shared.cli.release", "shared.cli.ui"}
+)
 
 
 def loaded_after(code: str, cwd: Path = REPO) -> set[str]:
-    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    # The module names are taken before `json` is imported to print them.
+    probe = (
+        f"{code}\nimport sys\nloaded = sorted(sys.modules)\nimport json\nprint(json.dumps(loaded))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, check=True
     )
@@ -77,3 +84,18 @@ def test_no_model_field_takes_a_builtin_as_its_default_factory() -> None:
     )
 
     loaded_after(code)
+
+
+def test_help_lists_the_commands_defined_elsewhere_in_order_and_each_runs() -> None:
+    from click.testing import CliRunner
+
+    from shared.cli.main import cli
+
+    listed = CliRunner().invoke(cli, ["--help"])
+    names = [line.split()[0] for line in listed.output.split("Commands:")[1].splitlines() if line]
+
+    assert listed.exit_code == 0
+    assert names == sorted(names) and {"dev", "rollback", "ui"} <= set(names)
+    for name in ("dev", "rollback", "ui"):
+        own = CliRunner().invoke(cli, [name, "--help"])
+        assert own.exit_code == 0 and f"Usage: cli {name} [OPTIONS]" in own.output
