@@ -92,6 +92,8 @@ class InProcessBus:
     def publish(
         self, topic: str, message: BaseModel, *, attributes: Mapping[str, str] | None = None
     ) -> None:
+        if not self.record and not self._subscribers.get(topic):
+            return  # heard by nobody (a run's result, embedded): not even serialised
         self.publish_raw(topic, message.model_dump_json().encode(), attributes or {})
 
     def publish_many(
