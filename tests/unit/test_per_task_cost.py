@@ -1,0 +1,125 @@
+"""What the per-task cost work (docs/performance.md, issue 19: per-task cost) relies on:
+a release copies a spec only to change it, a message nobody hears is not serialised, a
+field's annotation is read once however often it conforms, and a result's services
+come in phase order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, field_serializer
+
+from shared import store_rules as rules
+from shared.adapters.local.inprocess_bus import InProcessBus
+from shared.architecture import conform as conform_module
+from shared.architecture.conform import conform
+from shared.architecture.model import DeploymentSpec
+from shared.core.state import assemble_result
+from shared.messages import Phase, RunRecord, TaskRecord, TaskStatus
+
+NOW = datetime(2026, 11, 30, tzinfo=UTC)
+
+
+def _waiting(phase: Phase = Phase.BUILD, service: str = "api") -> TaskRecord:
+    spec = DeploymentSpec(source_path="services/api", environment_vars={"A": "1"})
+    return TaskRecord(
+        task_id=f"r:{phase.value}:{service}", run_id="r", phase=phase, service=service, spec=spec
+    )
+
+
+def test_a_release_with_nothing_to_change_shares_the_spec_and_one_with_changes_copies_it() -> None:
+    task = _waiting()
+    plain = rules.released(task, {}, NOW)
+    assert plain is not None and plain.status is TaskStatus.PENDING and plain.released_at == NOW
+    assert plain.spec is task.spec
+    assert rules.released(task, None, NOW).spec is task.spec  # type: ignore[union-attr]
+    changed = rules.released(task, {"image": "img:1", "environment_vars": {"B": "2"}}, NOW)
+    assert changed is not None and changed.spec is not task.spec
+    assert changed.spec is not None and changed.spec.image == "img:1"
+    assert changed.spec.environment_vars == {"B": "2"}
+    assert (
+        task.spec is not None and task.spec.image == "" and task.spec.environment_vars == {"A": "1"}
+    )  # the waiting record is left as it was
+    assert task.status is TaskStatus.WAITING
+
+
+class _Counted(BaseModel):
+    name: str
+    dumps: list[int] = []
+
+    @field_serializer("name")
+    def _count(self, name: str) -> str:
+        self.dumps.append(1)
+        return name
+
+
+def test_a_message_nobody_subscribes_to_is_not_serialised_and_one_heard_is() -> None:
+    bus = InProcessBus(parallelism=2)
+    heard: list[bytes] = []
+    try:
+        bus.subscribe("heard", lambda data, attrs: heard.append(data))
+        nobody = _Counted(name="x")
+        bus.publish("nobody", nobody)
+        assert nobody.dumps == []
+        listened = _Counted(name="y")
+        bus.publish("heard", listened)
+        bus.drain(10)
+        assert listened.dumps == [1] and len(heard) == 1 and b'"y"' in heard[0]
+        bus.record = True  # recording keeps even what nobody hears
+        recorded = _Counted(name="z")
+        bus.publish("nobody", recorded)
+        assert recorded.dumps == [1] and bus.published[-1][0] == "nobody"
+    finally:
+        bus.close()
+
+
+class _Inner(BaseModel):
+    cpu: str = ""
+
+
+class _Outer(BaseModel):
+    inner: _Inner | None = None
+    items: list[str] = []
+    named: dict[str, _Inner] = {}
+
+
+def test_conform_reads_each_annotation_once_and_shapes_as_before() -> None:
+    conform_module._SHAPES.clear()
+    data: dict[str, Any] = {"inner": {"cpu": 1}, "items": [2, "b"], "named": {"a": None}}
+    raw = {("inner", "cpu"): "1", ("items", 0): "2"}
+    first = conform(data, _Outer, raw)
+    assert first.data == {"inner": {"cpu": "1"}, "items": ["2", "b"], "named": {"a": {}}}
+    assert first.entries == {("named", "a")}
+    assert _Inner in {shape.annotation for shape in conform_module._SHAPES.values()}
+    shapes = dict(conform_module._SHAPES)
+    again = conform(data, _Outer, raw)
+    assert again.data == first.data and shapes == conform_module._SHAPES
+
+
+def test_an_annotation_that_cannot_be_a_key_is_shaped_without_the_cache() -> None:
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+    shape = conform_module._shape(Unhashable())
+    assert not shape.model and shape.origin is None
+
+
+def test_a_result_lists_services_and_errors_by_phase_then_name() -> None:
+    run = RunRecord(run_id="r", idempotency_key="k", created_at=NOW, updated_at=NOW)
+    end = NOW + timedelta(seconds=1)
+    done = {"status": TaskStatus.SUCCEEDED, "started_at": NOW, "finished_at": end}
+    failed = {**done, "status": TaskStatus.FAILED}
+    tasks = [
+        _waiting(Phase.DEPLOY, "api").model_copy(update={**failed, "error": "no port"}),
+        _waiting(Phase.BUILD, "web").model_copy(update={**failed, "error": "no Dockerfile"}),
+        _waiting(Phase.BUILD, "api").model_copy(update={**done, "image": "api:1"}),
+    ]
+    result = assemble_result(run, tasks)
+    assert list(result.services) == ["api", "web"]
+    assert [(e.service, e.phase) for e in result.errors] == [
+        ("web", Phase.BUILD),
+        ("api", Phase.DEPLOY),
+    ]
+    assert result.images == {"api": "api:1"}
+    assert result.services["api"].status == "failed"
