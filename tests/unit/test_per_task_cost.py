@@ -123,3 +123,25 @@ def test_a_result_lists_services_and_errors_by_phase_then_name() -> None:
     ]
     assert result.images == {"api": "api:1"}
     assert result.services["api"].status == "failed"
+
+
+def test_waiting_counts_only_on_the_bus_whose_thread_runs_the_handler() -> None:
+    ours, other = InProcessBus(parallelism=2), InProcessBus(parallelism=2)
+    seen: list[int] = []
+
+    def handler(data: bytes, attrs: Any) -> None:
+        pool = ours._pools["t"]
+        with other.waiting():  # another bus's: its pools do not know this thread
+            seen.append(len(pool._waiting))
+        with ours.waiting():
+            seen.append(len(pool._waiting))
+        seen.append(len(pool._waiting))
+
+    try:
+        ours.subscribe("t", handler)
+        ours.publish_raw("t", b"{}", {})
+        ours.drain(10)
+        assert seen == [0, 1, 0]
+    finally:
+        ours.close()
+        other.close()
