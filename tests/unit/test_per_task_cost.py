@@ -5,9 +5,12 @@ come in phase order."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import BaseModel, field_serializer
 
 from shared import store_rules as rules
@@ -15,6 +18,7 @@ from shared.adapters.local.inprocess_bus import InProcessBus
 from shared.architecture import conform as conform_module
 from shared.architecture.conform import conform
 from shared.architecture.model import DeploymentSpec
+from shared.architecture.path_checks import _resolved, _resolved_under
 from shared.core.state import assemble_result
 from shared.messages import Phase, RunRecord, TaskRecord, TaskStatus
 
@@ -145,3 +149,41 @@ def test_waiting_counts_only_on_the_bus_whose_thread_runs_the_handler() -> None:
     finally:
         ours.close()
         other.close()
+
+
+def test_a_path_resolved_under_its_cached_directory_is_what_resolving_it_whole_gives(
+    tmp_path: Path,
+) -> None:
+    """Every kind of step: plain, a link out, a link in the middle, a loop, missing, `..`,
+    a file taken for a directory; each path resolved twice (the second from the cache)."""
+    base, outside = tmp_path / "base", tmp_path / "outside"
+    (base / "services" / "api").mkdir(parents=True)
+    (base / "services" / "file").write_text("")
+    (outside / "x").mkdir(parents=True)
+    (base / "services" / "out").symlink_to(outside)
+    (base / "via").symlink_to(base / "services")
+    (base / "loop").symlink_to(base / "loop")
+    names = [
+        "services/api",
+        "services/out",
+        "services/out/x",
+        "via/api",
+        "via/out/x",
+        "services/missing",
+        "missing/deeper",
+        "services/api/..",
+        "services/api/",
+        "services/file/api",
+        "../outside/x",
+    ]
+    dirs: dict[str, str] = {}
+    for _ in range(2):
+        for name in names:
+            whole = os.path.join(str(base), name)
+            assert _resolved_under(whole, dirs) == _resolved(whole), name
+    for looped in ("loop", "loop/api"):
+        whole = os.path.join(str(base), looped)
+        with pytest.raises(RuntimeError):
+            _resolved(whole)
+        with pytest.raises(RuntimeError):
+            _resolved_under(whole, dirs)
