@@ -39,6 +39,7 @@ class Report:
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     settled: set[FieldPath] = field(default_factory=set)  # has an error; check no further
+    resolved_dirs: dict[str, str] = field(default_factory=dict)  # path_checks' directories
 
     @functools.cached_property
     def resolved_base(self) -> Path | None:

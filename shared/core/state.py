@@ -147,7 +147,12 @@ def assemble_result(
 
 
 def _phase_order(task: TaskRecord) -> tuple[int, str]:
-    return (list(Phase).index(task.phase), task.service)
+    return (_PHASE_RANK[task.phase], task.service)
+
+
+# Each phase's place in `Phase`'s order: `list(Phase).index` per task cost a fifth of
+# assembling a 1,000-service result, which is on the run's last step.
+_PHASE_RANK = {phase: place for place, phase in enumerate(Phase)}
 
 
 def _merge_release(entry: ServiceResult, task: TaskRecord) -> None:

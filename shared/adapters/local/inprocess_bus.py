@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from queue import Empty, SimpleQueue
 
@@ -92,6 +92,8 @@ class InProcessBus:
     def publish(
         self, topic: str, message: BaseModel, *, attributes: Mapping[str, str] | None = None
     ) -> None:
+        if not self.record and not self._subscribers.get(topic):
+            return  # heard by nobody (a run's result, embedded): not even serialised
         self.publish_raw(topic, message.model_dump_json().encode(), attributes or {})
 
     def publish_many(
@@ -137,19 +139,13 @@ class InProcessBus:
         pool = self._pools.get(topic)
         return pool.threads if pool is not None else 0
 
-    @contextmanager
-    def waiting(self) -> Iterator[None]:
+    def waiting(self) -> AbstractContextManager[None]:
         """Around a stretch where a handler waits on the outside world (a build, a
         deploy): its pool may start another thread for queued messages meanwhile.
-        Anywhere but in one of this bus's threads, it does nothing."""
+        Anywhere but in one of this bus's threads, it does nothing. (A pool knows its
+        bus: no lock taken here, twice per task, against every publish and settle.)"""
         pool: _Pool | None = getattr(_here, "pool", None)
-        with self._lock:
-            ours = pool is not None and pool in self._pools.values()
-        if pool is None or not ours:
-            yield
-            return
-        with pool.waiting():
-            yield
+        return pool.waiting() if pool is not None and pool.owner is self else nullcontext()
 
     def _pool(self, topic: str) -> _Pool:
         with self._lock:
@@ -157,7 +153,7 @@ class InProcessBus:
             if pool is None:
                 eager = self._eager if topic in ADAPTIVE_TOPICS else None
                 pool = _Pool(self._topic_parallelism.get(topic, self._parallelism), eager)
-                self._pools[topic] = pool
+                self._pools[topic], pool.owner = pool, self
             return pool
 
     def _deliver(self, subscriber: Subscriber, data: bytes, attributes: dict[str, str]) -> None:
@@ -216,6 +212,7 @@ class _Pool:
         self._blocking = False  # whether the last wait seen was long: handlers block
         self._stopping = False
         self._watcher = _Watcher(self) if self._eager < self._size else None
+        self.owner: InProcessBus | None = None  # the bus whose topic this pool serves
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
