@@ -138,7 +138,7 @@ def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         slots=machine_slots(settings),
     )
     if isinstance(bus, InProcessBus):
-        rt.waiting = bus.waiting
+        rt.waiting, rt.in_process = bus.waiting, True
 
         def dispatch(data: bytes, attributes: Mapping[str, str]) -> None:
             on_request(data, attributes, rt)
@@ -336,6 +336,6 @@ def embedded(
     )
     if callable(clock):
         rt.clock = clock
-    rt.waiting = bus.waiting
+    rt.waiting, rt.in_process = bus.waiting, True
     subscribe_all(bus, rt)
     return Embedded(rt=rt, bus=bus)
