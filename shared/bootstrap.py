@@ -138,7 +138,9 @@ def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         slots=machine_slots(settings),
     )
     if isinstance(bus, InProcessBus):
-        rt.waiting, rt.in_process = bus.waiting, True
+        # Not `in_process`: each function wires its own runtime, so its worker and an
+        # aggregator elsewhere share no admission lock.
+        rt.waiting = bus.waiting
 
         def dispatch(data: bytes, attributes: Mapping[str, str]) -> None:
             on_request(data, attributes, rt)

@@ -9,7 +9,7 @@ and before announcing it, the worker admits the ready deploys that fit
 still does that, and skips, halts and the run's end; it also still admits, finding the
 room taken when the worker was first.
 
-Only where the aggregator runs in this process (`rt.in_process`: the in-process bus).
+Only where the aggregator runs on the same runtime (`rt.in_process`: `embedded`).
 Deploys become ready as their dependencies end, so two admitters that each counted the
 room before the other released could fill it twice; in one process both count, read and
 release under the run's lock (`rt.admission`). Builds are left to the aggregator: its

@@ -172,9 +172,9 @@ class Runtime:
     slots: BuildSlots | None = None
     coalescer: Coalescer = field(default_factory=Coalescer, repr=False)
     admission: RunLocks = field(default_factory=RunLocks, repr=False)
-    # Every handler of this process's runs runs here (the in-process bus): a worker and
-    # the aggregator admit under the one `admission`, so a worker may also hand a freed
-    # deploy slot over (`shared.core.handoff`). False where they are separate functions.
+    # Every handler of this runtime's runs runs here, on this runtime (`embedded`): a
+    # worker and the aggregator admit under the one `admission`, so a worker may also hand
+    # a freed deploy slot over (`shared.core.handoff`). False for separate functions.
     in_process: bool = False
     # Around a build or deploy: the bus's `waiting` where its handlers run on threads
     # (the in-process bus starts threads for queued tasks only while others wait).
