@@ -11,9 +11,12 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from shared.adapters.local.inprocess_bus import InProcessBus
 from shared.architecture.model import Architecture
+from shared.bootstrap import embedded, wire
 from shared.core.admission import ready_deploys
 from shared.core.dispatcher import dispatch_request
 from shared.core.handlers import on_task, subscribe_all
@@ -29,6 +32,7 @@ from shared.messages import (
     TaskRecord,
     TaskStatus,
 )
+from shared.settings import Settings
 from tests.builders import architecture, service, wide
 from tests.fakes import FakeBus, FakeDeployer, FakeRunStore
 
@@ -266,3 +270,17 @@ def test_ready_deploys_reads_past_the_first_waiting_ones_when_those_wait_on_othe
     _end(system.store, root, url="https://root")
     ready = [t.service for t in ready_deploys(run_id, 3, system.rt)]
     assert ready == ["d00", "d01", "d02"]
+
+
+def test_only_an_embedded_runtime_hands_deploy_slots_over(tmp_path: Path) -> None:
+    """`embedded` wires every handler to one runtime; `wire` (a function, even on an
+    in-process bus) wires one role's, whose aggregator runs elsewhere."""
+    system = embedded(Settings(state_dir=tmp_path / "a"), deployer=FakeDeployer())
+    try:
+        assert system.rt.in_process
+    finally:
+        system.close()
+    function = wire(Settings(state_dir=tmp_path / "b", bus_kind="inprocess"))
+    assert isinstance(function.bus, InProcessBus) and not function.in_process
+    function.bus.close()
+    function.store.close()
