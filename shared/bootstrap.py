@@ -138,6 +138,8 @@ def wire(settings: Settings, *, with_deployer: bool = False) -> Runtime:
         slots=machine_slots(settings),
     )
     if isinstance(bus, InProcessBus):
+        # Not `in_process`: each function wires its own runtime, so its worker and an
+        # aggregator elsewhere share no admission lock.
         rt.waiting = bus.waiting
 
         def dispatch(data: bytes, attributes: Mapping[str, str]) -> None:
@@ -336,6 +338,6 @@ def embedded(
     )
     if callable(clock):
         rt.clock = clock
-    rt.waiting = bus.waiting
+    rt.waiting, rt.in_process = bus.waiting, True
     subscribe_all(bus, rt)
     return Embedded(rt=rt, bus=bus)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from shared.core.admission import ready_deploys
 from shared.core.priority import admission_order
 from shared.core.publishing import release
 from shared.core.quota import after_finish, runs_waiting_for_slots, take_build_slots
@@ -217,21 +218,47 @@ def _step_deploys(run: RunRecord, rt: Runtime) -> None:
         if all_terminal(counts):
             _end_deploys(run, rt)
         return
-    tasks = rt.store.get_tasks(run.run_id, Phase.DEPLOY)
-    if run.halted:
-        waiting = [t for t in tasks if t.status is TaskStatus.WAITING]
-        close_tasks(waiting, TaskStatus.CANCELLED, f"not started: {run.halted}", rt)
+    if not run.halted and _full(counts, rt.policy.deploy_concurrency):
+        # Nothing can start nor the phase end: a task in flight steps again as it ends.
+        return
+    if not run.halted and all(s in _ON_TRACK for s, n in counts.items() if n):
+        admit_deploys(run, rt)  # nothing to skip: only the ready ones are read
+        return
+    with rt.admission.hold(run.run_id):
         tasks = rt.store.get_tasks(run.run_id, Phase.DEPLOY)
-    step = next_deploys(tasks)
-    for task, reason in step.skip:
-        close_tasks([task], TaskStatus.SKIPPED, reason, rt)
-    ready = admission_order(step.release)
-    if rt.policy.deploy_concurrency is not None:
-        busy = sum(t.status in IN_FLIGHT for t in tasks)
-        ready = ready[: max(0, rt.policy.deploy_concurrency - busy)]
-    release(run, ready, rt)
+        if run.halted:
+            waiting = [t for t in tasks if t.status is TaskStatus.WAITING]
+            close_tasks(waiting, TaskStatus.CANCELLED, f"not started: {run.halted}", rt)
+            tasks = rt.store.get_tasks(run.run_id, Phase.DEPLOY)
+        step = next_deploys(tasks)
+        for task, reason in step.skip:
+            close_tasks([task], TaskStatus.SKIPPED, reason, rt)
+        ready = admission_order(step.release)
+        if rt.policy.deploy_concurrency is not None:
+            busy = sum(t.status in IN_FLIGHT for t in tasks)
+            ready = ready[: max(0, rt.policy.deploy_concurrency - busy)]
+        release(run, ready, rt)
     if step.finished:
         _end_deploys(run, rt)
+
+
+# No deploy failed, was skipped or cancelled: no dependant to skip.
+_ON_TRACK = frozenset({TaskStatus.WAITING, *IN_FLIGHT, TaskStatus.SUCCEEDED})
+
+
+def _full(counts: Mapping[TaskStatus, int], cap: int | None) -> bool:
+    return cap is not None and in_flight(counts) >= cap
+
+
+def admit_deploys(run: RunRecord, rt: Runtime) -> None:
+    """Release the ready deploys, by priority, while the cap has room: counted, read and
+    released under the run's lock (`rt.admission`), as a deploy's readiness changes as
+    others end (see `shared.core.handoff`)."""
+    with rt.admission.hold(run.run_id):
+        counts = rt.store.count_tasks(run.run_id, Phase.DEPLOY)
+        cap = rt.policy.deploy_concurrency
+        room = counts.get(TaskStatus.WAITING, 0) if cap is None else cap - in_flight(counts)
+        release(run, ready_deploys(run.run_id, room, rt), rt)
 
 
 def _end_deploys(run: RunRecord, rt: Runtime) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -118,6 +118,36 @@ class Coalescer:
             raise
 
 
+class RunLocks:
+    """One lock per run, in this process, for admission: the aggregator's step and a worker
+    handing the slot it freed over (`shared.core.handoff`) each read the room and release
+    under it, so between them they never release past a cap (a count read before another
+    thread's release would otherwise let both fill the same room)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # run -> (its lock, users). Re-entrant: a step that admits for the same run again
+        # further down its own stack must not wait for itself.
+        self._held: dict[str, tuple[threading.RLock, int]] = {}
+
+    @contextmanager
+    def hold(self, run_id: str) -> Iterator[None]:
+        with self._lock:
+            lock, users = self._held.get(run_id, (None, 0))
+            lock = lock or threading.RLock()
+            self._held[run_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                users = self._held[run_id][1] - 1
+                if users:
+                    self._held[run_id] = (lock, users)
+                else:
+                    del self._held[run_id]
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -141,6 +171,11 @@ class Runtime:
     # Where the project build cap's slots are kept; None: in `store`.
     slots: BuildSlots | None = None
     coalescer: Coalescer = field(default_factory=Coalescer, repr=False)
+    admission: RunLocks = field(default_factory=RunLocks, repr=False)
+    # Every handler of this runtime's runs runs here, on this runtime (`embedded`): a
+    # worker and the aggregator admit under the one `admission`, so a worker may also hand
+    # a freed deploy slot over (`shared.core.handoff`). False for separate functions.
+    in_process: bool = False
     # Around a build or deploy: the bus's `waiting` where its handlers run on threads
     # (the in-process bus starts threads for queued tasks only while others wait).
     waiting: Callable[[], AbstractContextManager[None]] = nullcontext

@@ -13,6 +13,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from shared.core.handoff import hand_off
 from shared.core.publishing import STORED, attributes
 from shared.core.release_tasks import run_release_task
 from shared.core.run_engine import halt_run
@@ -105,6 +106,8 @@ def report(completion: TaskCompletion, rt: Runtime) -> None:
         )
     elif completion.phase is Phase.BUILD and completion.status is TaskStatus.FAILED:
         halt_run(completion.run_id, f"build of {completion.service} failed", rt)
+    else:
+        hand_off(completion, rt)  # the slot it freed, before the completion travels
     sent = attributes(completion) | {STORED: "1"}
     rt.bus.publish(TOPIC_COMPLETIONS, completion, attributes=sent)
 

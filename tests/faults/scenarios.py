@@ -140,6 +140,7 @@ class Scenario:
             bus=bus,
             deployer=deployer,
             worker_id="fault-worker",
+            in_process=True,  # one process: workers hand deploy slots over too
             clock=clock,
             policy=RunPolicy(
                 leases=dict.fromkeys(Phase, LEASE),
