@@ -239,6 +239,7 @@ def up_embedded(
     and whether Ctrl-C cancelled it. Runs whose driver is gone are ended first."""
     from shared.adapters.local.deployer import LocalDeployer
     from shared.bootstrap import embedded, make_deployer
+    from shared.cli import process
     from shared.cli.progress import follow
     from shared.core.control import cancel_run, end_abandoned
 
@@ -268,6 +269,7 @@ def up_embedded(
                 try:
                     for run_id in end_abandoned(system.rt):
                         say(f"run {run_id} was abandoned (its archdeploy process is gone): ended")
+                    process.run_starts()
                     runs.append(system.submit(request).run_id)
                 finally:
                     created.set()

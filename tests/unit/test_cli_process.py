@@ -124,6 +124,22 @@ def test_the_collector_stays_paused_for_a_short_lived_command() -> None:
     assert not gc.isenabled()
 
 
+@pytest.mark.usefixtures("owned_process")
+def test_a_run_starts_with_what_start_up_built_frozen() -> None:
+    process.command_chosen("up")
+    try:
+        process.run_starts()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_a_run_of_the_cli_used_in_process_freezes_nothing() -> None:
+    process.run_starts()
+
+    assert gc.get_freeze_count() == 0
+
+
 def test_the_cli_used_in_process_leaves_the_collector_alone() -> None:
     assert gc.isenabled()
 
