@@ -50,4 +50,6 @@ def hands_off(completion: TaskCompletion, rt: Runtime) -> bool:
         and completion.phase is Phase.DEPLOY
         and completion.status is TaskStatus.SUCCEEDED  # else skips: the aggregator's step
         and rt.policy.deploy_concurrency is not None
+        # Nothing waits (the cap held nothing back, or no longer does): no read at all.
+        and completion.run_id not in rt.admission.deploys_released
     )

@@ -257,8 +257,12 @@ def admit_deploys(run: RunRecord, rt: Runtime) -> None:
     with rt.admission.hold(run.run_id):
         counts = rt.store.count_tasks(run.run_id, Phase.DEPLOY)
         cap = rt.policy.deploy_concurrency
-        room = counts.get(TaskStatus.WAITING, 0) if cap is None else cap - in_flight(counts)
-        release(run, ready_deploys(run.run_id, room, rt), rt)
+        waiting = counts.get(TaskStatus.WAITING, 0)
+        room = waiting if cap is None else cap - in_flight(counts)
+        ready = ready_deploys(run.run_id, room, rt)
+        release(run, ready, rt)
+        if len(ready) >= waiting:
+            rt.admission.deploys_released.add(run.run_id)
 
 
 def _end_deploys(run: RunRecord, rt: Runtime) -> None:

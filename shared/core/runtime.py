@@ -129,6 +129,10 @@ class RunLocks:
         # run -> (its lock, users). Re-entrant: a step that admits for the same run again
         # further down its own stack must not wait for itself.
         self._held: dict[str, tuple[threading.RLock, int]] = {}
+        # Runs with no deploy left waiting. A task waits only from its plan until its
+        # release, never again, so once true it stays true: a worker whose deploy ends
+        # then has nothing to hand over and reads nothing (uncapped runs, the last deploys).
+        self.deploys_released: set[str] = set()
 
     @contextmanager
     def hold(self, run_id: str) -> Iterator[None]:
