@@ -5,15 +5,16 @@ runs, instance 1 counts it after that deploy ended, and each then reads the read
 after the other counted. Without the run's deploy slots in the store, instance 2 releases
 one deploy and instance 1 two more: 3 in flight under a cap of 2.
 
-A checker counts the run's deploys in flight after every release and keeps the worst.
-Afterwards the run is driven to its end (with a redelivered completion on the other
-instance, and a deploy that ends without its completion reaching an aggregator): every
-slot is free again.
+A checker counts the run's deploys in flight after every release and keeps the worst:
+on the fake store, SQLite and the Firestore emulator. Afterwards the run is driven to its
+end (with a redelivered completion on the other instance, and a deploy that ends without
+its completion reaching an aggregator): every slot is free again.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.gcp.firestore_store import FirestoreRunStore
 from shared.adapters.local.sqlite_store import SqliteRunStore
 from shared.core.aggregator import record_completion
 from shared.core.deploy_slots import slot_key
@@ -195,11 +197,21 @@ def _finish(inner: Any, run_id: str, rts: tuple[Runtime, Runtime]) -> None:
     assert len(free) == CAP, "deploy slots still held after the run finished"
 
 
-@pytest.mark.parametrize("setup", ["fake", "sqlite"])
+def _store(setup: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    if setup == "fake":
+        return FakeRunStore()
+    if setup == "sqlite":
+        return SqliteRunStore(tmp_path / "runs.db")
+    client = request.getfixturevalue("firestore_client")
+    collection = f"deploycap-{uuid.uuid4().hex[:12]}"
+    return FirestoreRunStore(project_id=client.project, collection=collection, client=client)
+
+
+@pytest.mark.parametrize("setup", ["fake", "sqlite", "firestore"])
 def test_two_aggregators_stepping_one_run_never_exceed_its_deploy_cap(
-    setup: str, tmp_path: Path
+    setup: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    inner = FakeRunStore() if setup == "fake" else SqliteRunStore(tmp_path / "runs.db")
+    inner = _store(setup, tmp_path, request)
     try:
         store = _scenario(inner)
     finally:
