@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,10 @@ import pytest
 from shared.adapters.gcp.firestore_store import FirestoreRunStore
 from shared.adapters.local.sqlite_store import SqliteRunStore
 from shared.core.aggregator import record_completion
-from shared.core.deploy_slots import slot_key
+from shared.core.deploy_slots import settle_deploy_slots, slot_key, take_deploy_slots
 from shared.core.dispatcher import dispatch_request
 from shared.core.handlers import subscribe_all
+from shared.core.publishing import release
 from shared.core.runtime import RunPolicy, Runtime
 from shared.messages import (
     TOPIC_TASKS,
@@ -218,3 +219,57 @@ def test_two_aggregators_stepping_one_run_never_exceed_its_deploy_cap(
         if isinstance(inner, SqliteRunStore):
             inner.close()
     assert store.worst == CAP, f"{store.worst} deploys in flight at once, deploy cap {CAP}"
+
+
+def _opened(store: Any) -> tuple[Runtime, Runtime, str]:
+    """A run whose deploys p and q hold the cap's two slots (released, not yet claimed)."""
+    rt1, rt2, bus = _runtimes(store)
+    arch = architecture({"app": [service("p"), service("q"), service("s", "q")]}, director=False)
+    request = DeployRequest(architecture=arch.model_dump_json(), idempotency_key="opened")
+    run_id = dispatch_request(request, rt1).run_id
+    _deliver_all_but_deploys(bus)
+    return rt1, rt2, run_id
+
+
+def _probe(store: Any, run_id: str) -> int:
+    """How many of the run's deploy slots are free (taking them, then freeing them)."""
+    want = [f"probe-{k}" for k in range(CAP)]
+    key = slot_key(run_id)
+    free, _ = store.build_slots(key, release=[], want=want, cap=CAP, lease_seconds=60, now=NOW)
+    store.build_slots(key, release=free, want=[], cap=CAP, lease_seconds=0, now=NOW)
+    return len(free)
+
+
+def test_a_late_completion_of_an_earlier_attempt_keeps_the_slot_of_the_attempt_running() -> None:
+    store = FakeRunStore()
+    _, rt2, run_id = _opened(store)
+    (p,) = [t for t in store.get_tasks(run_id, Phase.DEPLOY) if t.service == "p"]
+    assert store.claim_task(p.task_id, worker="w1", lease_seconds=60, now=NOW)
+    later = NOW + timedelta(seconds=61)  # the first attempt's lease lapsed: claimed again
+    assert store.claim_task(p.task_id, worker="w2", lease_seconds=60, now=later)
+    late = TaskCompletion(
+        run_id=run_id,
+        task_id=p.task_id,
+        phase=Phase.DEPLOY,
+        service="p",
+        attempt=1,
+        status=TaskStatus.FAILED,
+        error="the first attempt, late",
+        finished_at=later,
+    )
+    record_completion(late, rt2)
+    assert _probe(store, run_id) == 0, "the running attempt's slot was freed"
+
+
+def test_a_slot_granted_for_a_deploy_released_elsewhere_is_freed_once_it_has_ended() -> None:
+    store = FakeRunStore()
+    _, rt2, run_id = _opened(store)
+    run = store.get_run(run_id)
+    assert run is not None
+    deploys = {t.service: t for t in store.get_tasks(run_id, Phase.DEPLOY)}
+    _end(store, run_id, "p", TaskStatus.SUCCEEDED)  # its completion not applied yet
+    # Another instance read p and q waiting, before the first released them.
+    granted = take_deploy_slots(run, [deploys["p"], deploys["q"]], rt2)
+    assert release(run, granted, rt2) == []
+    settle_deploy_slots(run, granted, [], rt2)
+    assert _probe(store, run_id) == 1, "p ended: its slot is free; q runs: its slot is kept"
