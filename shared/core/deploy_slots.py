@@ -10,7 +10,7 @@ and none of this is needed (`rt.in_process`).
 
 So, there, a deploy is released only once it holds one of the run's deploy slots in the
 store: the `build_slots` compare-and-set under the key `deploys:{run_id}`, with the cap
-`deploy_concurrency` and the deploy deadline as the lease. A slot is freed:
+`deploy_concurrency` and twice the deploy deadline as the lease. A slot is freed:
 - when the aggregator applies the deploy's completion and its task has ended in the store
   (a late completion of an earlier attempt of a task running again frees nothing);
 - when an admitter gets fewer slots than it asked for: it reads the phase and frees the
@@ -33,6 +33,13 @@ from shared.errors import BackendError
 from shared.messages import Phase, RunRecord, TaskCompletion, TaskRecord
 
 log = logging.getLogger(__name__)
+
+# A slot's lease, in deploy deadlines: the sweep times a deploy out once its deadline from
+# its release has passed, at its next pass, so the slot must outlive that deadline by at
+# least a sweep interval. Leases only bound a slot nothing frees: one taken by an instance
+# that died before its release (then asked for again by the next step, or freed at the
+# run's end).
+LEASE_DEADLINES = 2
 
 
 def store_held(rt: Runtime) -> bool:
@@ -117,7 +124,7 @@ def _slots(run_id: str, release: list[str], want: list[str], rt: Runtime) -> lis
         release=release,
         want=want,
         cap=rt.policy.deploy_concurrency,
-        lease_seconds=rt.policy.deadlines[Phase.DEPLOY] if want else 0,
+        lease_seconds=LEASE_DEADLINES * rt.policy.deadlines[Phase.DEPLOY] if want else 0,
         now=rt.clock(),
     )
     return granted
