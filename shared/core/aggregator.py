@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from shared.core.deploy_slots import free_ended_deploy
 from shared.core.run_engine import BUILD_FAILED, advance_run, halt_run
 from shared.core.runtime import Runtime
 from shared.logs import log_context
@@ -38,6 +39,7 @@ def record_completion(completion: TaskCompletion, rt: Runtime, *, stored: bool =
             ended = applied or rt.store.get_task(completion.task_id)
             if ended is None or ended.status in BUILD_FAILED:
                 on_build_failed(completion, rt)
+        free_ended_deploy(completion, applied, rt)
         advance_soon(completion.run_id, rt)
 
 

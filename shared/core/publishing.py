@@ -18,17 +18,20 @@ from shared.messages import (
 )
 
 
-def release(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> None:
-    """Move waiting tasks to pending with the run's outputs filled in, and publish them.
+def release(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> list[TaskRecord]:
+    """Move waiting tasks to pending with the run's outputs filled in, and publish them;
+    returns those this call released (another admitter may have released the others).
 
     One store call for all of them (one transaction on SQLite), and the build images read
     once: opening a phase of 300 deploys used to cost 600 store round trips."""
     if not tasks:
-        return
+        return []
     images = _built_images(run, tasks, rt)
     urls = _dependency_urls(run, tasks, rt)
     releases = [(t.task_id, _spec_updates(run, t, images, urls)) for t in tasks]
-    publish_tasks(run, rt.store.release_tasks(releases, now=rt.clock()), rt)
+    released = rt.store.release_tasks(releases, now=rt.clock())
+    publish_tasks(run, released, rt)
+    return released
 
 
 def _built_images(run: RunRecord, tasks: list[TaskRecord], rt: Runtime) -> dict[str, str]:

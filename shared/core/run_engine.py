@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 
 from shared.core.admission import ready_deploys
+from shared.core.deploy_slots import free_run_deploys, settle_deploy_slots, take_deploy_slots
 from shared.core.priority import admission_order
 from shared.core.publishing import release
 from shared.core.quota import after_finish, runs_waiting_for_slots, take_build_slots
@@ -237,7 +238,7 @@ def _step_deploys(run: RunRecord, rt: Runtime) -> None:
         if rt.policy.deploy_concurrency is not None:
             busy = sum(t.status in IN_FLIGHT for t in tasks)
             ready = ready[: max(0, rt.policy.deploy_concurrency - busy)]
-        release(run, ready, rt)
+        _release_deploys(run, ready, rt, tasks)
     if step.finished:
         _end_deploys(run, rt)
 
@@ -259,10 +260,24 @@ def admit_deploys(run: RunRecord, rt: Runtime) -> None:
         cap = rt.policy.deploy_concurrency
         waiting = counts.get(TaskStatus.WAITING, 0)
         room = waiting if cap is None else cap - in_flight(counts)
-        ready = ready_deploys(run.run_id, room, rt)
-        release(run, ready, rt)
-        if len(ready) >= waiting:
+        released = _release_deploys(run, ready_deploys(run.run_id, room, rt), rt)
+        if len(released) >= waiting:  # no deploy waits any more (see `shared.core.handoff`)
             rt.admission.deploys_released.add(run.run_id)
+
+
+def _release_deploys(
+    run: RunRecord, ready: list[TaskRecord], rt: Runtime, tasks: list[TaskRecord] | None = None
+) -> list[TaskRecord]:
+    """Release the ready deploys that fit; where several aggregators may step the run at
+    once, only those holding one of its slots in the store (`shared.core.deploy_slots`).
+    Returns those released."""
+    granted = take_deploy_slots(run, ready, rt, tasks)
+    released: list[TaskRecord] = []
+    try:
+        released = release(run, granted, rt)
+    finally:
+        settle_deploy_slots(run, granted, released, rt)
+    return released
 
 
 def _end_deploys(run: RunRecord, rt: Runtime) -> None:
@@ -346,6 +361,7 @@ def finish_run(
             len(result.urls),
             len(result.errors),
         )
+        free_run_deploys(final, tasks, rt)
         if after_finish(final, tasks, rt):
             for other in runs_waiting_for_slots(run, rt):
                 advance_run(other, rt)

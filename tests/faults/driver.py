@@ -67,7 +67,7 @@ def run_embedded(scenario: Scenario, store: Any) -> Observed:
     order drawn from the seed, so the run replays exactly."""
     rng = random.Random(f"bus/{scenario.key}")
     clock, bus, deployer = FakeClock(), FaultyBus(scenario, rng), FaultyDeployer()
-    probe = StoreProbe(store, clock, strict_halt=True)
+    probe = StoreProbe(store, clock, strict_halt=True, deploy_cap=scenario.deploy_concurrency)
     rt = scenario.runtime(probe.as_store(), bus, deployer, clock)
     deployer.register(scenario)
     deployer.store, deployer.on_slow = store, slow_task(clock, rt)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -32,13 +32,22 @@ class StoreProbe:
     """Passes every call to the store it wraps; counts `finish_run` calls and wins per run.
     Claims go through the clock's `claiming`, so none falls in a jump. With `strict_halt`,
     checks that no build is released once a build of its run failed (queued builds are
-    not started); only where no other aggregator can race the check."""
+    not started); only where no other aggregator can race the check. With `deploy_cap`,
+    checks after every release that no run has more deploys in flight than the cap."""
 
-    def __init__(self, store: Any, clock: FakeClock, *, strict_halt: bool = False) -> None:
+    def __init__(
+        self,
+        store: Any,
+        clock: FakeClock,
+        *,
+        strict_halt: bool = False,
+        deploy_cap: int | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._lock = threading.Lock()
         self.strict_halt = strict_halt
+        self.deploy_cap = deploy_cap
         self.finish_calls: Counter[str] = Counter()
         self.finish_wins: Counter[str] = Counter()
         self.violations: list[tuple[str, str]] = []  # (run id, what went wrong)
@@ -67,6 +76,18 @@ class StoreProbe:
             if failed:
                 text = f"build of {released.service} released after the build of {failed} failed"
                 self.violations.append((released.run_id, text))
+        return released
+
+    def release_tasks(
+        self, releases: Sequence[tuple[str, Mapping[str, Any]]], *, now: datetime
+    ) -> list[TaskRecord]:
+        released: list[TaskRecord] = self._store.release_tasks(releases, now=now)
+        cap = self.deploy_cap
+        for run_id in {t.run_id for t in released if t.phase is Phase.DEPLOY}:
+            deploys = self._store.get_tasks(run_id, Phase.DEPLOY)
+            busy = sum(t.status in (TaskStatus.PENDING, TaskStatus.RUNNING) for t in deploys)
+            if cap is not None and busy > cap:
+                self.violations.append((run_id, f"{busy} deploys in flight, deploy cap {cap}"))
         return released
 
     def finish_run(self, run_id: str, result: RunResult) -> bool:

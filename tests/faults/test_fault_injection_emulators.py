@@ -245,6 +245,7 @@ def _run_batch(cloud: Cloud, batch: list[Scenario]) -> list[Observed]:
     for scenario in batch:
         scenario.build_concurrency = first.build_concurrency
         scenario.deploy_concurrency = first.deploy_concurrency
+    cloud.probe.deploy_cap = first.deploy_concurrency
     rt = first.runtime(cloud.probe.as_store(), cloud.bus, cloud.deployer, cloud.clock)
     cloud.pump.rt = rt
     cloud.deployer.on_slow = slow_task(cloud.clock, rt)
