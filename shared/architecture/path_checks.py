@@ -66,7 +66,10 @@ def _escape(relative: str, report: Report) -> str | None:
         return None
     try:
         base = str(report.resolved_base or base_dir.resolve())
-        target = _resolved_under(os.path.join(base, relative), report.resolved_dirs)
+        # The path the plan joins and the build reads: `..` applied to the text first
+        # (plan._join). Resolving `link/../d` as the kernel would checks `link`'s
+        # parent's `d`, while the build reads the root's `d`, which may lead out.
+        target = _resolved_under(os.path.join(base, normal), report.resolved_dirs)
     except (OSError, RuntimeError, ValueError):
         return "cannot be resolved (a loop of symbolic links?)"
     inside = target == base or target.startswith(base.rstrip(os.sep) + os.sep)
@@ -110,7 +113,7 @@ def _checked_loop(target: str) -> str:
 def _check_exists(relative: str, path: FieldPath, report: Report, *, directory: bool) -> None:
     if not report.check_paths_exist:
         return
-    target = (report.base_dir or Path.cwd()) / relative
+    target = (report.base_dir or Path.cwd()) / os.path.normpath(relative)  # as planned
     try:
         target = target.resolve()
         found = target.is_dir() if directory else target.is_file()
@@ -128,7 +131,7 @@ def _check_links(relative: str, path: FieldPath, report: Report) -> None:
 
     if not report.check_paths_exist:
         return
-    root = (report.base_dir or Path.cwd()) / relative
+    root = (report.base_dir or Path.cwd()) / os.path.normpath(relative)  # as planned
     if not root.is_dir():
         return
     for link in links_leaving(root.resolve()):

@@ -93,3 +93,24 @@ def test_the_build_refuses_a_link_out_even_when_it_appeared_after_validation(
     assert not raised.value.retryable
     assert deployer.images.tags() == {}  # no image, so nothing to unpack beside a service
     assert os.path.islink(tmp_path / "svc" / "passwd.txt")  # the source was left as it was
+
+
+def test_a_path_through_a_link_and_back_up_is_checked_where_the_build_reads(
+    tmp_path: Path,
+) -> None:
+    """`link/../d`: the kernel resolves `link` first, then `..` (its target's parent),
+    while the plan joins the text (`..` first) and the build reads the root's `d`. Here
+    that `d` leads out of the tree: validation must see the path the build reads."""
+    (tmp_path / "sub" / "x").mkdir(parents=True)
+    (tmp_path / "sub" / "d").mkdir()  # what the kernel's reading finds: harmless
+    (tmp_path / "link").symlink_to("sub/x")
+    (tmp_path / "d").symlink_to("/etc")  # what the build would read
+    (tmp_path / "services.yaml").write_text(
+        SERVICE_ARCHITECTURE.replace("source_path: svc", "source_path: link/../d")
+    )
+
+    result = run_cli(tmp_path, "validate", str(tmp_path / "services.yaml"))
+
+    assert_clean_failure(result, 2)
+    assert "link/../d" in result.output
+    assert "outside" in result.output
