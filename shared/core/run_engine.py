@@ -353,6 +353,7 @@ def finish_run(
             status = outcome(tasks)
     final = run.model_copy(update={"status": status, "finished_at": now, "updated_at": now})
     result = assemble_result(final, tasks, status)
+    rt.admission.deploys_released.discard(run.run_id)  # a long-lived aggregator's memory
     if rt.store.finish_run(run.run_id, result):
         log.info(
             "run finished: %s (%d images, %d urls, %d errors)",

@@ -333,3 +333,51 @@ def test_the_hand_off_that_releases_the_last_waiting_deploy_ends_the_reads() -> 
     system.work(first[1])
 
     assert store.admission_reads == 0
+
+
+class FailingReadStore(FakeRunStore):
+    """The admission read fails once, with an error that is not ours (a driver's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+
+    def waiting_tasks(self, run_id: str, phase: Phase, limit: int) -> list[TaskRecord]:
+        if self.fail:
+            self.fail = False
+            raise OSError("disk I/O error")
+        return super().waiting_tasks(run_id, phase, limit)
+
+
+def test_a_hand_off_that_fails_in_any_way_still_lets_the_completion_go_out() -> None:
+    """The hand-off is an optimisation between storing a deploy's outcome and announcing
+    it: should it fail, the completion must still be published (the aggregator then
+    admits), else the run would wait for it forever."""
+    store = FailingReadStore()
+    system = System(store, in_process=True, deploy_concurrency=2)
+    run_id = system.dispatch(wide(3))
+    system.deliver_until(lambda: _in_deploys(system, run_id))
+    first = system.in_flight(run_id, Phase.DEPLOY)
+    queued = system.completions_queued()
+    store.fail = True
+
+    system.work(first[0])
+
+    assert system.completions_queued() == queued + 1
+    system.deliver_until(lambda: not system.bus.queue)
+    run = store.get_run(run_id)
+    assert run is not None and run.status is RunStatus.SUCCEEDED
+
+
+def test_a_finished_run_is_forgotten_by_admission() -> None:
+    """A long-lived aggregator (a function instance) keeps no mark per run it ever saw."""
+    system = System(in_process=True, deploy_concurrency=4)
+    run_id = system.dispatch(wide(3))
+    system.deliver_until(lambda: _in_deploys(system, run_id))
+    assert run_id in system.rt.admission.deploys_released
+
+    system.deliver_until(lambda: not system.bus.queue)
+
+    run = system.store.get_run(run_id)
+    assert run is not None and run.status is RunStatus.SUCCEEDED
+    assert run_id not in system.rt.admission.deploys_released
