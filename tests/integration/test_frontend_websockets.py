@@ -184,3 +184,41 @@ def test_the_request_timeout_ends_a_stream_on_both_sides(
 ) -> None:
     monkeypatch.setattr(frontend, "_UPSTREAM_TIMEOUT", 0.5)
     _run(_the_request_timeout_ends_a_stream, tmp_path)
+
+
+async def _a_revision_that_vanishes_is_reported_with_a_code_a_frame_may_carry(
+    folder: Path,
+) -> None:
+    async def vanish(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive()
+        assert request.transport is not None
+        request.transport.abort()  # gone without a close frame: aiohttp says 1006
+        return ws
+
+    port = kept_port()
+    app = web.Application()
+    app.router.add_get("/chat", vanish)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
+    try:
+        async with (
+            _front(folder, f"http://127.0.0.1:{port}") as (_, url),
+            aiohttp.ClientSession() as client,
+            client.ws_connect(f"{url}/chat") as ws,
+        ):
+            await ws.send_str("x")
+            closing = await ws.receive(WAIT)
+            assert closing.type is WSMsgType.CLOSE
+            # 1006 only reports an abnormal end and must never be sent (RFC 6455, 7.4.1).
+            assert closing.data == WSCloseCode.INTERNAL_ERROR
+    finally:
+        await runner.cleanup()
+
+
+def test_a_revision_that_vanishes_is_reported_with_a_code_a_frame_may_carry(
+    tmp_path: Path,
+) -> None:
+    _run(_a_revision_that_vanishes_is_reported_with_a_code_a_frame_may_carry, tmp_path)

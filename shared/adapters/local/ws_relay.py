@@ -102,9 +102,18 @@ async def _pump_both(
     for task in pending:
         task.cancel()
     code = next((t.result() for t in done if not t.exception()), WSCloseCode.GOING_AWAY)
+    code = code if _sendable(code) else WSCloseCode.INTERNAL_ERROR
     for side in (ours, theirs):
         if not side.closed:
             await side.close(code=code)
+
+
+def _sendable(code: int) -> bool:
+    """Whether a close frame may carry `code`. 1005, 1006 and 1015 only report what
+    happened (a side vanished without a close frame, a TLS failure) and "MUST NOT be set
+    as a status code in a Close control frame" (RFC 6455, section 7.4.1); 1004 and
+    1016-2999 are reserved, below 1000 unused (section 7.4.2)."""
+    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 async def _pump(source: Any, sink: Any) -> int:
