@@ -269,6 +269,8 @@ def up_embedded(
                 try:
                     for run_id in end_abandoned(system.rt):
                         say(f"run {run_id} was abandoned (its archdeploy process is gone): ended")
+                    if interrupts.count:  # Ctrl-C before the run exists: none is made
+                        raise KeyboardInterrupt
                     process.run_starts()
                     runs.append(system.submit(request).run_id)
                 finally:

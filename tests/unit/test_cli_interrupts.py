@@ -100,3 +100,41 @@ def test_a_ctrl_c_during_dispatch_cancels_the_run_dispatch_creates(
     assert result.status is RunStatus.CANCELLED
     assert deployer.deploys == [], "nothing deployed after the Ctrl-C"
     assert any(line.startswith("cancelling") for line in said), said
+
+
+def test_a_ctrl_c_before_dispatch_creates_no_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pressed while `up` still ends earlier abandoned runs: no run is created at all,
+    and `up` ends as interrupted (exit 130 from the command)."""
+    from shared import bootstrap
+    from shared.adapters.local.sqlite_store import SqliteRunStore
+    from shared.cli import local
+    from shared.core import control
+
+    deployer = FakeDeployer()
+    monkeypatch.setattr(bootstrap, "make_deployer", lambda settings: deployer)
+    end_abandoned = control.end_abandoned
+
+    def ctrl_c_first(rt: Any) -> Any:
+        signal.raise_signal(signal.SIGINT)
+        return end_abandoned(rt)
+
+    monkeypatch.setattr(control, "end_abandoned", ctrl_c_first)
+    (tmp_path / "svc").mkdir()
+    request = DeployRequest(
+        architecture=ARCHITECTURE, source_root=str(tmp_path), idempotency_key="k", requested_by="t"
+    )
+    local.prepare(tmp_path / "state")
+
+    with pytest.raises(KeyboardInterrupt):
+        local.up_embedded(
+            Settings(state_dir=tmp_path / "state"), request, 2, wait=False, say=lambda _: None
+        )
+
+    store = SqliteRunStore(tmp_path / "state" / "runs.db")
+    try:
+        assert store.list_active_runs() == []
+        assert deployer.built == []
+    finally:
+        store.close()
