@@ -239,9 +239,8 @@ def up_embedded(
     and whether Ctrl-C cancelled it. Runs whose driver is gone are ended first."""
     from shared.adapters.local.deployer import LocalDeployer
     from shared.bootstrap import embedded, make_deployer
-    from shared.cli import process
     from shared.cli.progress import follow
-    from shared.core.control import cancel_run, end_abandoned
+    from shared.core.control import cancel_run
 
     state_dir = Path(settings.state_dir)
     with state_lock(state_dir, "up", wait=wait, say=say):
@@ -262,17 +261,12 @@ def up_embedded(
 
         # The same Ctrl-C reaches a release's verify command: its runner must know.
         checks = getattr(system.rt.checks, "interrupted", None)
-        interrupts = Interrupts(cancel, say, checks.set if checks is not None else _nothing)
+        interrupts = Interrupts(cancel, say, checks.set if checks else lambda: None)
         over = threading.Event()
         try:
             with interrupts:  # before the run exists: no Ctrl-C may leave it running
                 try:
-                    for run_id in end_abandoned(system.rt):
-                        say(f"run {run_id} was abandoned (its archdeploy process is gone): ended")
-                    if interrupts.count:  # Ctrl-C before the run exists: none is made
-                        raise KeyboardInterrupt
-                    process.run_starts()
-                    runs.append(system.submit(request).run_id)
+                    runs.append(_dispatch(system, request, interrupts, say))
                 finally:
                     created.set()
                 _started(runs[0], services, state_dir, say)
@@ -286,8 +280,17 @@ def up_embedded(
     return result, interrupts.count > 0
 
 
-def _nothing() -> None:
-    pass
+def _dispatch(system: Any, request: Any, interrupts: Interrupts, say: Callable[[str], None]) -> str:
+    """End the runs whose driver is gone, then create this one; none after a Ctrl-C."""
+    from shared.cli import process
+    from shared.core.control import end_abandoned
+
+    for run_id in end_abandoned(system.rt):
+        say(f"run {run_id} was abandoned (its archdeploy process is gone): ended")
+    if interrupts.count:  # Ctrl-C before the run exists: none is made
+        raise KeyboardInterrupt
+    process.run_starts()
+    return str(system.submit(request).run_id)
 
 
 def _started(run_id: str, services: int, state_dir: Path, say: Callable[[str], None]) -> None:
