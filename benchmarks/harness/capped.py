@@ -156,7 +156,11 @@ class SharedStore:
         self.fifo = fifo
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        # Kept on the proxy once looked up: a run calls the store thousands of times, and
+        # the proxy's own cost is not the subject.
+        value = getattr(self._inner, name)
+        setattr(self, name, value)
+        return value
 
     def close(self) -> None:
         return None

@@ -22,7 +22,11 @@ class TimingStore:
         self.aggregated: dict[str, float] = {}
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        # Kept on the proxy once looked up: a run calls the store thousands of times, and
+        # the proxy's own cost is not the subject.
+        value = getattr(self._inner, name)
+        setattr(self, name, value)
+        return value
 
     def complete_task(self, completion: TaskCompletion) -> TaskRecord | None:
         done = self._inner.complete_task(completion)
