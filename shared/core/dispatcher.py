@@ -87,7 +87,7 @@ def dispatch_request(
             log.info("run created: %d tasks over dataflows %s", len(tasks), run.dataflows)
             _supersede(run, rt)
             run = rt.store.get_run(run_id) or run  # it may have been superseded at once
-        _resume(run, rt)
+        _resume(run, rt, created=created)
         return rt.store.get_run(run_id) or run
 
 
@@ -179,17 +179,20 @@ def _known_urls(arch: Architecture, request: DeployRequest, rt: Runtime) -> dict
 _EARLIER_RUNS = 20
 
 
-def _resume(run: RunRecord, rt: Runtime) -> None:
+def _resume(run: RunRecord, rt: Runtime, *, created: bool = False) -> None:
     """Publish released tasks nobody has claimed, then let the state machine admit more.
 
     After a crash between creating the run and publishing, a redelivered request
-    finishes the job; the duplicates it may send are harmless (claims are CAS)."""
+    finishes the job; the duplicates it may send are harmless (claims are CAS). A run
+    this call `created` has released nothing yet (whoever releases one of its tasks
+    meanwhile publishes it too): no read of its tasks, ~30 ms at 1,000 services."""
     if run.status.terminal:
         return
-    pending = [
-        t for t in rt.store.get_tasks(run.run_id, run.phase) if t.status is TaskStatus.PENDING
-    ]
-    publish_tasks(run, pending, rt)
+    if not created:
+        pending = [
+            t for t in rt.store.get_tasks(run.run_id, run.phase) if t.status is TaskStatus.PENDING
+        ]
+        publish_tasks(run, pending, rt)
     advance_run(run.run_id, rt)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -276,3 +277,41 @@ def test_a_completion_not_marked_stored_is_applied_by_the_aggregator() -> None:
     # Then the aggregator writes it
     stored = system.store.get_task(build.task_id)
     assert stored is not None and stored.status is TaskStatus.SUCCEEDED
+
+
+class TaskReadsStore(FakeRunStore):
+    """Notes which function read a run's tasks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: list[str] = []
+
+    def get_tasks(self, run_id: str, phase: Phase | None = None) -> list[TaskRecord]:
+        self.readers.append(sys._getframe(1).f_code.co_name)
+        return super().get_tasks(run_id, phase)
+
+
+def test_a_new_run_is_dispatched_without_reading_its_tasks_back_and_a_redelivery_republishes() -> (
+    None
+):
+    """A run this dispatch created has released nothing yet: reading every task back to
+    republish the released ones found none (~30 ms at 1,000 services). A redelivered
+    request (after a crash between creating the run and publishing) still does it."""
+    store = TaskReadsStore()
+    bus = FakeBus()
+    rt = Runtime(store=store, bus=bus, deployer=FakeDeployer())
+    request = DeployRequest(architecture=architecture().model_dump_json(), idempotency_key="k")
+
+    run = dispatch_request(request, rt)
+
+    assert "_resume" not in store.readers
+    first = sorted(a["task_id"] for topic, _, a in bus.queue if topic == "tasks")
+    assert len(first) == 4 and len(set(first)) == 4
+    bus.queue.clear()  # the crash: those messages were never sent
+
+    dispatch_request(request, rt)
+
+    assert "_resume" in store.readers
+    again = sorted(a["task_id"] for topic, _, a in bus.queue if topic == "tasks")
+    assert again == first, "the released tasks are published again"
+    assert run.run_id == run_id_for("k")
