@@ -105,9 +105,11 @@ def assemble_result(
     for task in sorted(tasks, key=_phase_order):
         if task.phase is Phase.ROLLBACK:
             continue
-        entry = services.setdefault(
-            task.service, ServiceResult(service=task.service, dataflow=task.dataflow, status="")
-        )
+        entry = services.get(task.service)
+        if entry is None:  # not `setdefault`: it would build an entry per task, not service
+            entry = services[task.service] = ServiceResult(
+                service=task.service, dataflow=task.dataflow, status=""
+            )
         if task.phase in RELEASE_PHASES:
             _merge_release(entry, task)
         else:

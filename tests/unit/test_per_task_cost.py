@@ -187,3 +187,31 @@ def test_a_path_resolved_under_its_cached_directory_is_what_resolving_it_whole_g
             _resolved(whole)
         with pytest.raises(RuntimeError):
             _resolved_under(whole, dirs)
+
+
+def test_a_result_builds_one_entry_per_service_not_per_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.core import state
+    from shared.messages import ServiceResult
+
+    built: list[str] = []
+
+    class Counted(ServiceResult):
+        def __init__(self, **data: Any) -> None:
+            built.append(data["service"])
+            super().__init__(**data)
+
+    monkeypatch.setattr(state, "ServiceResult", Counted)
+    run = RunRecord(run_id="r", idempotency_key="k", created_at=NOW, updated_at=NOW)
+    done = {"status": TaskStatus.SUCCEEDED, "started_at": NOW, "finished_at": NOW}
+    tasks = [
+        _waiting(phase, service).model_copy(update=done)
+        for phase in (Phase.BUILD, Phase.DEPLOY)
+        for service in ("api", "web")
+    ]
+
+    result = assemble_result(run, tasks)
+
+    assert sorted(built) == ["api", "web"]
+    assert [s.status for s in result.services.values()] == ["deployed", "deployed"]
