@@ -48,9 +48,6 @@ class Streams:
     def __init__(self) -> None:
         self._open: dict[str, set[web.WebSocketResponse]] = {}
 
-    def count(self, upstream: str) -> int:
-        return len(self._open.get(upstream, ()))
-
     async def close_all_but(self, serving: set[str]) -> None:
         """Close, with 1012, every stream whose revision is not in `serving`."""
         gone = [s for up, streams in self._open.items() if up not in serving for s in streams]
