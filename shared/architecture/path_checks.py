@@ -110,10 +110,15 @@ def _checked_loop(target: str) -> str:
     return target
 
 
+def _planned(relative: str, report: Report) -> Path:
+    """The path the plan joins and the build reads: `..` applied to the text first."""
+    return (report.base_dir or Path.cwd()) / os.path.normpath(relative)
+
+
 def _check_exists(relative: str, path: FieldPath, report: Report, *, directory: bool) -> None:
     if not report.check_paths_exist:
         return
-    target = (report.base_dir or Path.cwd()) / os.path.normpath(relative)  # as planned
+    target = _planned(relative, report)
     try:
         target = target.resolve()
         found = target.is_dir() if directory else target.is_file()
@@ -131,7 +136,7 @@ def _check_links(relative: str, path: FieldPath, report: Report) -> None:
 
     if not report.check_paths_exist:
         return
-    root = (report.base_dir or Path.cwd()) / os.path.normpath(relative)  # as planned
+    root = _planned(relative, report)
     if not root.is_dir():
         return
     for link in links_leaving(root.resolve()):
