@@ -44,6 +44,14 @@ TASK_CACHE_SIZE = 50_000
 RUN_CACHE_SIZE = 1_000
 
 
+def _keep(cache: dict[str, tuple[str, M]], key: str, text: str, value: M, limit: int) -> None:
+    """Remember `value` as what `text` parses to; past `limit` entries the cache starts
+    again, so a long-lived process holds a bounded number."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = (text, value)
+
+
 def _parse(path: Path, model: type[M], text: str) -> M:
     """A stored document; a corrupt one is a clear error naming the store and the fix."""
     try:
@@ -151,15 +159,20 @@ class SqliteRunStore:
         rows = self._read("SELECT doc FROM runs WHERE run_id = ?", (run_id,))
         return self._cached(self._runs, run_id, rows[0][0], RunRecord) if rows else None
 
-    def _cached(self, cache: dict[str, tuple[str, M]], key: str, text: str, model: type[M]) -> M:
+    def _cached(
+        self,
+        cache: dict[str, tuple[str, M]],
+        key: str,
+        text: str,
+        model: type[M],
+        limit: int = RUN_CACHE_SIZE,
+    ) -> M:
         """`text` parsed as `model`, once per version of the text seen here."""
         hit = cache.get(key)
         if hit is not None and hit[0] == text:
             return hit[1]
         parsed = _parse(self.path, model, text)
-        if len(cache) >= RUN_CACHE_SIZE:
-            cache.clear()
-        cache[key] = (text, parsed)
+        _keep(cache, key, text, parsed, limit)
         return parsed
 
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
@@ -208,9 +221,7 @@ class SqliteRunStore:
             )
         # Whoever waits for the run reads its result next: 1,000 services' result took
         # 14-17 ms to parse back, on the run's last step.
-        if len(self._results) >= RUN_CACHE_SIZE:
-            self._results.clear()
-        self._results[run_id] = (text, result)
+        _keep(self._results, run_id, text, result, RUN_CACHE_SIZE)
         return True
 
     def get_result(self, run_id: str) -> RunResult | None:
@@ -230,17 +241,10 @@ class SqliteRunStore:
         is parsed again only when its text differs from the last one seen here, whoever
         wrote it (another process too). Records are shared between callers, as the fake
         store shares its own: the core never changes one in place, only `model_copy`s."""
-        hit = self._parsed.get(task_id)
-        if hit is not None and hit[0] == doc:
-            return hit[1]
-        task = _parse(self.path, TaskRecord, doc)
-        self._remember(task_id, doc, task)
-        return task
+        return self._cached(self._parsed, task_id, doc, TaskRecord, TASK_CACHE_SIZE)
 
     def _remember(self, task_id: str, doc: str, task: TaskRecord) -> None:
-        if len(self._parsed) >= TASK_CACHE_SIZE:
-            self._parsed.clear()
-        self._parsed[task_id] = (doc, task)
+        _keep(self._parsed, task_id, doc, task, TASK_CACHE_SIZE)
 
     def _store_task(self, db: sqlite3.Connection, task: TaskRecord) -> None:
         doc = task.model_dump_json()
